@@ -1,0 +1,56 @@
+"""Packaging for unimr.memcachedlock."""
+
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+HERE = Path(__file__).parent
+
+ZOPE = [
+    "transaction>=5.0",
+    "ZODB>=6.0",
+    "ZEO>=6.0",
+    "Zope>=5.0",
+    "Products.ZCatalog>=7.0",
+    "zope.configuration",
+]
+
+setup(
+    name="unimr.memcachedlock",
+    version="1.0.0.dev0",
+    description=(
+        "Distributed locks in memcached (or flock) that serialise ZODB writers "
+        "before they do expensive work"
+    ),
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8")
+    + "\n\n"
+    + (HERE / "CHANGES.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    author="unimr.memcachedlock developers",
+    license="ZPL-2.1",
+    classifiers=[
+        "Framework :: Zope",
+        "Framework :: ZODB",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Zope Public License",
+    ],
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_namespace_packages(where="src", include=["unimr.*"]),
+    include_package_data=True,
+    package_data={"unimr.memcachedlock": ["*.zcml"]},
+    zip_safe=False,
+    install_requires=[
+        "pymemcache>=4.0",
+        "zope.interface>=5.0",
+    ],
+    extras_require={
+        "zope": ZOPE,
+        "test": ZOPE + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest"],
+    },
+    entry_points={
+        "console_scripts": [
+            "memcachedlock = unimr.memcachedlock.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,25 @@
+"""Distributed locks for Zope and ZODB: memcached, flock, or both.
+
+See README.rst.  The 2009 import path ``from unimr.memcachedlock import
+memcachedlock`` still works and gives the same objects.
+"""
+
+from __future__ import annotations
+
+from .config import configure, get_backend, get_settings, reset, set_backend
+from .decorators import lock, rlock
+from .errors import (
+    BackendUnavailable, ConfigurationError, DontLock, InvalidArgument, InvalidKey, LockTimeout,
+    MemcachedLockError, NotHeld, SelfDeadlock, TimeoutTooLarge,
+)
+from .info import Holder
+from .lease import release_all
+from .locks import Lock, RLock, lock_getter, rlock_getter
+from .zlock import zlock
+
+__all__ = [
+    "lock", "rlock", "zlock", "lock_getter", "rlock_getter", "Lock", "RLock", "DontLock",
+    "MemcachedLockError", "ConfigurationError", "InvalidArgument", "InvalidKey", "TimeoutTooLarge",
+    "NotHeld", "SelfDeadlock", "LockTimeout", "BackendUnavailable", "Holder",
+    "configure", "get_backend", "get_settings", "reset", "set_backend", "release_all",
+]

@@ -1,0 +1,41 @@
+"""What every lock store shares: the process's lock id, waiting, release_all."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from .. import lease as _lease
+
+
+class Backend:
+    """Base of the lock stores.  Subclasses implement ``acquire``, ``holder``,
+    ``list_locks``, ``break_lock`` and the notes; waiting defaults to sleeping."""
+
+    kind = "base"
+    _lock_id_suffix = os.urandom(4).hex()
+
+    @property
+    def lock_id(self) -> str:
+        """This process's lock id (Drupal's getLockId): host, pid and a random part."""
+        return "%s:%d:%s" % (socket.gethostname(), os.getpid(), self._lock_id_suffix)
+
+    def may_be_available(self, name: str) -> bool:
+        return self.holder(name) is None
+
+    def wait(self, name: str, timeout: float) -> bool:
+        """Sleep ``timeout`` seconds; stores with a wake-up channel do better."""
+        if timeout > 0:
+            time.sleep(timeout)
+        return True
+
+    def release_all(self) -> int:
+        return _lease.release_all(self)
+
+    def held_leases(self) -> list:
+        """Leases of this store that this process holds now."""
+        return _lease.live_leases(self)
+
+    def close(self) -> None:
+        """Drop connections and file handles (the store stays usable)."""

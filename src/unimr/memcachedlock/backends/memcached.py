@@ -1,0 +1,308 @@
+"""The memcached lock store, on pymemcache.
+
+Safety rests on three memcached facts (see FACTS.md): ``add`` is atomic, so
+exactly one of several writers takes a free key; ``gets`` followed by ``cas``
+with exptime -1 deletes (or renews) an item only if nobody changed it in
+between; and the stored value carries our random token, so a release after
+the lease expired, or after a server restart reset the cas counter, finds a
+different value and leaves the new holder's lock alone.
+
+With several servers each lock name maps to one server by rendezvous hashing
+over the configured list.  A dead server is never replaced by another one
+for its keys: moving a key would let two holders in.  Its keys raise
+BackendUnavailable, which the fallback store turns into file locks.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import socket
+import threading
+import time
+from typing import Iterable
+from urllib.parse import unquote
+
+from pymemcache.client.base import PooledClient
+from pymemcache.exceptions import MemcacheError
+
+from ..config import ServerAddress, Settings
+from ..errors import BackendUnavailable
+from ..info import Holder, decode_value, encode_value, new_token, renewed_value
+from ..lease import Lease, store_ttl
+from .base import Backend
+
+logger = logging.getLogger(__name__)
+
+NOTE_SUFFIX = "#note"
+NOTE_TTL = 86400
+
+
+class MemcachedServer:
+    """One server: its pooled client and its outage state.
+
+    While a server is down, calls fail at once for ``retry`` seconds instead of
+    waiting for a timeout each time; the outage is logged once, and so is the
+    recovery.  Locks whose release could not reach the server are kept and
+    removed (token compared) when it answers again.
+    """
+
+    def __init__(self, address: ServerAddress, connect_timeout: float, io_timeout: float, retry: float) -> None:
+        self.address = address
+        self.retry = retry
+        self.client = PooledClient(
+            address.pymemcache_server,
+            connect_timeout=connect_timeout,
+            timeout=io_timeout,
+            no_delay=True,
+            default_noreply=False,
+            max_pool_size=256,
+        )
+        self._state_lock = threading.Lock()
+        self.down_since: float | None = None
+        self.down_until = 0.0
+        self.last_error = ""
+        self._unreleased: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+    @property
+    def is_down(self) -> bool:
+        return self.down_since is not None
+
+    def call(self, method: str, *args, **kw):
+        """Call a pymemcache method; wrap its failures in BackendUnavailable."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise BackendUnavailable(
+                "memcached %s is unreachable (%s); next try in %.1fs"
+                % (self, self.last_error, self.down_until - time.monotonic())
+            )
+        try:
+            result = getattr(self.client, method)(*args, **kw)
+        except (MemcacheError, OSError) as exc:
+            self._failed(exc)
+            raise BackendUnavailable("memcached %s: %s" % (self, _describe(exc))) from exc
+        if self.down_since is not None:
+            self._recovered()
+        return result
+
+    def remember_unreleased(self, key: str, value: bytes) -> None:
+        self._unreleased.append((key, value))
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._state_lock:
+            self.last_error = _describe(exc)
+            self.down_until = time.monotonic() + self.retry
+            first = self.down_since is None
+            if first:
+                self.down_since = time.time()
+        if first:
+            logger.warning(
+                "memcached %s unreachable (%s): its locks are unavailable until it answers again",
+                self, self.last_error,
+            )
+
+    def _recovered(self) -> None:
+        with self._state_lock:
+            if self.down_since is None:
+                return
+            outage = time.time() - self.down_since
+            self.down_since = None
+            self.down_until = 0.0
+            pending = list(self._unreleased)
+            self._unreleased.clear()
+        logger.warning("memcached %s answers again after %.1fs", self, outage)
+        for key, value in pending:
+            try:
+                _compare_and_delete(self, key, value)
+            except BackendUnavailable:
+                break
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+
+
+def _compare_and_delete(server: MemcachedServer, key: str, value: bytes) -> bool:
+    stored, cas = server.call("gets", key)
+    if stored != value:
+        return False
+    return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+
+
+class MemcachedLease(Lease):
+    """An acquisition in memcached: ``key`` holds ``value``, which starts with our token."""
+
+    __slots__ = ("server", "key")
+
+    def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes, ttl: float) -> None:
+        self.server = server
+        self.key = key
+        super().__init__(backend, name, token, value, ttl)
+
+    def _release(self) -> bool | None:
+        try:
+            return _compare_and_delete(self.server, self.key, self.value)
+        except BackendUnavailable:
+            self.server.remember_unreleased(self.key, self.value)
+            logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
+            return None
+
+    def _renew(self, ttl: float) -> bool:
+        stored, cas = self.server.call("gets", self.key)
+        if stored != self.value:
+            return False
+        value = renewed_value(self.value, ttl)
+        if self.server.call("cas", self.key, value, cas, expire=store_ttl(ttl), noreply=False):
+            self.value = value
+            return True
+        return False
+
+
+class MemcachedBackend(Backend):
+    """Locks in one or several memcached servers."""
+
+    kind = "memcached"
+
+    def __init__(
+        self,
+        servers: Iterable[ServerAddress],
+        prefix: str = "memcachedlock:",
+        connect_timeout: float = 0.5,
+        io_timeout: float = 1.0,
+        retry: float = 2.0,
+    ) -> None:
+        self.servers = [MemcachedServer(a, connect_timeout, io_timeout, retry) for a in servers]
+        if not self.servers:
+            raise ValueError("MemcachedBackend needs at least one server")
+        self.prefix = prefix
+        self._hash_ids = [str(s).encode("utf-8") for s in self.servers]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "MemcachedBackend":
+        return cls(
+            settings.servers,
+            prefix=settings.prefix,
+            connect_timeout=settings.connect_timeout,
+            io_timeout=settings.io_timeout,
+            retry=settings.retry,
+        )
+
+    def __repr__(self) -> str:
+        return "<MemcachedBackend %s>" % ",".join(str(s) for s in self.servers)
+
+    def server_for(self, name: str) -> MemcachedServer:
+        """The server that holds ``name``: fixed by rendezvous hash, never remapped."""
+        if len(self.servers) == 1:
+            return self.servers[0]
+        data = name.encode("ascii")
+        best = max(
+            range(len(self.servers)),
+            key=lambda i: hashlib.blake2b(self._hash_ids[i] + b"\0" + data, digest_size=8).digest(),
+        )
+        return self.servers[best]
+
+    def acquire(self, name: str, ttl: float) -> MemcachedLease | None:
+        server = self.server_for(name)
+        key = self.prefix + name
+        token = new_token()
+        value = encode_value(token, ttl)
+        try:
+            stored = server.call("add", key, value, expire=store_ttl(ttl), noreply=False)
+        except BackendUnavailable as exc:
+            if not isinstance(exc.__cause__, socket.timeout):
+                raise
+            # A timed-out add may have been stored: if so the lock is ours;
+            # if we cannot tell, it is removed once the server answers again.
+            server.remember_unreleased(key, value)
+            server.down_until = 0.0
+            try:
+                stored = server.call("get", key) == value
+            except BackendUnavailable:
+                raise exc from exc.__cause__
+        if not stored:
+            return None
+        return MemcachedLease(self, server, key, name, token, value, ttl)
+
+    def holder(self, name: str) -> Holder | None:
+        value = self.server_for(name).call("get", self.prefix + name)
+        return decode_value(name, value, self.kind) if value else None
+
+    def may_be_available(self, name: str) -> bool:
+        return self.server_for(name).call("get", self.prefix + name) is None
+
+    def break_lock(self, name: str) -> bool:
+        return bool(self.server_for(name).call("delete", self.prefix + name, noreply=False))
+
+    def get_note(self, name: str) -> bytes | None:
+        return self.server_for(name).call("get", self.prefix + name + NOTE_SUFFIX)
+
+    def set_note(self, name: str, value: bytes) -> None:
+        self.server_for(name).call("set", self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL, noreply=False)
+
+    def list_locks(self) -> list[Holder]:
+        """Every lock in every reachable server (``lru_crawler metadump``)."""
+        holders: list[Holder] = []
+        for server in self.servers:
+            keys = [
+                k for k in metadump_keys(server.address)
+                if k.startswith(self.prefix) and not k.endswith(NOTE_SUFFIX)
+            ]
+            for start in range(0, len(keys), 100):
+                values = server.call("get_many", keys[start : start + 100])
+                for key, value in values.items():
+                    key = key.decode() if isinstance(key, bytes) else key
+                    holder = decode_value(key[len(self.prefix):], value, self.kind)
+                    if holder is not None:
+                        holders.append(holder)
+        holders.sort(key=lambda h: h.acquired)
+        return holders
+
+    def close(self) -> None:
+        for server in self.servers:
+            try:
+                server.client.close()
+            except Exception:
+                logger.debug("closing client for %s failed", server, exc_info=True)
+
+
+def metadump_keys(address: ServerAddress, timeout: float = 5.0) -> list[str]:
+    """Keys a server holds, read with ``lru_crawler metadump all`` over a plain socket.
+
+    pymemcache's ``raw_command`` returns only the first line of the answer,
+    hence the socket.  Raises BackendUnavailable if the server cannot be read.
+    """
+    try:
+        if address.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: object = address.path
+        else:
+            info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            target = info[4]
+        with sock:
+            sock.settimeout(timeout)
+            sock.connect(target)
+            sock.sendall(b"lru_crawler metadump all\r\n")
+            data = bytearray()
+            deadline = time.monotonic() + timeout
+            while not (data.endswith(b"END\r\n") or data.startswith(b"ERROR") or data.startswith(b"BUSY") or b"CLIENT_ERROR" in data[:64]):
+                if time.monotonic() > deadline:
+                    raise socket.timeout("metadump took longer than %.0fs" % timeout)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise BackendUnavailable("memcached %s: metadump failed: %s" % (address, _describe(exc))) from exc
+    text = data.decode("ascii", "replace")
+    if not text.endswith("END\r\n"):
+        raise BackendUnavailable("memcached %s refused metadump: %s" % (address, text.strip()[:200]))
+    keys = []
+    for line in text.splitlines():
+        if line.startswith("key="):
+            keys.append(unquote(line.split(" ", 1)[0][4:]))
+    return keys

@@ -1,0 +1,148 @@
+"""The ``lock`` and ``rlock`` decorators: thin wrappers over the lock objects.
+
+``get_key(fun, *args, **kw)`` receives the undecorated function and the
+call's arguments and returns the key that names what is being protected (a
+catalog's physical path, say).  The lock name is the function's module and
+qualified name plus that key, as in the 2009 package.  ``get_key`` raising
+:class:`DontLock` means "call it unlocked"; any other exception propagates.
+
+A decorated call waits at most ``wait`` seconds for its lock (by default the
+lease ``timeout`` plus two seconds: long enough for a crashed holder's lease
+to run out) and raises :class:`LockTimeout` after that.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+from . import metrics
+from .errors import DontLock, InvalidKey, LockTimeout, SelfDeadlock
+from .keys import key_to_bytes
+from .locks import (
+    DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MAX_LEASE, BaseLock, Lock, RLock, _interval, check_seconds,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Extra wait beyond the lease: memcached's one-second clock plus a poll.
+WAIT_MARGIN = 2.0
+
+_local = threading.local()
+
+
+def function_prefix(fun: Callable) -> str:
+    """``module.qualname:``, the start of every lock name a decorated function uses."""
+    return "%s.%s:" % (fun.__module__, getattr(fun, "__qualname__", fun.__name__))
+
+
+def call_key(prefix: str, get_key: Callable, fun: Callable, args: tuple, kw: dict) -> bytes:
+    """The lock key for one call; DontLock and get_key's own errors propagate."""
+    key = get_key(fun, *args, **kw)
+    try:
+        return prefix.encode("utf-8") + key_to_bytes(key)
+    except InvalidKey:
+        raise InvalidKey(
+            "get_key %s returned %s %r for %s; return str, bytes or int"
+            % (getattr(get_key, "__qualname__", get_key), type(key).__name__, key, prefix[:-1])
+        ) from None
+
+
+def check_options(timeout: float, interval: float, wait: float | None, kw: dict) -> tuple[float, float, float]:
+    """Validate decorator keywords early: at decoration time, naming the bad value."""
+    interval = _interval(interval, kw)
+    if kw:
+        raise TypeError("unexpected keyword argument(s): %s" % ", ".join(sorted(kw)))
+    timeout = check_seconds("lock timeout (lease)", timeout, MAX_LEASE)
+    interval = check_seconds("lock interval", interval, MAX_LEASE)
+    wait = timeout + WAIT_MARGIN if wait is None else check_seconds("lock wait", wait, MAX_LEASE)
+    return timeout, interval, wait
+
+
+def acquire_or_raise(lock: BaseLock, wait: float) -> None:
+    """Acquire ``lock`` within ``wait`` seconds or raise LockTimeout naming it."""
+    started = time.monotonic()
+    if not lock.acquire(timeout=wait):
+        metrics.record_timeout(lock.name)
+        raise LockTimeout(
+            "waited %.1fs for lock %r and gave up (lease %.0fs)"
+            % (time.monotonic() - started, lock.key, lock.timeout)
+        )
+
+
+def _held(kind: str) -> dict:
+    held = getattr(_local, kind, None)
+    if held is None:
+        held = {}
+        setattr(_local, kind, held)
+    return held
+
+
+def lock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+         wait: float | None = None, **kw) -> Callable[[F], F]:
+    """Serialise calls with the same key across threads and processes (not reentrant)."""
+    timeout, interval, wait = check_options(timeout, interval, wait, kw)
+
+    def decorate(fun: F) -> F:
+        prefix = function_prefix(fun)
+
+        @functools.wraps(fun)
+        def wrapper(*args, **kwargs):
+            try:
+                key = call_key(prefix, get_key, fun, args, kwargs)
+            except DontLock:
+                return fun(*args, **kwargs)
+            held = _held("lock")
+            if key in held:
+                raise SelfDeadlock(
+                    "%s called again for key %r while this thread holds it; use @rlock for reentrant calls"
+                    % (prefix[:-1], key[len(prefix):])
+                )
+            the_lock = Lock(key, timeout, interval)
+            acquire_or_raise(the_lock, wait)
+            held[key] = the_lock
+            try:
+                return fun(*args, **kwargs)
+            finally:
+                del held[key]
+                the_lock.release()
+
+        return wrapper
+
+    return decorate
+
+
+def rlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+          wait: float | None = None, **kw) -> Callable[[F], F]:
+    """Like ``lock``, but a thread may re-enter calls for a key it holds."""
+    timeout, interval, wait = check_options(timeout, interval, wait, kw)
+
+    def decorate(fun: F) -> F:
+        prefix = function_prefix(fun)
+
+        @functools.wraps(fun)
+        def wrapper(*args, **kwargs):
+            try:
+                key = call_key(prefix, get_key, fun, args, kwargs)
+            except DontLock:
+                return fun(*args, **kwargs)
+            held = _held("rlock")
+            the_lock = held.get(key)
+            if the_lock is None:
+                the_lock = RLock(key, timeout, interval)
+                acquire_or_raise(the_lock, wait)
+                held[key] = the_lock
+            else:
+                the_lock.acquire()
+            try:
+                return fun(*args, **kwargs)
+            finally:
+                the_lock.release()
+                if the_lock.lease is None:
+                    held.pop(key, None)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,122 @@
+"""Contracts between the lock objects, the decorators and the lock stores.
+
+The design follows ``filelock``: the lock object owns the waiting (polling,
+back-off, wake-ups, deadlines), while a backend only has to offer a handful
+of primitives that each take bounded time.  Backends hand out one *lease* per
+acquisition: the lease carries a random token and is the only thing that can
+release or renew that acquisition, so a late release can never remove a lock
+that has meanwhile passed to somebody else (``python-redis-lock``'s rule).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ILock(Interface):
+    """A lock with the protocol of ``threading.Lock`` / ``threading.RLock``.
+
+    The lock is shared by every thread and process that uses the same key and
+    the same lock store, not only by the threads of this process.
+    """
+
+    key = Attribute("The key the caller gave (str or bytes).")
+    name = Attribute("The safe, namespaced name the backend stores.")
+    timeout = Attribute("The lease in seconds: how long the lock outlives a crashed holder.")
+    interval = Attribute("The longest pause between two polls while waiting, in seconds.")
+    lost = Attribute(
+        "True when the renewer found the lease taken by somebody else (or expired) "
+        "while this object still believed it held the lock."
+    )
+
+    def acquire(blocking=True, timeout=-1):
+        """Take the lock; return True if taken, False if not.
+
+        Follows ``threading.Lock.acquire``: ``blocking=False`` tries once,
+        ``timeout`` (seconds, -1 for no limit) bounds the wait, a timeout with
+        ``blocking=False`` or a negative timeout other than -1 is a ValueError,
+        one above ``threading.TIMEOUT_MAX`` an OverflowError.
+        """
+
+    def release():
+        """Give the lock back; RuntimeError if it is not held."""
+
+    def locked():
+        """True if anybody holds the lock."""
+
+    def __enter__():
+        """``acquire()``, for the with-statement."""
+
+    def __exit__(*exc_info):
+        """``release()``, for the with-statement."""
+
+
+class ILease(Interface):
+    """One acquisition of a lock in a backend."""
+
+    name = Attribute("The lock name.")
+    token = Attribute("Random token identifying this acquisition.")
+    value = Attribute("The bytes stored for this acquisition (token and holder description).")
+    ttl = Attribute("The lease in seconds.")
+    released = Attribute("True once released (by this lease, release_all, or a fork).")
+    lost = Attribute("True once a renewal or release found the lock no longer ours.")
+
+    def release():
+        """Remove the lock if it is still ours; return True if it was.
+
+        Compares the token with what the store holds.  Never raises: a store
+        that cannot be reached is logged, and cleaned up when it answers again.
+        """
+
+    def renew(ttl=None):
+        """Extend the lease if the lock is still ours; return True if it was.
+
+        Raises BackendUnavailable if the store cannot be reached.
+        """
+
+
+class ILockBackend(Interface):
+    """A lock store: memcached, a lock directory, or a fallback between two."""
+
+    kind = Attribute("Short name: 'memcached', 'file' or 'fallback'.")
+    lock_id = Attribute("This process's lock id: host, pid and a random part.")
+
+    def acquire(name, ttl):
+        """Try once to take lock ``name`` for ``ttl`` seconds.
+
+        Return an ILease, or None if somebody else holds the lock.  Takes at
+        most the store's I/O timeouts.  Raises BackendUnavailable if the store
+        cannot be reached.
+        """
+
+    def may_be_available(name):
+        """True if nobody seems to hold ``name`` right now (a hint, no promise)."""
+
+    def wait(name, timeout):
+        """Wait up to ``timeout`` seconds for ``name`` to look free.
+
+        Returns True if it may be available now.  A store may wait more
+        cleverly than polling; the caller still has to ``acquire``.
+        """
+
+    def holder(name):
+        """Describe who holds ``name`` (an ``info.Holder``), or None."""
+
+    def list_locks():
+        """Every lock held now in this store, as ``info.Holder`` objects."""
+
+    def break_lock(name):
+        """Remove ``name`` whoever holds it; True if something was removed."""
+
+    def release_all():
+        """Release every lease this process holds in this store; return how many."""
+
+    def get_note(name):
+        """The bytes last stored with ``set_note`` for ``name``, or None.
+
+        Notes outlive the lock: zlock records the last commit made under a
+        lock there.
+        """
+
+    def set_note(name, value):
+        """Store a small bytes value for ``name`` (kept for a day)."""

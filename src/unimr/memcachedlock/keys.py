@@ -1,0 +1,73 @@
+"""Turning any caller's key into a safe lock name.
+
+memcached's text protocol splits on whitespace, ends commands at CR/LF and
+allows keys of at most 250 bytes; a file name may not contain ``/`` or NUL.
+A caller's key is arbitrary (a physical path, a title, 5,000 characters of
+anything), so it never reaches a store raw.  The mapping is injective:
+readable keys stay readable (``list`` shows them), everything else is
+percent-encoded, and a long key is cut and completed by a hash marked with
+``#``, a character the encoding never produces.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+
+from .errors import InvalidKey
+
+#: Longest name handed to a backend; leaves room for the store's prefix and suffixes.
+MAX_NAME_LENGTH = 200
+
+_SAFE = re.compile(rb"[A-Za-z0-9._~:@+=,!-]")
+_ESCAPES = {b: (chr(b) if _SAFE.fullmatch(bytes([b])) else "%%%02X" % b) for b in range(256)}
+_HASH_MARK = "#"
+
+
+def _encode(data: bytes) -> str:
+    return "".join(_ESCAPES[b] for b in data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_from_bytes(data: bytes) -> str:
+    encoded = _encode(data)
+    if len(encoded) <= MAX_NAME_LENGTH:
+        return encoded
+    digest = hashlib.sha256(data).hexdigest()[:40]
+    return encoded[: MAX_NAME_LENGTH - len(digest) - 1] + _HASH_MARK + digest
+
+
+def key_to_bytes(key: object) -> bytes:
+    """The bytes a key stands for: UTF-8 for str, itself for bytes, digits for int."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8", "surrogatepass")
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key).encode("ascii")
+    raise InvalidKey(
+        "lock key must be str, bytes or int, not %s: %r" % (type(key).__name__, _short(key))
+    )
+
+
+def lock_name(key: object) -> str:
+    """The safe ASCII name (at most MAX_NAME_LENGTH characters) for ``key``.
+
+    ``'a b'`` and ``b'a b'`` give the same name, as do ``7`` and ``'7'``.
+    """
+    if isinstance(key, str) and len(key) <= MAX_NAME_LENGTH and key.isascii():
+        return _name_from_bytes(key.encode("ascii"))
+    return _name_from_bytes(key_to_bytes(key))
+
+
+def decode_name(name: str) -> str:
+    """Best-effort readable form of a lock name, for listings (not injective)."""
+    from urllib.parse import unquote
+
+    return unquote(name, errors="backslashreplace")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,267 @@
+"""Lock objects with the protocol of ``threading.Lock`` and ``threading.RLock``.
+
+The lock lives in a lock store shared by every thread and process that uses
+the same key.  Each acquisition gets its own lease (and token) from the
+store, so two threads of one process exclude each other just as two
+processes do.  This module owns the waiting: a first immediate attempt,
+then polls that start at a millisecond and back off, with jitter, to the
+lock's ``interval``, each bounded by the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from typing import Callable
+
+from . import metrics
+from .config import get_backend
+from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
+from .keys import lock_name
+from .lease import Lease
+
+#: memcached reads a larger exptime as an absolute unix time.
+MAX_LEASE = 2592000.0
+MAX_INTERVAL = 3600.0
+FIRST_POLL = 0.001
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_INTERVAL = 0.05
+
+
+def check_seconds(what: str, value: object, high: float) -> float:
+    """``value`` as a float in (0, high]; InvalidArgument naming ``what`` and the value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument("%s must be a number of seconds, not %r" % (what, value))
+    number = float(value)
+    if math.isnan(number) or not 0 < number <= high:
+        raise InvalidArgument("%s must be above 0 and at most %g seconds, not %r" % (what, high, value))
+    return number
+
+
+def wait_deadline(blocking: bool, timeout: float) -> float | None:
+    """Check ``acquire``'s arguments as threading does; return the monotonic deadline.
+
+    None means no deadline; a deadline in the past means "try once".
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be a number, not %s" % type(timeout).__name__)
+    if math.isnan(timeout):
+        raise InvalidArgument("Invalid value NaN (not a number)")
+    if not blocking:
+        if timeout != -1:
+            raise InvalidArgument("can't specify a timeout for a non-blocking call")
+        return 0.0
+    if timeout == -1:
+        return None
+    if timeout < 0:
+        raise InvalidArgument("timeout value must be a non-negative number")
+    if timeout > threading.TIMEOUT_MAX:
+        raise TimeoutTooLarge("timeout value is too large")
+    return time.monotonic() + timeout
+
+
+class BaseLock:
+    """What Lock and RLock share: the key, the store and the wait loop."""
+
+    __slots__ = ("key", "name", "timeout", "interval", "on_lost", "_backend", "_lease", "__weakref__")
+
+    def __init__(
+        self,
+        key: str | bytes | int,
+        timeout: float = DEFAULT_TIMEOUT,
+        interval: float = DEFAULT_INTERVAL,
+        backend=None,
+        on_lost: Callable[[Lease], None] | None = None,
+    ) -> None:
+        self.name = lock_name(key)
+        self.key = key
+        self.timeout = check_seconds("lock timeout (lease)", timeout, MAX_LEASE)
+        self.interval = check_seconds("lock interval", interval, MAX_INTERVAL)
+        self.on_lost = on_lost
+        self._backend = backend
+        self._lease: Lease | None = None
+
+    @property
+    def backend(self):
+        """The lock store: the one given, else the process's configured store."""
+        return self._backend if self._backend is not None else get_backend()
+
+    @property
+    def lost(self) -> bool:
+        """True if the lease ran out or was broken while this object held the lock."""
+        lease = self._lease
+        return lease is not None and lease.lost
+
+    @property
+    def lease(self) -> Lease | None:
+        """The current acquisition, while this object holds the lock (even if its lease was lost)."""
+        lease = self._lease
+        if lease is None or lease.released or lease.pid != os.getpid():
+            return None
+        return lease
+
+    def _take(self, deadline: float | None) -> Lease | None:
+        """Acquire from the store, waiting until ``deadline`` (None: no limit)."""
+        backend = self.backend
+        started = time.monotonic()
+        lease = backend.acquire(self.name, self.timeout)
+        if lease is None and (deadline is None or deadline > started):
+            delay = FIRST_POLL
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                pause = delay * (0.5 + random.random())
+                if deadline is not None:
+                    pause = min(pause, deadline - now)
+                backend.wait(self.name, pause)
+                lease = backend.acquire(self.name, self.timeout)
+                if lease is not None:
+                    break
+                delay = min(self.interval, delay * 1.5)
+        if lease is None:
+            return None
+        if self.on_lost is not None:
+            lease.on_lost = self.on_lost
+        metrics.record_acquire(self.name, lease.started - started, lease.started - started > FIRST_POLL)
+        return lease
+
+    def _give_back(self, lease: Lease) -> None:
+        metrics.record_release(self.name, time.monotonic() - lease.started)
+        if lease.lost:
+            metrics.record_lost(self.name)
+        lease.release()
+
+    def locked(self) -> bool:
+        """True if anybody (this object, another thread or process) holds the lock."""
+        if self.lease is not None:
+            return True
+        return not self.backend.may_be_available(self.name)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        lease = getattr(self, "_lease", None)
+        if lease is not None and not lease.released and lease.pid == os.getpid():
+            try:
+                lease.release()
+            except Exception:
+                pass
+
+    def _state(self) -> str:
+        return "locked" if self.lease is not None else "unlocked"
+
+
+class Lock(BaseLock):
+    """A distributed ``threading.Lock``: not reentrant; any thread may release it."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._guard = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock; see ``threading.Lock.acquire``."""
+        lease = self._take(wait_deadline(blocking, timeout))
+        if lease is None:
+            return False
+        with self._guard:
+            self._lease = lease
+        return True
+
+    __enter__ = BaseLock.__enter__
+
+    def release(self) -> None:
+        """Give the lock back; RuntimeError (NotHeld) if it is not held."""
+        with self._guard:
+            lease, self._lease = self._lease, None
+        if lease is None or lease.released or lease.pid != os.getpid():
+            raise NotHeld("release unlocked lock")
+        self._give_back(lease)
+
+    def __repr__(self) -> str:
+        return "<%s %s.%s object key=%r at %s>" % (
+            self._state(), type(self).__module__.rsplit(".", 1)[0], type(self).__name__,
+            self.key, hex(id(self)),
+        )
+
+
+class RLock(BaseLock):
+    """A distributed ``threading.RLock``: owned by one thread, reentrant there."""
+
+    __slots__ = ("_owner", "_count")
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._owner: int | None = None
+        self._count = 0
+
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident() and self.lease is not None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock, or count one more level if this thread holds it."""
+        deadline = wait_deadline(blocking, timeout)
+        if self._is_owned():
+            self._count += 1
+            return True
+        lease = self._take(deadline)
+        if lease is None:
+            return False
+        self._lease = lease
+        self._owner = threading.get_ident()
+        self._count = 1
+        return True
+
+    __enter__ = BaseLock.__enter__
+
+    def release(self) -> None:
+        """Leave one level; the last one gives the lock back.  RuntimeError if not owned."""
+        if not self._is_owned():
+            raise NotHeld("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count:
+            return
+        lease, self._lease, self._owner = self._lease, None, None
+        self._give_back(lease)
+
+    def __repr__(self) -> str:
+        return "<%s %s.%s object key=%r owner=%s count=%d at %s>" % (
+            self._state(), type(self).__module__.rsplit(".", 1)[0], type(self).__name__,
+            self.key, self._owner or 0, self._count if self.lease is not None else 0, hex(id(self)),
+        )
+
+
+def lock_getter(key, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, **kw) -> Lock:
+    """A Lock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
+    return Lock(key, timeout, _interval(interval, kw), **kw)
+
+
+def rlock_getter(key, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, **kw) -> RLock:
+    """An RLock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
+    return RLock(key, timeout, _interval(interval, kw), **kw)
+
+
+def _interval(interval: float, kw: dict) -> float:
+    """Accept the 2009 spelling ``intervall`` with a DeprecationWarning."""
+    if "intervall" in kw:
+        import warnings
+
+        warnings.warn(
+            "'intervall' is deprecated: spell it 'interval'", DeprecationWarning, stacklevel=3
+        )
+        old = kw.pop("intervall")
+        if interval != DEFAULT_INTERVAL and interval != old:
+            raise InvalidArgument("give 'interval' or 'intervall', not both (%r, %r)" % (interval, old))
+        return old
+    return interval

@@ -1,0 +1,126 @@
+"""One renewer thread per process keeps long-held leases alive.
+
+A lock's lease (``timeout``) bounds how long a crashed holder blocks the
+others; a live holder that works longer than its lease must not lose the
+lock to a second writer.  Rather than a thread per lock, one daemon thread
+renews every lease that is due, holding only weak references: a lock object
+that is dropped stops being renewed.  A forked child starts without it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+
+from .errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class Renewer:
+    """Renews registered leases shortly before they could expire."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, weakref.ref]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")
+        self._compact_at = 4096
+
+    def _compact(self) -> None:
+        """Drop entries of released leases, so short holds do not pile up until due."""
+        self._heap = [
+            entry for entry in self._heap if (lease := entry[2]()) is not None and lease.held
+        ]
+        heapq.heapify(self._heap)
+        self._compact_at = max(4096, 2 * len(self._heap))
+
+    def register(self, lease) -> None:
+        """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held."""
+        from .lease import renew_period
+
+        due = time.monotonic() + renew_period(lease.ttl)
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), weakref.ref(lease)))
+            if len(self._heap) >= self._compact_at:
+                self._compact()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="memcachedlock-renewer", daemon=True
+                )
+                self._thread.start()
+            elif due < self._wake_at:
+                self._cond.notify()
+
+    def pending(self) -> int:
+        """Leases waiting for their next renewal (for tests and metrics)."""
+        with self._cond:
+            return sum(1 for _, _, ref in self._heap if (lease := ref()) is not None and lease.held)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    while self._heap and self._heap[0][2]() is None:
+                        heapq.heappop(self._heap)
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, ref = heapq.heappop(self._heap)
+                        break
+                    self._wake_at = self._heap[0][0] if self._heap else float("inf")
+                    self._cond.wait(None if not self._heap else self._wake_at - now)
+                self._wake_at = float("inf")
+            lease = ref()
+            if lease is None or not lease.held:
+                continue
+            self._renew(lease)
+            del lease
+
+    def _renew(self, lease) -> None:
+        from .lease import renew_period
+
+        period = renew_period(lease.ttl)
+        try:
+            if not lease.renew():
+                return
+            logger.debug("renewed lock %s for %.1fs", lease.name, lease.ttl)
+        except BackendUnavailable as exc:
+            logger.debug("could not renew lock %s now: %s", lease.name, exc)
+            period = min(period, 1.0)
+        except Exception:
+            logger.exception("renewing lock %s failed", lease.name)
+            period = min(period, 1.0)
+        if lease.held:
+            with self._cond:
+                heapq.heappush(
+                    self._heap, (time.monotonic() + period, next(self._seq), weakref.ref(lease))
+                )
+
+
+_renewer: Renewer | None = None
+_renewer_lock = threading.Lock()
+
+
+def get_renewer() -> Renewer:
+    """The process's renewer (started on first use)."""
+    global _renewer
+    if _renewer is None:
+        with _renewer_lock:
+            if _renewer is None:
+                _renewer = Renewer()
+    return _renewer
+
+
+def _after_fork_in_child() -> None:
+    global _renewer, _renewer_lock
+    _renewer = None
+    _renewer_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

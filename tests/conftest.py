@@ -1,0 +1,72 @@
+"""Shared fixtures: real memcached servers and a clean lock configuration per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from servers import MemcachedServer
+
+
+@pytest.fixture(scope="session")
+def memcached_server():
+    """One memcached for the whole session (flushed per test by ``memcached``)."""
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def memcached(memcached_server, monkeypatch):
+    """The session's memcached, flushed, configured as the only lock store."""
+    import unimr.memcachedlock.config as config
+
+    memcached_server.flush()
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", memcached_server.address)
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
+    config.reset()
+    yield memcached_server
+    config.reset()
+
+
+@pytest.fixture
+def private_memcached(monkeypatch):
+    """A memcached of the test's own, to kill, stop or restart."""
+    import unimr.memcachedlock.config as config
+
+    with MemcachedServer() as server:
+        monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", server.address)
+        monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
+        config.reset()
+        yield server
+        config.reset()
+
+
+@pytest.fixture
+def lock_dir(tmp_path, monkeypatch):
+    """A private lock directory for the file backend."""
+    path = tmp_path / "locks"
+    monkeypatch.setenv("MEMCACHEDLOCK_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch):
+    """No test sees another's settings or the developer's environment."""
+    import unimr.memcachedlock.config as config
+
+    for name in list(os.environ):
+        if name.startswith("MEMCACHEDLOCK_"):
+            monkeypatch.delenv(name)
+    config.reset()
+    yield
+    config.reset()
+
+
+@pytest.fixture
+def zeo_server():
+    """A real ZEO server of the test's own (runzeo on a free loopback port)."""
+    from zeoserver import ZEOServer
+
+    with ZEOServer() as server:
+        yield server
