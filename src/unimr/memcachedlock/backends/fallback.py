@@ -1,0 +1,148 @@
+"""Memcached first, the file store while memcached is unreachable (the default).
+
+Each acquisition tries the memcached server that owns the lock name.  If
+that server refuses, times out or hangs, :class:`~.memcached.MemcachedServer`
+raises BackendUnavailable (it logs the outage once and fails fast for
+``retry`` seconds, so waits stay bounded by the connect/read timeouts) and
+the lock is taken in the lock directory instead.  When the server answers
+again, the next acquisition uses it: the return is automatic.  A lease stays
+with the store it was taken in, so its renewal and release go there.
+
+The seam between the two stores
+-------------------------------
+While a process still holds a file lock taken during an outage, memcached may
+come back and another process may take the same name there.  To make that
+cheap case safe on one host, a lock taken in memcached is given back at once
+if the name's lock file is held here (it costs one failed ``open`` when no
+file exists).  What stays open:
+
+* a process that still counts memcached as down (for at most ``retry``
+  seconds after it came back) can take the file lock after that check;
+* a file lock only excludes processes on the same host.
+
+In both cases two writers may run at once; ZODB's conflict detection is the
+final guard and turns the overlap into a retried ConflictError, as without
+any lock.  A dedicated memcached with ``-o temporary_ttl`` keeps outages rare.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import metrics
+from ..config import Settings
+from ..errors import BackendUnavailable
+from ..info import Holder
+from ..lease import Lease
+from .base import Backend
+from .file import FileBackend
+from .memcached import MemcachedBackend
+
+logger = logging.getLogger(__name__)
+
+
+class FallbackBackend(Backend):
+    """A memcached store backed up by a file store on this host."""
+
+    kind = "fallback"
+
+    def __init__(self, primary: MemcachedBackend, secondary: FileBackend) -> None:
+        self.primary = primary
+        self.secondary = secondary
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FallbackBackend":
+        return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings))
+
+    def __repr__(self) -> str:
+        return "<FallbackBackend %r then %r>" % (self.primary, self.secondary)
+
+    @property
+    def servers(self):
+        return self.primary.servers
+
+    def acquire(self, name: str, ttl: float) -> Lease | None:
+        try:
+            lease = self.primary.acquire(name, ttl)
+        except BackendUnavailable as exc:
+            logger.debug("lock %s tried in the lock directory: %s", name, exc)
+            lease = self.secondary.acquire(name, ttl)
+            if lease is not None:
+                metrics.record_fallback(name)
+            return lease
+        if lease is not None and self._held_in_files(name):
+            logger.debug("lock %s is still held in the lock directory since an outage", name)
+            lease.release()
+            return None
+        return lease
+
+    def _held_in_files(self, name: str) -> bool:
+        try:
+            return self.secondary.is_held(name)
+        except BackendUnavailable:
+            return False
+
+    def may_be_available(self, name: str) -> bool:
+        if not self.secondary.may_be_available(name):
+            return False
+        try:
+            return self.primary.may_be_available(name)
+        except BackendUnavailable:
+            return True
+
+    def holder(self, name: str) -> Holder | None:
+        try:
+            found = self.primary.holder(name)
+        except BackendUnavailable:
+            found = None
+        return found if found is not None else self.secondary.holder(name)
+
+    def list_locks(self) -> list[Holder]:
+        """Locks in every reachable memcached server and in the lock directory."""
+        holders: list[Holder] = []
+        try:
+            holders.extend(self.primary.list_locks())
+        except BackendUnavailable as exc:
+            logger.debug("listing memcached locks failed: %s", exc)
+        holders.extend(self.secondary.list_locks())
+        holders.sort(key=lambda h: h.acquired)
+        return holders
+
+    def break_lock(self, name: str) -> bool:
+        try:
+            broken = self.primary.break_lock(name)
+        except BackendUnavailable:
+            broken = False
+        return self.secondary.break_lock(name) or broken
+
+    def release_all(self) -> int:
+        return self.primary.release_all() + self.secondary.release_all()
+
+    def held_leases(self) -> list:
+        return self.primary.held_leases() + self.secondary.held_leases()
+
+    def get_note(self, name: str) -> bytes | None:
+        """The note written during an outage if there is one, else memcached's.
+
+        A note in the lock directory exists only while no later note reached
+        memcached (``set_note`` removes it), so it is the newer one.
+        """
+        note = self.secondary.get_note(name)
+        if note is not None:
+            return note
+        try:
+            return self.primary.get_note(name)
+        except BackendUnavailable:
+            return None
+
+    def set_note(self, name: str, value: bytes) -> None:
+        try:
+            self.primary.set_note(name, value)
+        except BackendUnavailable:
+            self.secondary.set_note(name, value)
+        else:
+            self.secondary.remove_note(name)
+
+    def close(self) -> None:
+        self.primary.close()
+        self.secondary.close()
