@@ -18,7 +18,9 @@ file exists).  What stays open:
 
 * a process that still counts memcached as down (for at most ``retry``
   seconds after it came back) can take the file lock after that check;
-* a file lock only excludes processes on the same host.
+* a file lock only excludes processes on the same host;
+* when memcached goes away, a lock another process took there before is
+  invisible (this process's own memcached leases are checked and respected).
 
 In both cases two writers may run at once; ZODB's conflict detection is the
 final guard and turns the overlap into a retried ConflictError, as without
@@ -66,6 +68,8 @@ class FallbackBackend(Backend):
             lease = self.primary.acquire(name, ttl)
         except BackendUnavailable as exc:
             logger.debug("lock %s tried in the lock directory: %s", name, exc)
+            if self._held_in_memcached_here(name):
+                return None
             lease = self.secondary.acquire(name, ttl)
             if lease is not None:
                 metrics.record_fallback(name)
@@ -75,6 +79,14 @@ class FallbackBackend(Backend):
             lease.release()
             return None
         return lease
+
+    def _held_in_memcached_here(self, name: str) -> bool:
+        """True if a thread of this process took ``name`` in memcached before it went away.
+
+        Such a holder is still working; letting a second thread in through the
+        lock directory would make two.  Only scanned during outages.
+        """
+        return any(lease.name == name for lease in self.primary.held_leases())
 
     def _held_in_files(self, name: str) -> bool:
         try:

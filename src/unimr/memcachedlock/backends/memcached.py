@@ -113,7 +113,7 @@ class MemcachedServer:
             self.down_until = 0.0
             pending = list(self._unreleased)
             self._unreleased.clear()
-        logger.warning("memcached %s answers again after %.1fs", self, outage)
+        logger.info("memcached %s answers again after %.1fs", self, outage)
         for key, value in pending:
             try:
                 _compare_and_delete(self, key, value)
