@@ -25,7 +25,7 @@ from typing import Iterable
 from urllib.parse import unquote
 
 from pymemcache.client.base import PooledClient
-from pymemcache.exceptions import MemcacheError
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import ServerAddress, Settings
 from ..errors import BackendUnavailable
@@ -80,7 +80,12 @@ class MemcachedServer:
                 % (self, self.last_error, self.down_until - time.monotonic())
             )
         try:
-            result = getattr(self.client, method)(*args, **kw)
+            try:
+                result = getattr(self.client, method)(*args, **kw)
+            except _STALE_CONNECTION:
+                # A pooled connection to a server that restarted since: the pool
+                # dropped it, so one more try uses a fresh connection.
+                result = getattr(self.client, method)(*args, **kw)
         except (MemcacheError, OSError) as exc:
             self._failed(exc)
             raise BackendUnavailable("memcached %s: %s" % (self, _describe(exc))) from exc
@@ -119,6 +124,10 @@ class MemcachedServer:
                 _compare_and_delete(self, key, value)
             except BackendUnavailable:
                 break
+
+
+#: Errors of a pooled connection whose server went away (and maybe came back).
+_STALE_CONNECTION = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
 
 
 def _describe(exc: BaseException) -> str:
