@@ -1,0 +1,113 @@
+"""Lease renewal and lost locks, against a real memcached and real files."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from unimr.memcachedlock import config
+from unimr.memcachedlock.locks import Lock
+from unimr.memcachedlock.renewer import get_renewer
+
+
+def test_renewal_keeps_a_long_hold(memcached):
+    lock = Lock("long-hold", timeout=2)
+    lock.acquire()
+    try:
+        first = lock.backend.holder(lock.name).expires
+        time.sleep(3.2)
+        assert not lock.lost
+        assert not Lock("long-hold").acquire(blocking=False)
+        holder = lock.backend.holder(lock.name)
+        assert holder.token == lock.lease.token
+        assert holder.expires > first + 1
+    finally:
+        lock.release()
+
+
+def test_renewal_compares_the_token_and_reports_loss(memcached, caplog):
+    caplog.set_level(logging.WARNING)
+    seen = []
+    lock = Lock("stolen", timeout=2, on_lost=seen.append)
+    lock.acquire()
+    lease = lock.lease
+    assert lock.backend.break_lock(lock.name)
+    thief = Lock("stolen", timeout=30)
+    assert thief.acquire(blocking=False)
+    deadline = time.monotonic() + 3
+    while not lock.lost:
+        assert time.monotonic() < deadline, "renewer did not notice the loss"
+        time.sleep(0.05)
+    assert seen == [lease]
+    assert any("lost lock" in r.getMessage() and "stolen" in r.getMessage() for r in caplog.records)
+    # the renewal did not touch the thief's lock, nor does the late release
+    lock.release()
+    assert lock.backend.holder(thief.name).token == thief.lease.token
+    thief.release()
+
+
+def test_renewal_of_file_locks_reports_loss(lock_dir, monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
+    config.reset()
+    seen = []
+    lock = Lock("file-stolen", timeout=1, on_lost=seen.append)
+    lock.acquire()
+    lock.backend.break_lock(lock.name)
+    deadline = time.monotonic() + 3
+    while not seen:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert lock.lost
+    lock.release()
+
+
+def test_failing_callback_is_logged_not_raised(memcached, caplog):
+    def boom(lease):
+        raise RuntimeError("callback failed")
+
+    lock = Lock("cb", timeout=2, on_lost=boom)
+    lock.acquire()
+    lock.backend.break_lock(lock.name)
+    deadline = time.monotonic() + 3
+    while not lock.lost:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.05)
+    assert any("on_lost callback" in r.getMessage() for r in caplog.records)
+    lock.release()
+
+
+def test_released_leases_leave_the_renewer(memcached):
+    before = get_renewer().pending()
+    locks = [Lock("r%d" % i, timeout=30) for i in range(20)]
+    for lock in locks:
+        lock.acquire()
+    assert get_renewer().pending() >= before + 20
+    for lock in locks:
+        lock.release()
+    assert get_renewer().pending() == before
+
+
+def test_renewal_during_outage_is_retried_and_not_lost(private_memcached, monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.2")
+    monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
+    config.reset()
+    lock = Lock("hiccup", timeout=4)
+    lock.acquire()
+    private_memcached.stop()
+    time.sleep(1.8)
+    private_memcached.cont()
+    time.sleep(1.5)
+    assert not lock.lost
+    assert lock.backend.holder(lock.name).token == lock.lease.token
+    lock.release()
+
+
+@pytest.mark.parametrize("ttl", [0.5, 2, 30])
+def test_short_leases_get_a_store_ttl_of_at_least_two_seconds(memcached, ttl):
+    from unimr.memcachedlock.lease import renew_period, store_ttl
+
+    assert store_ttl(ttl) >= 2
+    assert renew_period(ttl) < store_ttl(ttl) - 0.5
