@@ -1,0 +1,697 @@
+"""``memcachedlock demo``: what the package is for, measured on this machine.
+
+The demo starts a real ZEO server on a temporary FileStorage and K client
+processes.  Every client commits N writes to one hot object; each write runs
+W milliseconds of CPU work first (standing for cataloging, rendering...) and
+is retried by ``transaction.manager.attempts()`` on a ConflictError.  It runs
+twice: without a lock, where most of the work is thrown away by conflicts,
+and with ``zlock``, where the clients take turns before the work.  The table
+at the end counts commits, conflicts, zlock's cheap retries, the work wasted
+(executions minus commits) and the wall time of both runs.
+
+The lock store is chosen as a site would: the memcached servers named by
+``MEMCACHEDLOCK_SERVERS`` when they answer, otherwise a private memcached on
+a free loopback port when the ``memcached`` binary is on PATH, otherwise the
+file store (flock in a temporary lock directory), the embedded default.
+
+Everything the demo starts (ZEO, memcached, clients, the temporary directory)
+is stopped and removed when it ends, also on Ctrl-C, SIGTERM or an error.
+Clients run as ``python -c`` of :func:`worker_main` and talk JSON lines over
+their stdout; they exit when their stdin closes, so a demo killed with
+SIGKILL leaves no client behind either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import IO, Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIENTS = 4
+DEFAULT_WRITES = 15
+DEFAULT_WORK_MS = 20.0
+DEFAULT_TIMEOUT = 120.0
+#: Attempts per write before a client gives up (transaction.manager.attempts).
+MAX_ATTEMPTS = 500
+MODES = ("nolock", "zlock")
+MODE_TITLES = {"nolock": "no lock", "zlock": "zlock"}
+STORE_CHOICES = ("auto", "memcached", "file")
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says why in one line."""
+
+
+@dataclasses.dataclass
+class PhaseResult:
+    """The figures of one run (all clients, one mode)."""
+
+    mode: str
+    clients: int
+    writes: int
+    work_ms: float
+    commits: int = 0
+    executions: int = 0
+    attempts: int = 0
+    conflicts: int = 0
+    busy: int = 0
+    wall: float = 0.0
+    final_count: int = 0
+
+    @property
+    def expected(self) -> int:
+        return self.clients * self.writes
+
+    @property
+    def wasted(self) -> int:
+        """Executions of the work whose result was thrown away."""
+        return self.executions - self.commits
+
+    @property
+    def wasted_per_commit(self) -> float:
+        return self.wasted / self.commits if self.commits else 0.0
+
+    @property
+    def nothing_lost(self) -> bool:
+        return self.final_count == self.expected == self.commits
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(
+            expected=self.expected,
+            wasted=self.wasted,
+            wasted_per_commit=round(self.wasted_per_commit, 3),
+            nothing_lost=self.nothing_lost,
+            wall=round(self.wall, 3),
+        )
+        return data
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def burn(work_ms: float) -> None:
+    """Spend ``work_ms`` milliseconds of this thread's CPU time (the expensive work)."""
+    end = time.thread_time() + work_ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+class _Counts:
+    executions = 0
+
+
+def _update(root, name: str, lock_key: str, work_ms: float, counts: _Counts) -> None:
+    """One write to the hot object: read it, do the work, write the result."""
+    counts.executions += 1
+    hot = root[name]
+    value = hot["count"]
+    burn(work_ms)
+    hot["count"] = value + 1
+
+
+def _lock_key(fun: Callable, root, name: str, lock_key: str, *args) -> str:
+    return lock_key
+
+
+def _exit_when_parent_goes(stdin: IO[str]) -> None:
+    """Leave at once when the parent closes our stdin (it ended, or was killed)."""
+    for _ in stdin:
+        pass
+    os._exit(3)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """One demo client: ``--zeo PORT --mode nolock|zlock --writes N --work MS --name OBJ --key KEY``.
+
+    Prints ``{"ready": ...}``, waits for ``go`` on stdin, then one JSON line
+    per commit and ``{"done": ...}`` at the end.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="memcachedlock-demo-client")
+    parser.add_argument("--zeo", type=int, required=True)
+    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--writes", type=int, required=True)
+    parser.add_argument("--work", type=float, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--key", required=True)
+    args = parser.parse_args(argv)
+
+    import transaction
+    import ZEO
+    from ZODB.POSException import ConflictError
+
+    import importlib
+
+    # The package exports the zlock *function* under the module's name.
+    zlock_module = importlib.import_module(__package__ + ".zlock")
+
+    lock_busy = getattr(zlock_module, "LockBusy", None)
+    update = _update
+    if args.mode == "zlock":
+        update = zlock_module.zlock(_lock_key, timeout=30, interval=0.05)(_update)
+
+    def emit(**data) -> None:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+
+    db = ZEO.DB(("127.0.0.1", args.zeo))
+    counts = _Counts()
+    attempts = busy = commits = 0
+    try:
+        conn = db.open()
+        emit(ready=os.getpid())
+        if sys.stdin.readline().strip() != "go":
+            return 3
+        threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
+        manager = transaction.manager
+        for _ in range(args.writes):
+            for attempt in manager.attempts(MAX_ATTEMPTS):
+                with attempt:
+                    attempts += 1
+                    try:
+                        update(conn.root(), args.name, args.key, args.work, counts)
+                    except ConflictError as exc:
+                        if lock_busy is not None and isinstance(exc, lock_busy):
+                            busy += 1
+                        raise
+            commits += 1
+            emit(commit=commits, attempts=attempts, busy=busy, executions=counts.executions)
+        emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions))
+        conn.close()
+    finally:
+        db.close()
+    return 0
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In a server child: get SIGTERM when the demo dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def memcached_version(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """The server's version if something answers as memcached at host:port, else None."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"version\r\n")
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    text = data.decode("ascii", "replace").strip()
+    return text[8:] if text.startswith("VERSION ") else None
+
+
+@dataclasses.dataclass
+class LockStore:
+    """The store the demo's clients use: its kind, the environment to give them, a description."""
+
+    kind: str
+    env: dict
+    description: str
+
+
+class Demo:
+    """Owns everything one demo run starts; ``close()`` stops and removes it all."""
+
+    def __init__(self, clients: int, writes: int, work_ms: float, store: str = "auto",
+                 timeout: float = DEFAULT_TIMEOUT, progress: IO[str] | None = None) -> None:
+        self.clients = clients
+        self.writes = writes
+        self.work_ms = work_ms
+        self.store_choice = store
+        self.timeout = timeout
+        self.progress = progress
+        self.tmp = tempfile.mkdtemp(prefix="memcachedlock-demo-")
+        self.run_id = os.urandom(4).hex()
+        self.procs: list[subprocess.Popen] = []
+        self.zeo_port: int | None = None
+        self.store: LockStore | None = None
+        self._live_line = False
+
+    # -- output
+
+    def say(self, text: str) -> None:
+        if self.progress is None:
+            return
+        if self._live_line:
+            self.progress.write("\n")
+            self._live_line = False
+        self.progress.write(text + "\n")
+        self.progress.flush()
+
+    def _show_progress(self, text: str, final: bool = False) -> None:
+        if self.progress is None:
+            return
+        if self.progress.isatty():
+            self.progress.write("\r" + text + "\033[K")
+            self._live_line = not final
+            if final:
+                self.progress.write("\n")
+        else:
+            self.progress.write(text + "\n")
+        self.progress.flush()
+
+    # -- servers
+
+    def _spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = open(os.path.join(self.tmp, log_name), "ab")
+        try:
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        self.procs.append(proc)
+        return proc
+
+    def _wait_listening(self, proc: subprocess.Popen, port: int, what: str, log_name: str,
+                        timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = self._tail(log_name)
+                raise DemoError(
+                    "%s did not start on 127.0.0.1:%d%s" % (what, port, (": " + tail) if tail else "")
+                )
+            time.sleep(0.05)
+
+    def _tail(self, log_name: str) -> str:
+        try:
+            with open(os.path.join(self.tmp, log_name), "rb") as f:
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+    def start_zeo(self) -> None:
+        """runzeo on a temporary FileStorage on a free loopback port."""
+        port = free_port()
+        proc = self._spawn_server(
+            [sys.executable, "-m", "ZEO.runzeo", "-a", "127.0.0.1:%d" % port,
+             "-f", os.path.join(self.tmp, "Data.fs")],
+            "zeo.log",
+        )
+        self._wait_listening(proc, port, "ZEO server", "zeo.log")
+        self.zeo_port = port
+
+    def _private_memcached(self, binary: str) -> LockStore:
+        port = free_port()
+        args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", "-t", "1"]
+        if os.getuid() == 0:
+            args += ["-u", "root"]
+        proc = self._spawn_server(args, "memcached.log")
+        self._wait_listening(proc, port, "memcached", "memcached.log")
+        version = memcached_version("127.0.0.1", port) or "?"
+        return LockStore(
+            "memcached",
+            {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": "127.0.0.1:%d" % port},
+            "a private memcached %s on 127.0.0.1:%d (started for the demo)" % (version, port),
+        )
+
+    def _file_store(self, why: str) -> LockStore:
+        directory = os.path.join(self.tmp, "locks")
+        return LockStore(
+            "file",
+            {"MEMCACHEDLOCK_BACKEND": "file", "MEMCACHEDLOCK_DIR": directory},
+            "the file store (flock in %s)%s" % (directory, why),
+        )
+
+    def choose_store(self, environ: dict | None = None) -> LockStore:
+        """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store."""
+        from .config import parse_servers
+
+        env = os.environ if environ is None else environ
+        reasons = []
+        if self.store_choice == "file":
+            self.store = self._file_store(" (--backend file)")
+            return self.store
+        configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
+        if configured:
+            servers = parse_servers(configured)
+            down = [
+                s for s in servers
+                if s.path is not None or memcached_version(s.host, s.port) is None
+            ]
+            if not down:
+                self.store = LockStore(
+                    "memcached",
+                    {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": configured,
+                     "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:")},
+                    "memcached %s (MEMCACHEDLOCK_SERVERS)" % configured,
+                )
+                return self.store
+            reasons.append("MEMCACHEDLOCK_SERVERS=%s does not answer (%s)"
+                           % (configured, ", ".join(str(s) for s in down)))
+        else:
+            reasons.append("MEMCACHEDLOCK_SERVERS is not set")
+        binary = shutil.which("memcached")
+        if binary is not None:
+            self.store = self._private_memcached(binary)
+            return self.store
+        if self.store_choice == "memcached":
+            raise DemoError("--backend memcached: %s and no memcached binary is on PATH" % reasons[0])
+        reasons.append("no memcached binary on PATH")
+        self.store = self._file_store(" because " + " and ".join(reasons))
+        return self.store
+
+    # -- the hot objects
+
+    def _db(self):
+        import ZEO
+
+        return ZEO.DB(("127.0.0.1", self.zeo_port))
+
+    def create_objects(self) -> None:
+        import transaction
+        from persistent.mapping import PersistentMapping
+
+        db = self._db()
+        try:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            with tm:
+                root = conn.root()
+                for mode in MODES:
+                    root["hot-" + mode] = PersistentMapping(count=0)
+            conn.close()
+        finally:
+            db.close()
+
+    def read_counts(self) -> dict[str, int]:
+        import transaction
+
+        db = self._db()
+        try:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            with tm:
+                root = conn.root()
+                counts = {mode: root["hot-" + mode]["count"] for mode in MODES}
+            conn.close()
+        finally:
+            db.close()
+        return counts
+
+    # -- the runs
+
+    def _client_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_")}
+        env.update(self.store.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def run_phase(self, mode: str) -> PhaseResult:
+        """Start the clients, release them together, collect their figures."""
+        result = PhaseResult(mode, self.clients, self.writes, self.work_ms)
+        title = MODE_TITLES[mode]
+        code = "import sys; from unimr.memcachedlock.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+        env = self._client_env()
+        workers: list[subprocess.Popen] = []
+        log = open(self._client_log(mode), "ab")
+        for _ in range(self.clients):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
+                 "--writes", str(self.writes), "--work", repr(self.work_ms),
+                 "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                env=env, cwd=self.tmp, start_new_session=True,
+            )
+            self.procs.append(proc)
+            workers.append(proc)
+        log.close()
+        deadline = time.monotonic() + self.timeout
+        selector = selectors.DefaultSelector()
+        for index, proc in enumerate(workers):
+            selector.register(proc.stdout, selectors.EVENT_READ, index)
+        state = [dict(commits=0, attempts=0, busy=0, executions=0) for _ in workers]
+        buffers = [b"" for _ in workers]
+        ready = 0
+        finished = 0
+        started = 0.0
+        last_shown = 0.0
+        try:
+            while finished < len(workers):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DemoError(
+                        "the %s run did not finish within %.0fs (see --timeout)" % (title, self.timeout)
+                    )
+                for key, _ in selector.select(min(remaining, 0.5)):
+                    index = key.data
+                    chunk = os.read(key.fileobj.fileno(), 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        if "done" not in state[index]:
+                            raise DemoError(self._client_failure(mode, workers[index]))
+                        continue
+                    *lines, buffers[index] = (buffers[index] + chunk).split(b"\n")
+                    for line in lines:
+                        message = json.loads(line)
+                        if "ready" in message:
+                            ready += 1
+                            if ready == len(workers):
+                                started = last_shown = time.monotonic()
+                                for proc in workers:
+                                    proc.stdin.write(b"go\n")
+                                    proc.stdin.flush()
+                        elif "done" in message:
+                            state[index].update(message["done"])
+                            state[index]["done"] = True
+                            finished += 1
+                        else:
+                            state[index].update(
+                                {k: message[k] for k in ("attempts", "busy", "executions")},
+                                commits=message["commit"],
+                            )
+                now = time.monotonic()
+                if started and now - last_shown >= (0.1 if self.progress and self.progress.isatty() else 1.0):
+                    last_shown = now
+                    self._show_progress(self._progress_text(title, state, now - started))
+            result.wall = time.monotonic() - started
+            for proc in workers:
+                proc.stdin.close()
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            selector.close()
+        for counts in state:
+            result.commits += counts["commits"]
+            result.attempts += counts["attempts"]
+            result.busy += counts["busy"]
+            result.executions += counts["executions"]
+        result.conflicts = result.attempts - result.commits - result.busy
+        self._show_progress(self._progress_text(title, state, result.wall) + "  done", final=True)
+        return result
+
+    def _client_log(self, mode: str) -> str:
+        return os.path.join(self.tmp, "client-%s.log" % mode)
+
+    def _client_failure(self, mode: str, proc: subprocess.Popen) -> str:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            with open(self._client_log(mode), "rb") as f:
+                lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+        except OSError:
+            lines = []
+        last = lines[-1].strip() if lines else "no output"
+        return "a %s client (pid %d) failed with exit code %s: %s" % (
+            MODE_TITLES[mode], proc.pid, proc.returncode, last)
+
+    def _progress_text(self, title: str, state: list[dict], elapsed: float) -> str:
+        commits = sum(s["commits"] for s in state)
+        attempts = sum(s["attempts"] for s in state)
+        busy = sum(s["busy"] for s in state)
+        executions = sum(s["executions"] for s in state)
+        return "  %-8s %3d/%d commits  %4d conflicts  %3d zlock retries  %4d wasted  %5.1fs" % (
+            title + ":", commits, self.clients * self.writes, attempts - commits - busy, busy,
+            executions - commits, elapsed)
+
+    def run(self) -> list[PhaseResult]:
+        """The whole demo: servers, store, both runs, final counts."""
+        self.say("Starting a ZEO server on a temporary FileStorage...")
+        self.start_zeo()
+        self.say("ZEO server: 127.0.0.1:%d (%s)" % (self.zeo_port, os.path.join(self.tmp, "Data.fs")))
+        store = self.choose_store()
+        self.say("Lock store: %s" % store.description)
+        self.create_objects()
+        self.say(
+            "%d client processes x %d writes to one hot object, %g ms of CPU work per write,"
+            " retried by transaction.manager.attempts():" % (self.clients, self.writes, self.work_ms)
+        )
+        results = [self.run_phase(mode) for mode in MODES]
+        counts = self.read_counts()
+        for result in results:
+            result.final_count = counts[result.mode]
+        return results
+
+    def close(self) -> None:
+        """Stop every process the demo started and remove its temporary directory."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    proc.terminate()
+                except OSError:
+                    pass
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+        self.procs.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Demo":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def format_table(results: list[PhaseResult]) -> str:
+    """The result table: one row per run, speed-up against the unlocked run."""
+    base = results[0].wall
+    header = ("run", "commits", "conflicts", "zlock retries", "executions", "wasted",
+              "wasted/commit", "wall", "speed-up", "count")
+    rows = [header]
+    for r in results:
+        rows.append((
+            MODE_TITLES[r.mode], str(r.commits), str(r.conflicts), str(r.busy), str(r.executions),
+            str(r.wasted), "%.2f" % r.wasted_per_commit, "%.2fs" % r.wall,
+            "%.2fx" % (base / r.wall) if r.wall else "-",
+            "%d/%d%s" % (r.final_count, r.expected, "" if r.nothing_lost else " LOST"),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary(results: list[PhaseResult]) -> str:
+    """One or two sentences reading the table."""
+    plain, locked = results[0], results[-1]
+    text = (
+        "Without a lock %d of %d executions of the work were thrown away by ConflictErrors"
+        " (%.2f per commit); with zlock %d (%.2f per commit)."
+        % (plain.wasted, plain.executions, plain.wasted_per_commit, locked.wasted, locked.wasted_per_commit)
+    )
+    if locked.wall and plain.wall:
+        text += " zlock took %.2fx the time of the unlocked run (speed-up %.2fx)." % (
+            locked.wall / plain.wall, plain.wall / locked.wall)
+    if not all(r.nothing_lost for r in results):
+        text += " UPDATES WERE LOST: the final count differs from the commits."
+    return text
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGHUP turned into an exception, so that cleanup runs."""
+
+
+def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_ms: float = DEFAULT_WORK_MS,
+             store: str = "auto", timeout: float = DEFAULT_TIMEOUT, as_json: bool = False,
+             out: IO[str] | None = None, progress: IO[str] | None = None) -> int:
+    """Run the demo and print its table (or JSON); return the exit code.
+
+    0: both runs finished and nothing was lost; 1: an update was lost.
+    Raises DemoError (one clear line) if it could not run.
+    """
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress is None else progress
+    check_counts(clients, writes, work_ms, timeout)
+    if store not in STORE_CHOICES:
+        raise DemoError("unknown lock store %r: use one of %s" % (store, ", ".join(STORE_CHOICES)))
+
+    def interrupted(signum, frame):
+        raise _Interrupted(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, interrupted)
+    try:
+        with Demo(clients, writes, work_ms, store, timeout, progress) as demo:
+            results = demo.run()
+            store_info = dataclasses.asdict(demo.store)
+            zeo_port = demo.zeo_port
+    except _Interrupted as exc:
+        raise DemoError("stopped by signal %d; everything it started was cleaned up" % exc.args[0]) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if as_json:
+        json.dump({
+            "store": {"kind": store_info["kind"], "description": store_info["description"]},
+            "zeo": "127.0.0.1:%d" % zeo_port,
+            "runs": [r.as_dict() for r in results],
+            "speedup": round(results[0].wall / results[-1].wall, 3) if results[-1].wall else None,
+        }, out, indent=2)
+        out.write("\n")
+    else:
+        out.write("\n" + format_table(results) + "\n\n" + summary(results) + "\n")
+    out.flush()
+    return 0 if all(r.nothing_lost for r in results) else 1
+
+
+def check_counts(clients: int, writes: int, work_ms: float, timeout: float) -> None:
+    """Refuse sizes the demo cannot run sensibly, naming the bad value."""
+    if not 1 <= clients <= 32:
+        raise DemoError("--clients must be between 1 and 32, not %r" % clients)
+    if not 1 <= writes <= 10000:
+        raise DemoError("--writes must be between 1 and 10000, not %r" % writes)
+    if not 0 <= work_ms <= 10000:
+        raise DemoError("--work must be between 0 and 10000 ms, not %r" % work_ms)
+    if not 1 <= timeout <= 86400:
+        raise DemoError("--timeout must be between 1 and 86400 s, not %r" % timeout)
