@@ -162,8 +162,9 @@ class FileBackend(Backend):
         return "<FileBackend %s>" % self.directory
 
     def path_for(self, name: str) -> str:
-        """The lock file of ``name`` (names from ``keys.lock_name`` are safe file names)."""
-        if not name or "/" in name or "\0" in name or len(name) > 200:
+        """The lock file of ``name`` (names from ``keys.lock_name`` are safe file names;
+        the empty key's name is empty and its file is ``.lock``)."""
+        if "/" in name or "\0" in name or len(name) > 200:
             raise ValueError("not a lock name from keys.lock_name: %r" % (name,))
         return os.path.join(self.directory, name + LOCK_SUFFIX)
 
