@@ -99,7 +99,13 @@ def parse_servers(value: str) -> tuple[ServerAddress, ...]:
     """Parse a comma-separated server list; duplicates are an error (they would skew hashing)."""
     if value is None or not value.strip():
         raise ConfigurationError("MEMCACHEDLOCK_SERVERS is empty: %r" % (value,))
-    servers = tuple(parse_server(part) for part in value.split(","))
+    parts = value.split(",")
+    for number, part in enumerate(parts, 1):
+        if not part.strip():
+            raise ConfigurationError(
+                "memcached server list %r has an empty entry (number %d)" % (value, number)
+            )
+    servers = tuple(parse_server(part) for part in parts)
     seen = set()
     for server in servers:
         if str(server) in seen:
@@ -195,11 +201,16 @@ def configure(**changes) -> Settings:
 
 
 def reset() -> None:
-    """Forget settings and the lock store: the next use reads the environment again."""
+    """Forget settings and the lock store: the next use reads the environment again.
+
+    The old store's idle connections are closed; leases still held through it
+    keep working (its clients reconnect on demand).
+    """
     global _settings, _backend
     with _lock:
-        _settings = None
-        _backend = None
+        old, _settings, _backend = _backend, None, None
+    if old is not None:
+        old.close()
 
 
 def get_backend():

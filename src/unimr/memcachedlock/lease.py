@@ -17,7 +17,10 @@ import time
 import weakref
 from typing import Callable
 
+from zope.interface import implementer
+
 from .errors import BackendUnavailable
+from .interfaces import ILease
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ def renew_period(ttl: float) -> float:
     return max(0.2, (store_ttl(ttl) - 1) / 2.0)
 
 
+@implementer(ILease)
 class Lease:
     """One acquisition.  Subclasses implement ``_release()`` and ``_renew(ttl)``."""
 

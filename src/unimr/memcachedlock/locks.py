@@ -17,9 +17,12 @@ import threading
 import time
 from typing import Callable
 
+from zope.interface import implementer
+
 from . import metrics
 from .config import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
+from .interfaces import ILock
 from .keys import lock_name
 from .lease import Lease
 
@@ -64,6 +67,7 @@ def wait_deadline(blocking: bool, timeout: float) -> float | None:
     return time.monotonic() + timeout
 
 
+@implementer(ILock)
 class BaseLock:
     """What Lock and RLock share: the key, the store and the wait loop."""
 

@@ -6,9 +6,13 @@ import os
 import socket
 import time
 
+from zope.interface import implementer
+
 from .. import lease as _lease
+from ..interfaces import ILockBackend
 
 
+@implementer(ILockBackend)
 class Backend:
     """Base of the lock stores.  Subclasses implement ``acquire``, ``holder``,
     ``list_locks``, ``break_lock`` and the notes; waiting defaults to sleeping."""

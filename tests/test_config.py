@@ -1,0 +1,97 @@
+"""Configuration: MEMCACHEDLOCK_SERVERS and friends, read once, resettable."""
+
+from __future__ import annotations
+
+import pytest
+
+from unimr.memcachedlock import ConfigurationError, config
+from unimr.memcachedlock.config import ServerAddress, Settings, parse_servers
+
+
+def test_default_is_local_memcached_with_file_fallback():
+    settings = Settings.from_environ({})
+    assert [str(s) for s in settings.servers] == ["127.0.0.1:11211"]
+    assert settings.backend == "fallback"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:11211", ["127.0.0.1:11211"]),
+        ("host1:11211,host2:11212", ["host1:11211", "host2:11212"]),
+        (" cache.example.org:1 , [::1]:11311 ", ["cache.example.org:1", "[::1]:11311"]),
+        ("[::1]", ["[::1]:11211"]),
+        ("localhost", ["localhost:11211"]),
+        ("/run/memcached/memcached.sock", ["/run/memcached/memcached.sock"]),
+        ("unix:/tmp/mc.sock,127.0.0.1:5", ["/tmp/mc.sock", "127.0.0.1:5"]),
+    ],
+)
+def test_server_list_forms(text, expected):
+    assert [str(s) for s in parse_servers(text)] == expected
+
+
+def test_address_kinds():
+    (tcp, v6, unix) = parse_servers("h:1,[fe80::1]:2,/s.sock")
+    assert tcp.pymemcache_server == ("h", 1)
+    assert v6.pymemcache_server == ("fe80::1", 2)
+    assert unix.pymemcache_server == "/s.sock"
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ("host:notaport", "host:notaport"),
+        ("host:0", "host:0"),
+        ("host:70000", "host:70000"),
+        ("host:", "host:"),
+        ("::1:11211", "::1:11211"),
+        ("[::1:11211", "[::1:11211"),
+        ("[nothex]:1", "[nothex]:1"),
+        ("good:1,,other:2", "good:1,,other:2"),
+        ("a b:1", "a b:1"),
+        ("unix:relative.sock", "unix:relative.sock"),
+        ("h:1,h:1", "h:1"),
+        ("", "''"),
+    ],
+)
+def test_malformed_entries_name_the_entry(bad, named):
+    with pytest.raises(ConfigurationError) as info:
+        parse_servers(bad)
+    assert isinstance(info.value, ValueError)
+    assert named in str(info.value)
+
+
+def test_environment_is_read_once_and_reset_rereads(monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "a:1")
+    first = config.get_settings()
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "b:2")
+    assert config.get_settings() is first
+    config.reset()
+    assert [str(s) for s in config.get_settings().servers] == ["b:2"]
+
+
+def test_bad_environment_is_reported_when_read(monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "cache:11211,cache2:port")
+    with pytest.raises(ConfigurationError, match="cache2:port"):
+        config.get_settings()
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "cache:11211")
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "redis")
+    config.reset()
+    with pytest.raises(ConfigurationError, match="redis"):
+        config.get_settings()
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
+    monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "-1")
+    config.reset()
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_IO_TIMEOUT"):
+        config.get_settings()
+
+
+def test_configure_in_code_and_backend_is_built_once(memcached):
+    settings = config.configure(servers=memcached.address, backend="memcached")
+    assert settings.servers == (ServerAddress("127.0.0.1", memcached.port),)
+    backend = config.get_backend()
+    assert config.get_backend() is backend
+    config.configure(io_timeout=2.0)
+    assert config.get_backend() is not backend
+    with pytest.raises(ConfigurationError, match="sqlite"):
+        config.configure(backend="sqlite")
