@@ -2,72 +2,386 @@
 
 A lock name made by a decorator reads ``module.function:key``; its prefix is
 the part before the first colon, so every catalog's lock counts under
-``Products.ZCatalog.ZCatalog.ZCatalog.catalog_object``.  Recording is a dict
-update under a lock: cheap enough for every acquisition.
+``Products.ZCatalog.ZCatalog.ZCatalog.catalog_object``.  Per prefix the
+module counts acquisitions, contended acquisitions (waits), LockBusy
+retries, timeouts, fallbacks to the file store and lost leases, and keeps the
+last :data:`SAMPLES` wait and hold times for their p50/p99.  Recording is one
+dict update under a lock: cheap enough for every acquisition.
+
+Reading them
+------------
+In the process: :func:`snapshot` (counters and percentiles by prefix) and
+:func:`log_summary` (one debug line per prefix).
+
+Across processes (a Zope site's ZEO clients): set ``MEMCACHEDLOCK_METRICS_DIR``
+and every process that uses a lock writes ``<dir>/<host>-<pid>.json`` every
+``MEMCACHEDLOCK_METRICS_INTERVAL`` seconds (default 60), when it exits, and
+whenever :func:`write_snapshot` is called.  ``memcachedlock stats`` reads the
+directory and merges the files: counters add up, percentiles are computed
+over the union of the samples.  A plain file per process needs no server,
+no signal handler (Zope uses SIGUSR2 itself) and survives its writer.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
+import glob
+import json
+import logging
+import math
+import os
+import socket
 import threading
+import time
+from typing import Iterable
+
+from .errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+#: Wait and hold times kept per prefix for the percentiles (the most recent ones).
+SAMPLES = 1000
+DEFAULT_INTERVAL = 60.0
+COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
+            "busy_retries", "timeouts", "fallbacks", "lost")
+SNAPSHOT_FORMAT = 1
 
 _lock = threading.Lock()
-_counters: dict[str, dict[str, float]] = {}
+
+
+class _Prefix:
+    """Counters and recent samples of one key prefix."""
+
+    __slots__ = ("counters", "waits", "holds")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.waits: collections.deque[float] = collections.deque(maxlen=SAMPLES)
+        self.holds: collections.deque[float] = collections.deque(maxlen=SAMPLES)
+
+
+_prefixes: dict[str, _Prefix] = {}
+_writer_pid: int | None = None
+#: Bumped whenever the writer is restarted; an older writer thread then ends.
+_writer_generation = 0
+_settings_cache: tuple[str, float] | None = None
 
 
 def prefix_of(name: str) -> str:
+    """The part of a lock name before its first colon; ``(other)`` if it has none."""
     head, sep, _ = name.partition(":")
     return head if sep else "(other)"
 
 
-def _bump(name: str, field: str, amount: float = 1.0) -> None:
+def _entry(name: str) -> _Prefix:
+    """The prefix's record; call with ``_lock`` held."""
     prefix = prefix_of(name)
-    with _lock:
-        counters = _counters.get(prefix)
-        if counters is None:
-            counters = _counters[prefix] = {}
-        counters[field] = counters.get(field, 0) + amount
+    entry = _prefixes.get(prefix)
+    if entry is None:
+        entry = _prefixes[prefix] = _Prefix()
+    return entry
+
+
+def _add(counters: dict[str, float], field: str, amount: float = 1) -> None:
+    counters[field] = counters.get(field, 0) + amount
 
 
 def record_acquire(name: str, waited: float, contended: bool) -> None:
     """A lock was taken after ``waited`` seconds (``contended``: it was busy at first)."""
-    _bump(name, "acquisitions")
-    if contended:
-        _bump(name, "waits")
-        _bump(name, "wait_time", waited)
+    with _lock:
+        entry = _entry(name)
+        _add(entry.counters, "acquisitions")
+        if contended:
+            _add(entry.counters, "waits")
+            _add(entry.counters, "wait_time", waited)
+        entry.waits.append(waited)
+    if _writer_pid != os.getpid():
+        _start_writer()
 
 
 def record_release(name: str, held: float) -> None:
     """A lock was released after being held ``held`` seconds."""
-    _bump(name, "releases")
-    _bump(name, "hold_time", held)
+    with _lock:
+        entry = _entry(name)
+        _add(entry.counters, "releases")
+        _add(entry.counters, "hold_time", held)
+        entry.holds.append(held)
+
+
+def _count(name: str, field: str) -> None:
+    with _lock:
+        _add(_entry(name).counters, field)
+    logger.debug("lock %s: %s", name, field)
 
 
 def record_timeout(name: str) -> None:
     """A decorated call gave up waiting for its lock."""
-    _bump(name, "timeouts")
+    _count(name, "timeouts")
 
 
 def record_busy(name: str) -> None:
     """zlock raised LockBusy, asking the transaction to be retried."""
-    _bump(name, "busy_retries")
+    _count(name, "busy_retries")
 
 
 def record_fallback(name: str) -> None:
     """A lock was taken in the file store because memcached was unreachable."""
-    _bump(name, "fallbacks")
+    _count(name, "fallbacks")
 
 
 def record_lost(name: str) -> None:
     """A held lock's lease was found expired or broken."""
-    _bump(name, "lost")
+    _count(name, "lost")
 
 
-def snapshot() -> dict[str, dict[str, float]]:
-    """A copy of all counters, by key prefix."""
+def percentile(samples: Iterable[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (``fraction`` in 0..1) of ``samples``; None if there are none."""
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(counters: dict[str, float], waits: Iterable[float], holds: Iterable[float]) -> dict[str, float | None]:
+    """Counters (every field, zero if never counted) plus wait/hold p50 and p99 in seconds."""
+    waits = list(waits)
+    holds = list(holds)
+    data: dict[str, float | None] = {field: counters.get(field, 0) for field in COUNTERS}
+    data.update(
+        wait_p50=percentile(waits, 0.5), wait_p99=percentile(waits, 0.99),
+        hold_p50=percentile(holds, 0.5), hold_p99=percentile(holds, 0.99),
+    )
+    return data
+
+
+def snapshot() -> dict[str, dict[str, float | None]]:
+    """All counters and percentiles of this process, by key prefix (a copy)."""
     with _lock:
-        return {prefix: dict(values) for prefix, values in _counters.items()}
+        copies = [(p, dict(e.counters), list(e.waits), list(e.holds)) for p, e in _prefixes.items()]
+    return {prefix: summarize(c, w, h) for prefix, c, w, h in copies}
+
+
+def report() -> dict:
+    """This process's metrics with their raw samples: what a snapshot file holds."""
+    with _lock:
+        prefixes = {
+            prefix: {"counters": dict(e.counters), "waits": list(e.waits), "holds": list(e.holds)}
+            for prefix, e in _prefixes.items()
+        }
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.time(),
+        "prefixes": prefixes,
+    }
+
+
+def log_summary(level: int = logging.DEBUG) -> None:
+    """Log one line per prefix: acquisitions, waits, p50/p99 of wait and hold, retries."""
+    if not logger.isEnabledFor(level):
+        return
+    for prefix, data in sorted(snapshot().items()):
+        logger.log(
+            level,
+            "locks %s: %d acquired, %d waited (p50 %s, p99 %s), held p50 %s p99 %s, "
+            "%d busy retries, %d timeouts, %d fallbacks, %d lost",
+            prefix, data["acquisitions"], data["waits"], _ms(data["wait_p50"]), _ms(data["wait_p99"]),
+            _ms(data["hold_p50"]), _ms(data["hold_p99"]), data["busy_retries"], data["timeouts"],
+            data["fallbacks"], data["lost"],
+        )
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else "%.1fms" % (seconds * 1000)
 
 
 def reset() -> None:
+    """Forget every counter and sample of this process, and the snapshot settings.
+
+    The periodic writer stops; the next acquisition reads the environment again.
+    """
+    global _settings_cache, _writer_pid, _writer_generation
     with _lock:
-        _counters.clear()
+        _prefixes.clear()
+    with _writer_lock:
+        _settings_cache = None
+        _writer_pid = None
+        _writer_generation += 1
+
+
+# --------------------------------------------------------------------------- snapshot files
+
+
+def metrics_settings(environ=None) -> tuple[str, float]:
+    """``(directory, interval)`` from MEMCACHEDLOCK_METRICS_DIR / _INTERVAL; ``""`` if unset.
+
+    ConfigurationError names a bad value.
+    """
+    env = os.environ if environ is None else environ
+    directory = env.get("MEMCACHEDLOCK_METRICS_DIR", "").strip()
+    text = env.get("MEMCACHEDLOCK_METRICS_INTERVAL", "").strip()
+    interval = DEFAULT_INTERVAL
+    if text:
+        try:
+            interval = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                "MEMCACHEDLOCK_METRICS_INTERVAL=%r is not a number of seconds" % text) from None
+        if math.isnan(interval) or not 0.1 <= interval <= 86400:
+            raise ConfigurationError(
+                "MEMCACHEDLOCK_METRICS_INTERVAL=%r must be between 0.1 and 86400 seconds" % text)
+    if directory and not os.path.isabs(directory):
+        raise ConfigurationError("MEMCACHEDLOCK_METRICS_DIR=%r must be an absolute path" % directory)
+    return directory, interval
+
+
+def configure_metrics(directory: str = "", interval: float = DEFAULT_INTERVAL) -> None:
+    """Set the snapshot directory and interval in code (overrides the environment).
+
+    ``directory=""`` turns the periodic snapshots off.
+    """
+    global _settings_cache
+    if directory and not os.path.isabs(directory):
+        raise ConfigurationError("metrics directory %r must be an absolute path" % directory)
+    if not isinstance(interval, (int, float)) or math.isnan(interval) or not 0.1 <= interval <= 86400:
+        raise ConfigurationError("metrics interval %r must be between 0.1 and 86400 seconds" % (interval,))
+    _settings_cache = (directory, float(interval))
+    _start_writer(force=True)
+
+
+def _current_settings() -> tuple[str, float]:
+    global _settings_cache
+    if _settings_cache is None:
+        try:
+            _settings_cache = metrics_settings()
+        except ConfigurationError as exc:
+            logger.warning("metrics snapshots off: %s", exc)
+            _settings_cache = ("", DEFAULT_INTERVAL)
+    return _settings_cache
+
+
+def snapshot_path(directory: str) -> str:
+    """This process's snapshot file in ``directory``."""
+    return os.path.join(directory, "%s-%d.json" % (socket.gethostname(), os.getpid()))
+
+
+def write_snapshot(directory: str | None = None) -> str:
+    """Write this process's metrics to its snapshot file now; return the path.
+
+    ``directory`` defaults to the configured one; ConfigurationError if none is.
+    The file is replaced atomically, so a reader never sees half of it.
+    """
+    directory = directory or _current_settings()[0]
+    if not directory:
+        raise ConfigurationError("no metrics directory: set MEMCACHEDLOCK_METRICS_DIR")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = snapshot_path(directory)
+    tmp = "%s.%s.tmp" % (path, os.urandom(4).hex())
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report(), f)
+    os.replace(tmp, path)
+    logger.debug("metrics snapshot written to %s", path)
+    log_summary()
+    return path
+
+
+def _writer_loop(generation: int, interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        if generation != _writer_generation:
+            return
+        try:
+            write_snapshot()
+        except (OSError, ConfigurationError) as exc:
+            logger.warning("could not write metrics snapshot: %s", exc)
+
+
+def _write_at_exit() -> None:
+    if _writer_pid == os.getpid() and _current_settings()[0]:
+        try:
+            write_snapshot()
+        except (OSError, ConfigurationError) as exc:
+            logger.warning("could not write metrics snapshot at exit: %s", exc)
+
+
+_writer_lock = threading.Lock()
+atexit.register(_write_at_exit)
+
+
+def _start_writer(force: bool = False) -> None:
+    """Start this process's periodic snapshot writer if a directory is configured."""
+    global _writer_pid, _writer_generation
+    with _writer_lock:
+        pid = os.getpid()
+        if _writer_pid == pid and not force:
+            return
+        _writer_pid = pid
+        _writer_generation += 1
+        directory, interval = _current_settings()
+        if not directory:
+            return
+        thread = threading.Thread(
+            target=_writer_loop, args=(_writer_generation, interval), name="memcachedlock-metrics",
+            daemon=True,
+        )
+        thread.start()
+
+
+def _after_fork_in_child() -> None:
+    """A child starts with empty metrics: its parent's are in the parent's file."""
+    global _lock, _writer_lock
+    _lock = threading.Lock()
+    _writer_lock = threading.Lock()
+    _prefixes.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --------------------------------------------------------------------------- reading snapshots
+
+
+def read_snapshots(directory: str, max_age: float | None = None) -> list[dict]:
+    """The snapshot files in ``directory`` (newer than ``max_age`` seconds), oldest first.
+
+    Unreadable or foreign files are skipped with a warning.
+    """
+    found = []
+    now = time.time()
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            logger.warning("skipping metrics snapshot %s: %s", path, exc)
+            continue
+        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+            logger.warning("skipping %s: not a memcachedlock metrics snapshot", path)
+            continue
+        if max_age is not None and now - float(data.get("time", 0)) > max_age:
+            continue
+        data["path"] = path
+        found.append(data)
+    found.sort(key=lambda d: d.get("time", 0))
+    return found
+
+
+def merge(snapshots: Iterable[dict]) -> dict[str, dict[str, float | None]]:
+    """Counters summed and percentiles over all samples, by prefix, plus ``processes``."""
+    merged: dict[str, tuple[dict[str, float], list[float], list[float], set]] = {}
+    for snap in snapshots:
+        for prefix, data in snap.get("prefixes", {}).items():
+            counters, waits, holds, procs = merged.setdefault(prefix, ({}, [], [], set()))
+            for field, value in data.get("counters", {}).items():
+                _add(counters, field, value)
+            waits.extend(data.get("waits", ()))
+            holds.extend(data.get("holds", ()))
+            procs.add((snap.get("host"), snap.get("pid")))
+    result = {}
+    for prefix, (counters, waits, holds, procs) in merged.items():
+        result[prefix] = summarize(counters, waits, holds)
+        result[prefix]["processes"] = len(procs)
+    return result

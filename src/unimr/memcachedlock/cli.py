@@ -1,0 +1,582 @@
+"""The ``memcachedlock`` command: demo, list, show, break, check, stats, bench.
+
+Every subcommand prints a human-readable table by default and JSON with
+``--json``; errors are one line on stderr, never a traceback.  Exit codes:
+
+0  success (``check``: no problem found)
+1  the answer is "no": a problem found (``check``), lock not held (``show``,
+   ``break``), no snapshots (``stats``), an update lost (``demo``)
+2  bad usage or configuration (a bad ``MEMCACHEDLOCK_*`` value, a refused
+   ``break`` without ``--yes`` and without a terminal)
+3  the lock store cannot be reached
+130 interrupted (Ctrl-C)
+
+``list``, ``show``, ``break`` and ``check`` read the same environment as the
+package (``MEMCACHEDLOCK_SERVERS``, ``MEMCACHEDLOCK_BACKEND``,
+``MEMCACHEDLOCK_DIR``, ``MEMCACHEDLOCK_PREFIX``...); ``--servers``,
+``--backend`` and ``--dir`` override it for one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from typing import IO, Sequence
+
+from .config import BACKEND_KINDS, ServerAddress, Settings
+from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
+from .info import Holder
+from .keys import lock_name
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+_NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{1,200}")
+
+
+class CommandError(Exception):
+    """A subcommand failed; ``code`` is the exit code, the message one line."""
+
+    def __init__(self, message: str, code: int = EXIT_NO) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The package's settings from the environment, with the command line's overrides."""
+    env = dict(os.environ)
+    for option, variable in (("servers", "MEMCACHEDLOCK_SERVERS"), ("backend", "MEMCACHEDLOCK_BACKEND"),
+                             ("dir", "MEMCACHEDLOCK_DIR")):
+        value = getattr(args, option, None)
+        if value is not None:
+            env[variable] = value
+    return Settings.from_environ(env)
+
+
+def make_store(settings: Settings):
+    from .backends import make_backend
+
+    return make_backend(settings)
+
+
+def describe_holder(holder: Holder) -> str:
+    return "%s pid %d thread %s" % (holder.host, holder.pid, holder.thread_name or holder.thread)
+
+
+def seconds(value: float | None) -> str:
+    """A duration for a table: 850ms, 12.3s, 4m05s, 2h03m."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return "%.0fms" % (value * 1000) if value >= 0.001 else "%.2fms" % (value * 1000)
+    if value < 60:
+        return "%.1fs" % value
+    if value < 3600:
+        return "%dm%02ds" % divmod(int(value), 60)
+    return "%dh%02dm" % divmod(int(value) // 60, 60)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; ``right`` lists right-aligned columns."""
+    rows = [list(map(str, header))] + [list(map(str, row)) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def print_json(data, out: IO[str]) -> None:
+    json.dump(data, out, indent=2, sort_keys=True)
+    out.write("\n")
+
+
+def candidate_names(key: str) -> list[str]:
+    """Lock names KEY may mean: the name as ``list`` shows it, then the name of the key."""
+    names = []
+    if _NAME.fullmatch(key):
+        names.append(key)
+    name = lock_name(key)
+    if name not in names:
+        names.append(name)
+    return names
+
+
+def find_holder(store, key: str) -> tuple[str, Holder | None]:
+    """The lock name KEY stands for and its holder (None if nobody holds it)."""
+    names = candidate_names(key)
+    for name in names:
+        holder = store.holder(name)
+        if holder is not None:
+            return name, holder
+    return names[-1], None
+
+
+def holder_row(holder: Holder) -> list[str]:
+    return [holder.name, describe_holder(holder), seconds(holder.age), seconds(holder.ttl_left),
+            holder.backend]
+
+
+# --------------------------------------------------------------------------- list / show / break
+
+
+def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
+    settings = load_settings(args)
+    store = make_store(settings)
+    holders: list[Holder] = []
+    warnings: list[str] = []
+    parts = [store.primary, store.secondary] if store.kind == "fallback" else [store]
+    for part in parts:
+        try:
+            holders.extend(part.list_locks())
+        except BackendUnavailable as exc:
+            if store.kind != "fallback":
+                raise
+            warnings.append("%s; showing the lock directory only" % exc)
+    holders.sort(key=lambda h: h.acquired)
+    for warning in warnings:
+        print("memcachedlock: warning: %s" % warning, file=sys.stderr)
+    if args.json:
+        print_json([h.as_dict() for h in holders], out)
+    elif holders:
+        out.write(table(("KEY", "HOLDER", "AGE", "TTL LEFT", "STORE"),
+                        [holder_row(h) for h in holders], right=(2, 3)) + "\n")
+    else:
+        out.write("no locks held\n")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
+    store = make_store(load_settings(args))
+    name, holder = find_holder(store, args.key)
+    if holder is None:
+        if args.json:
+            print_json({"name": name, "held": False}, out)
+        else:
+            out.write("%s is not locked\n" % name)
+        return EXIT_NO
+    if args.json:
+        print_json(dict(holder.as_dict(), held=True), out)
+        return EXIT_OK
+    rows = [
+        ("key", holder.name),
+        ("holder", describe_holder(holder)),
+        ("host", holder.host),
+        ("pid", str(holder.pid)),
+        ("thread", "%s (%d)" % (holder.thread_name, holder.thread)),
+        ("acquired", "%s (%s ago)" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.acquired)),
+                                      seconds(holder.age))),
+        ("ttl left", seconds(holder.ttl_left)),
+        ("store", holder.backend),
+        ("token", holder.token),
+    ]
+    out.write("\n".join("%-9s %s" % row for row in rows) + "\n")
+    return EXIT_OK
+
+
+def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
+    store = make_store(load_settings(args))
+    name, holder = find_holder(store, args.key)
+    if holder is None:
+        out.write("%s is not locked: nothing to break\n" % name)
+        return EXIT_NO
+    who = describe_holder(holder)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(
+                "refusing to break %s (held by %s): no terminal to confirm on; add --yes" % (name, who),
+                EXIT_USAGE,
+            )
+        answer = input("Break lock %s held by %s for %s? [y/N] " % (name, who, seconds(holder.age)))
+        if answer.strip().lower() not in ("y", "yes"):
+            out.write("not broken\n")
+            return EXIT_NO
+    broken = store.break_lock(name)
+    logger.warning(
+        "lock %s held by %s (token %s, for %s) broken by %s@%s pid %d",
+        name, who, holder.token, seconds(holder.age), _user(), socket.gethostname(), os.getpid(),
+    )
+    if args.json:
+        print_json({"name": name, "broken": bool(broken), "holder": holder.as_dict()}, out)
+    else:
+        out.write("broke %s (was held by %s)\n" % (name, who) if broken
+                  else "%s was released meanwhile\n" % name)
+    return EXIT_OK
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "uid %d" % os.getuid()
+
+
+# --------------------------------------------------------------------------- check
+
+
+def server_command(address: ServerAddress, command: bytes, timeout: float) -> list[str]:
+    """Send one command over a plain socket and return the lines up to END (or one line)."""
+    if address.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = address.path
+    else:
+        info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        target = info[4]
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect(target)
+        sock.sendall(command + b"\r\n")
+        data = b""
+        deadline = time.monotonic() + timeout
+        single = not command.startswith(b"stats")
+        while True:
+            if data.endswith(b"END\r\n") or (single and data.endswith(b"\r\n")) or data.startswith(b"ERROR") \
+                    or data.startswith(b"CLIENT_ERROR"):
+                break
+            if time.monotonic() > deadline:
+                raise socket.timeout("no complete answer to %r within %.1fs" % (command.decode(), timeout))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode("ascii", "replace").splitlines()
+
+
+def _stats(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            found[parts[1]] = parts[2]
+    return found
+
+
+def check_server(address: ServerAddress, settings: Settings) -> dict:
+    """Reachability, version, evictions and eviction settings of one server, with problems found."""
+    timeout = settings.connect_timeout + settings.io_timeout
+    report: dict = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
+    try:
+        version = server_command(address, b"version", timeout)
+        stats = _stats(server_command(address, b"stats", timeout))
+        server_settings = _stats(server_command(address, b"stats settings", timeout))
+    except OSError as exc:
+        report["problems"].append(
+            "unreachable (%s): locks fall back to this host's lock directory or fail; "
+            "start memcached there or fix MEMCACHEDLOCK_SERVERS" % (exc or type(exc).__name__)
+        )
+        return report
+    report["reachable"] = True
+    report["version"] = version[0][8:] if version and version[0].startswith("VERSION ") else "?"
+    report["evictions"] = int(stats.get("evictions", 0))
+    report["limit_maxbytes"] = int(stats.get("limit_maxbytes", 0))
+    report["temporary_ttl"] = int(server_settings.get("temporary_ttl", 0) or 0)
+    report["evictions_enabled"] = server_settings.get("evictions", "on") != "off"
+    report["lru_crawler"] = server_settings.get("lru_crawler", "yes") == "yes"
+    can_evict = report["evictions_enabled"] and report["temporary_ttl"] == 0
+    report["can_evict_locks"] = can_evict
+    fix = ("start memcached with -o temporary_ttl=N (N at least your longest lock timeout, e.g. 3600) "
+           "or give the locks a dedicated instance")
+    if can_evict and report["evictions"] > 0:
+        report["problems"].append(
+            "has evicted %d items and may evict live locks (no temporary_ttl): %s" % (report["evictions"], fix))
+    elif can_evict:
+        report["warnings"].append("no eviction yet, but memory pressure would evict live locks: " + fix)
+    if not report["lru_crawler"]:
+        report["warnings"].append("the LRU crawler is off (-X?): `memcachedlock list` cannot see its locks")
+    return report
+
+
+def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
+    from .metrics import metrics_settings
+
+    result: dict = {"problems": [], "servers": []}
+    try:
+        settings = load_settings(args)
+        metrics_dir, metrics_interval = metrics_settings()
+    except ConfigurationError as exc:
+        result["problems"].append("configuration: %s" % exc)
+        result["ok"] = False
+        if args.json:
+            print_json(result, out)
+        else:
+            out.write("configuration: PROBLEM: %s\n" % exc)
+        return EXIT_USAGE
+    result["configuration"] = {
+        "backend": settings.backend, "servers": [str(s) for s in settings.servers],
+        "lock_dir": settings.lock_dir, "prefix": settings.prefix,
+        "connect_timeout": settings.connect_timeout, "io_timeout": settings.io_timeout,
+        "metrics_dir": metrics_dir or None, "metrics_interval": metrics_interval,
+    }
+    lines = ["configuration: ok (backend %s, servers %s, prefix %s)" % (
+        settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
+    if settings.backend in ("memcached", "fallback"):
+        for address in settings.servers:
+            report = check_server(address, settings)
+            result["servers"].append(report)
+            if report["reachable"]:
+                line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
+                    address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
+                    report["evictions"], report["temporary_ttl"] or "off")
+                if not report["evictions_enabled"]:
+                    line += ", evictions off (-M)"
+            else:
+                line = "memcached %s: UNREACHABLE" % address
+            lines.append(line)
+            for problem in report["problems"]:
+                lines.append("  PROBLEM: %s" % problem)
+                result["problems"].append("memcached %s: %s" % (address, problem))
+            for warning in report["warnings"]:
+                lines.append("  warning: %s" % warning)
+    if settings.backend in ("file", "fallback"):
+        from .backends.file import prepare_lock_dir
+
+        try:
+            prepare_lock_dir(settings.lock_dir)
+            lines.append("lock directory %s: writable" % settings.lock_dir)
+            result["lock_dir_ok"] = True
+        except ConfigurationError as exc:
+            lines.append("lock directory: PROBLEM: %s" % exc)
+            result["problems"].append(str(exc))
+            result["lock_dir_ok"] = False
+    if metrics_dir:
+        lines.append("metrics: snapshots to %s every %gs" % (metrics_dir, metrics_interval))
+    result["ok"] = not result["problems"]
+    if args.json:
+        print_json(result, out)
+    else:
+        lines.append("ok" if result["ok"] else "%d problem(s) found" % len(result["problems"]))
+        out.write("\n".join(lines) + "\n")
+    return EXIT_OK if result["ok"] else EXIT_NO
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import metrics
+
+    directory = args.dir
+    if directory is None:
+        directory = metrics.metrics_settings()[0]
+    if not directory:
+        raise CommandError("no metrics directory: give --dir or set MEMCACHEDLOCK_METRICS_DIR", EXIT_USAGE)
+    if not os.path.isdir(directory):
+        raise CommandError("metrics directory %r does not exist" % directory, EXIT_NO)
+    snapshots = metrics.read_snapshots(directory, args.max_age)
+    merged = metrics.merge(snapshots)
+    if args.json:
+        print_json({"directory": directory, "snapshots": len(snapshots), "prefixes": merged}, out)
+        return EXIT_OK if snapshots else EXIT_NO
+    if not snapshots:
+        out.write("no metrics snapshots in %s (a process writes one every MEMCACHEDLOCK_METRICS_INTERVAL "
+                  "seconds once it has used a lock, and at exit)\n" % directory)
+        return EXIT_NO
+    newest = max(s.get("time", 0) for s in snapshots)
+    out.write("%d snapshot(s) in %s, newest %s ago\n\n" % (len(snapshots), directory, seconds(time.time() - newest)))
+    rows = []
+    for prefix, data in sorted(merged.items()):
+        rows.append([
+            prefix, data["processes"], int(data["acquisitions"]), int(data["waits"]),
+            seconds(data["wait_p50"]), seconds(data["wait_p99"]),
+            seconds(data["hold_p50"]), seconds(data["hold_p99"]),
+            int(data["busy_retries"]), int(data["timeouts"]), int(data["fallbacks"]), int(data["lost"]),
+        ])
+    out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
+                     "BUSY", "TIMEOUTS", "FALLBACKS", "LOST"), rows, right=tuple(range(1, 12))) + "\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo / bench
+
+
+def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
+    from .demo import DemoError, run_demo
+
+    try:
+        return run_demo(args.clients, args.writes, args.work, store=args.backend, timeout=args.timeout,
+                        as_json=args.json, out=out)
+    except DemoError as exc:
+        raise CommandError("demo: %s" % exc, EXIT_NO) from None
+
+
+def cmd_bench(args: argparse.Namespace, out: IO[str]) -> int:
+    try:
+        from . import bench
+    except ImportError as exc:
+        raise CommandError("bench is not available: %s" % exc, EXIT_USAGE) from None
+    main_function = getattr(bench, "main", None)
+    if main_function is None:
+        raise CommandError("bench is not available: unimr.memcachedlock.bench has no main()", EXIT_USAGE)
+    return int(main_function(list(args.bench_args)) or 0)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("%r must be at least 1" % text)
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of milliseconds" % text) from None
+    if not 0 <= value <= 10000:
+        raise argparse.ArgumentTypeError("%r must be between 0 and 10000 ms" % text)
+    return value
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("%r must be above 0" % text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import DEFAULT_CLIENTS, DEFAULT_TIMEOUT, DEFAULT_WORK_MS, DEFAULT_WRITES, STORE_CHOICES
+
+    parser = argparse.ArgumentParser(
+        prog="memcachedlock",
+        description="Distributed locks for Zope/ZODB in memcached or flock'd files: "
+                    "demo, inspection and checks.",
+        epilog="Exit codes: 0 ok, 1 no/problem found, 2 usage or configuration error, "
+               "3 lock store unreachable, 130 interrupted.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
+                                         "(host:port,host:port)")
+    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
+    store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
+    store.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    demo = sub.add_parser(
+        "demo", help="show what zlock saves: K ZEO clients on one hot object, no lock vs zlock",
+        description="Start a ZEO server and K client processes that write one hot object with expensive "
+                    "work, first without a lock, then with zlock, and print the conflicts and wasted work.",
+    )
+    demo.add_argument("--clients", type=_positive_int, default=DEFAULT_CLIENTS,
+                      help="client processes (default %(default)s)")
+    demo.add_argument("--writes", type=_positive_int, default=DEFAULT_WRITES,
+                      help="commits per client (default %(default)s)")
+    demo.add_argument("--work", type=_milliseconds, default=DEFAULT_WORK_MS,
+                      help="CPU milliseconds of work per write (default %(default)s)")
+    demo.add_argument("--backend", choices=STORE_CHOICES, default="auto",
+                      help="lock store: auto (MEMCACHEDLOCK_SERVERS if reachable, else a private memcached "
+                           "if installed, else files), memcached or file (default %(default)s)")
+    demo.add_argument("--timeout", type=_seconds_arg, default=DEFAULT_TIMEOUT,
+                      help="give up a run after this many seconds (default %(default)s)")
+    demo.add_argument("--json", action="store_true", help="print JSON for scripts")
+    demo.set_defaults(func=cmd_demo)
+
+    listing = sub.add_parser("list", parents=[store], help="the locks held now",
+                             description="List the locks held now: key, holder (host, pid, thread), age, "
+                                         "TTL left and store.")
+    listing.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", parents=[store], help="one lock and its holder",
+                          description="Show who holds one lock.  Exit 1 if nobody does.")
+    show.add_argument("key", help="the lock's name as `list` shows it, or the key")
+    show.set_defaults(func=cmd_show)
+
+    breaking = sub.add_parser("break", parents=[store], help="force-release a lock",
+                              description="Remove a lock whoever holds it, after confirmation on the "
+                                          "terminal unless --yes.  Logs who broke it.")
+    breaking.add_argument("key", help="the lock's name as `list` shows it, or the key")
+    breaking.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    breaking.set_defaults(func=cmd_break)
+
+    check = sub.add_parser("check", parents=[store], help="check the configuration and the servers",
+                           description="Parse the configuration, then report each memcached server's "
+                                       "reachability, version and whether it can evict live locks, with the "
+                                       "fix.  Exit 1 on a problem, 2 on a bad configuration.")
+    check.set_defaults(func=cmd_check)
+
+    stats = sub.add_parser("stats", help="merged lock metrics of all processes",
+                           description="Read the metrics snapshots processes write into "
+                                       "MEMCACHEDLOCK_METRICS_DIR and merge them per key prefix.")
+    stats.add_argument("--dir", help="snapshot directory (default MEMCACHEDLOCK_METRICS_DIR)")
+    stats.add_argument("--max-age", type=_seconds_arg, help="ignore snapshots older than this many seconds")
+    stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stats.set_defaults(func=cmd_stats)
+
+    bench = sub.add_parser("bench", add_help=False, help="latency and handoff against raw pymemcache",
+                           description="Run the benchmarks (unimr.memcachedlock.bench); "
+                                       "`memcachedlock bench --help` shows their options.")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    out = sys.stdout if out is None else out
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    position = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if position is not None and argv[position] == "bench":
+        # argparse's REMAINDER swallows no leading option (bench --help): hand bench its arguments.
+        args = parser.parse_args(argv[: position + 1])
+        args.bench_args = argv[position + 1:]
+    else:
+        args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args, out)
+    except CommandError as exc:
+        print("memcachedlock %s: %s" % (args.command, exc), file=sys.stderr)
+        return exc.code
+    except ConfigurationError as exc:
+        print("memcachedlock %s: configuration error: %s" % (args.command, exc), file=sys.stderr)
+        return EXIT_USAGE
+    except BackendUnavailable as exc:
+        print("memcachedlock %s: lock store unreachable: %s" % (args.command, exc), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except MemcachedLockError as exc:
+        print("memcachedlock %s: %s" % (args.command, exc), file=sys.stderr)
+        return EXIT_NO
+    except KeyboardInterrupt:
+        print("memcachedlock %s: interrupted" % args.command, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
