@@ -272,3 +272,19 @@ def _run_unwritable(locked) -> None:
     out = result.stdout.decode()
     assert "ConfigurationError:" in out, result.stderr.decode()
     assert str(locked) in out and "not writable" in out
+
+
+def test_stores_provide_the_backend_interface(file_store, lock_dir):
+    from zope.interface.verify import verifyObject
+
+    from unimr.memcachedlock.backends.fallback import FallbackBackend
+    from unimr.memcachedlock.backends.memcached import MemcachedBackend
+    from unimr.memcachedlock.interfaces import ILease, ILockBackend
+
+    fallback = FallbackBackend(MemcachedBackend(config.parse_servers("127.0.0.1:1")), file_store)
+    for store in (file_store, fallback):
+        assert verifyObject(ILockBackend, store)
+    lease = file_store.acquire("iface", 5)
+    assert verifyObject(ILease, lease)
+    lease.release()
+    fallback.close()
