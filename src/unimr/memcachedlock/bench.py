@@ -1,0 +1,490 @@
+"""Measurements behind the performance claims: latency, handoff and waiting load.
+
+Every figure is measured in one run against a baseline on the same server,
+so that a noisy machine moves both sides alike:
+
+* ``latency``: an uncontended acquire+release of our Lock against a raw
+  pymemcache ``add``+``delete`` pair (the unsafe minimum, given its best
+  settings), and the file store against a raw ``open``+``flock`` pair.
+* ``handoff``: two workers (processes or threads) take turns on one key:
+  acquire, hold, release, acquire again.  Reports the time from one
+  worker's release to the other's acquisition (p50/p99), how many turns
+  alternated, and each worker's share (a starved worker has none).  The raw
+  baseline polls ``add`` every millisecond.
+* ``waiting``: one holder keeps a key while N threads in each of M processes
+  wait for it; memcached's ``stats`` counters say how many requests the
+  waiters sent per second, compared with M single-threaded waiters.
+
+``main(argv)`` is the command line (``memcachedlock bench``); with no
+``--servers`` it starts a private memcached on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterator, Sequence
+
+#: memcached ``stats`` counters that each count one request (a key of a multi-get counts once).
+REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses",
+                    "incr_hits", "incr_misses", "decr_hits", "decr_misses")
+
+
+# -- a private memcached -------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_memcached(binary: str | None = None) -> Iterator[str]:
+    """Start memcached on a free loopback port; yield ``host:port``; stop it afterwards."""
+    binary = binary or shutil.which("memcached")
+    if binary is None:
+        raise RuntimeError("memcached is not installed (apt-get install memcached) and no --servers given")
+    port = _free_port()
+    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2"]
+    if os.getuid() == 0:
+        args += ["-u", "root"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("memcached did not start on port %d" % port)
+                time.sleep(0.02)
+        yield "127.0.0.1:%d" % port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def server_stats(address: str) -> dict[str, int]:
+    """memcached's ``stats`` as integers (non-numeric values are left out)."""
+    with socket.create_connection(_host_port(address), timeout=2) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    stats: dict[str, int] = {}
+    for line in data.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "STAT" and parts[2].isdigit():
+            stats[parts[1]] = int(parts[2])
+    return stats
+
+
+def request_count(address: str) -> int:
+    """Requests the server has answered so far (see REQUEST_COUNTERS)."""
+    stats = server_stats(address)
+    return sum(stats.get(name, 0) for name in REQUEST_COUNTERS)
+
+
+def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None):
+    from .config import Settings, parse_servers
+    from .backends import make_backend
+
+    settings = Settings(servers=parse_servers(address), backend=kind,
+                        lock_dir=lock_dir or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
+    return make_backend(settings)
+
+
+def _raw_client(address: str):
+    from pymemcache.client.base import Client
+
+    return Client(_host_port(address), no_delay=True, default_noreply=False,
+                  connect_timeout=0.5, timeout=1.0)
+
+
+# -- latency ------------------------------------------------------------------------------
+
+def _per_op(fn, n: int) -> float:
+    start = time.perf_counter()
+    fn(n)
+    return (time.perf_counter() - start) / n
+
+
+def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = True) -> dict:
+    """Uncontended acquire+release (ours) against raw add+delete, in microseconds.
+
+    The two alternate in ``rounds`` rounds of ``n`` pairs; the median round
+    counts, so a burst of noise from other processes hits both sides.
+    """
+    from .locks import Lock
+
+    raw = _raw_client(address)
+    backend = _backend(address, "memcached")
+    lock = Lock("bench:latency", backend=backend)
+
+    def raw_pairs(count: int) -> None:
+        add, delete = raw.add, raw.delete
+        for _ in range(count):
+            add("bench:raw", b"1", expire=30)
+            delete("bench:raw")
+
+    def our_pairs(count: int) -> None:
+        acquire, release = lock.acquire, lock.release
+        for _ in range(count):
+            acquire()
+            release()
+
+    results: dict[str, list[float]] = {"raw": [], "ours": []}
+    raw_pairs(200)
+    our_pairs(200)
+    for _ in range(rounds):
+        results["raw"].append(_per_op(raw_pairs, n))
+        results["ours"].append(_per_op(our_pairs, n))
+    out = {
+        "raw_us": statistics.median(results["raw"]) * 1e6,
+        "ours_us": statistics.median(results["ours"]) * 1e6,
+        "raw_rounds_us": [round(x * 1e6, 1) for x in results["raw"]],
+        "ours_rounds_us": [round(x * 1e6, 1) for x in results["ours"]],
+    }
+    out["ratio"] = out["ours_us"] / out["raw_us"]
+    raw.close()
+    backend.close()
+    if file_backend:
+        out.update(_file_latency(n, rounds))
+    return out
+
+
+def _file_latency(n: int, rounds: int) -> dict:
+    from .backends.file import FileBackend
+    from .locks import Lock
+
+    with tempfile.TemporaryDirectory(prefix="memcachedlock-bench-") as directory:
+        backend = FileBackend(directory)
+        lock = Lock("bench:file", backend=backend)
+        path = os.path.join(directory, "raw.lock")
+
+        def raw_pairs(count: int) -> None:
+            for _ in range(count):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+        def our_pairs(count: int) -> None:
+            for _ in range(count):
+                lock.acquire()
+                lock.release()
+
+        raw_t, ours_t = [], []
+        for _ in range(rounds):
+            raw_t.append(_per_op(raw_pairs, n))
+            ours_t.append(_per_op(our_pairs, n))
+    raw_us = statistics.median(raw_t) * 1e6
+    ours_us = statistics.median(ours_t) * 1e6
+    return {"file_raw_us": raw_us, "file_ours_us": ours_us, "file_ratio": ours_us / raw_us}
+
+
+# -- handoff ------------------------------------------------------------------------------
+
+def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at: float,
+                 hold: float, key: str, events: list | None = None) -> list[tuple[float, float, int]]:
+    """Loop acquire / hold / release until ``stop_at``; return (acquired, released, worker) per turn."""
+    out: list[tuple[float, float, int]] = [] if events is None else events
+    if kind == "raw":
+        client = _raw_client(address)
+        while time.monotonic() < start_at:
+            time.sleep(0.0005)
+        while True:
+            while not client.add(key, b"%d" % worker, expire=30):
+                if time.monotonic() >= stop_at:
+                    return out
+                time.sleep(0.001)
+            acquired = time.monotonic()
+            time.sleep(hold)
+            released = time.monotonic()
+            client.delete(key)
+            out.append((acquired, released, worker))
+            if released >= stop_at:
+                return out
+    from .locks import Lock
+
+    backend = _backend(address, "memcached") if kind == "ours" else None
+    lock = Lock(key, backend=_SHARED_BACKEND.get(address) or backend)
+    while time.monotonic() < start_at:
+        time.sleep(0.0005)
+    while True:
+        if not lock.acquire(timeout=max(0.0, stop_at - time.monotonic()) + 2.0):
+            return out
+        acquired = time.monotonic()
+        time.sleep(hold)
+        released = time.monotonic()
+        lock.release()
+        out.append((acquired, released, worker))
+        if released >= stop_at:
+            return out
+
+
+_SHARED_BACKEND: dict[str, object] = {}
+
+
+def _process_worker(args: tuple) -> list:
+    return _turn_worker(*args)
+
+
+def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) -> dict:
+    """Handoff latencies, alternation and starvation from (acquired, released, worker) turns.
+
+    A handoff is a turn taken by another worker than the turn before; its
+    latency runs from the previous release to this acquisition.  A worker's
+    longest wait includes the stretch before its first turn and after its
+    last one, so a starved worker shows the whole run.
+    """
+    turns = sorted(events)
+    gaps = []
+    alternated = 0
+    for prev, cur in zip(turns, turns[1:]):
+        if cur[2] != prev[2]:
+            alternated += 1
+            gaps.append(cur[0] - prev[1])
+    gaps.sort()
+    shares = {w: sum(1 for t in turns if t[2] == w) for w in range(workers)}
+    longest_wait = 0.0
+    if turns:
+        begin, end = turns[0][0], max(t[1] for t in turns)
+        for w in range(workers):
+            marks = [begin] + [x for t in turns if t[2] == w for x in (t[0], t[1])] + [end]
+            for free_from, taken in zip(marks[0::2], marks[1::2]):
+                longest_wait = max(longest_wait, taken - free_from)
+
+    def pct(p: float) -> float:
+        return gaps[min(len(gaps) - 1, int(p * len(gaps)))] * 1e3 if gaps else float("nan")
+
+    return {
+        "turns": len(turns),
+        "handoffs": max(0, len(turns) - 1),
+        "alternated": alternated,
+        "alternation": alternated / max(1, len(turns) - 1),
+        "shares": shares,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_gap_ms": longest_wait * 1e3,
+    }
+
+
+def handoff(address: str, mode: str = "process", kind: str = "ours", duration: float = 0.4,
+            hold: float = 0.005) -> dict:
+    """Two workers taking turns on one key for ``duration`` seconds; see ``analyse_turns``."""
+    key = "bench:handoff:%s:%s:%s" % (mode, kind, os.urandom(4).hex())
+    if mode == "process":
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(2) as pool:
+            pool.map(_noop, range(2))  # workers are up and imported before the clock starts
+            start_at = time.monotonic() + 0.3
+            args = [(address, kind, w, start_at, start_at + duration, hold, key) for w in range(2)]
+            results = pool.map(_process_worker, args)
+        events = [e for r in results for e in r]
+    else:
+        if kind == "ours":
+            _SHARED_BACKEND[address] = _backend(address, "memcached")
+        try:
+            events_list: list = []
+            start_at = time.monotonic() + 0.05
+            threads = [threading.Thread(target=_turn_worker,
+                                        args=(address, kind, w, start_at, start_at + duration, hold, key, events_list))
+                       for w in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            events = events_list
+        finally:
+            backend = _SHARED_BACKEND.pop(address, None)
+            if backend is not None:
+                backend.close()
+    result = analyse_turns(events)
+    result.update(mode=mode, kind=kind, hold_ms=hold * 1e3)
+    return result
+
+
+def _noop(_: int) -> None:
+    import unimr.memcachedlock.locks  # noqa: F401  (warm the import before timing)
+
+
+# -- load while waiting -------------------------------------------------------------------
+
+def _waiting_process(address: str, key: str, threads: int, wait: float, ready) -> int:
+    """``threads`` threads of this process wait ``wait`` seconds for ``key``; return how many got it."""
+    from .locks import Lock
+
+    backend = _backend(address, "memcached")
+    got = []
+    ready.wait()
+
+    def waiter() -> None:
+        lock = Lock(key, backend=backend)
+        if lock.acquire(timeout=wait):
+            got.append(1)
+            lock.release()
+
+    pool = [threading.Thread(target=waiter) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    backend.close()
+    return len(got)
+
+
+def waiting_load(address: str, processes: int = 4, threads: int = 1, wait: float = 2.0,
+                 first: float = 0.2) -> dict:
+    """Requests per second while ``processes`` x ``threads`` waiters wait for a held key.
+
+    The holder takes the key first and keeps it past the wait, so every
+    waiter times out; the rate is given for the first ``first`` seconds and
+    for the rest of the wait.
+    """
+    from .locks import Lock
+
+    key = "bench:waiting:%s" % os.urandom(4).hex()
+    backend = _backend(address, "memcached")
+    holder = Lock(key, timeout=60, backend=backend)
+    holder.acquire()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    procs = [ctx.Process(target=_waiting_process, args=(address, key, threads, wait, ready))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let the children import; they wait on ``ready``
+    before = request_count(address)
+    t0 = time.monotonic()
+    ready.set()
+    time.sleep(first)
+    middle = request_count(address)
+    t1 = time.monotonic()
+    for p in procs:
+        p.join(wait + 10)
+    after = request_count(address)
+    t2 = time.monotonic()
+    holder.release()
+    backend.close()
+    early = (middle - before) / (t1 - t0)
+    late = (after - middle) / max(1e-9, t2 - t1)
+    return {
+        "processes": processes, "threads": threads, "wait_s": wait,
+        "requests": after - before,
+        "early_per_s": early, "late_per_s": late,
+        "early_per_s_per_process": early / processes,
+        "late_per_s_per_process": late / processes,
+    }
+
+
+# -- the command line ---------------------------------------------------------------------
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "%.*f" % (digits, value)
+
+
+def print_latency(result: dict, out=sys.stdout) -> None:
+    print("Uncontended acquire+release (median of rounds)", file=out)
+    print("| | us per pair | ratio |", file=out)
+    print("|---|---|---|", file=out)
+    print("| raw pymemcache add + delete | %s | 1.00 |" % _fmt(result["raw_us"]), file=out)
+    print("| memcachedlock Lock (memcached) | %s | %.2f |" % (_fmt(result["ours_us"]), result["ratio"]), file=out)
+    if "file_raw_us" in result:
+        print("| raw open + flock + unlock + close | %s | 1.00 |" % _fmt(result["file_raw_us"]), file=out)
+        print("| memcachedlock Lock (file) | %s | %.2f |" % (_fmt(result["file_ours_us"]), result["file_ratio"]), file=out)
+
+
+def print_handoff(results: list[dict], out=sys.stdout) -> None:
+    print("Handoff: two workers take turns (hold %.0f ms)" % results[0]["hold_ms"], file=out)
+    print("| workers | lock | p50 ms | p99 ms | alternated | shares | longest wait ms |", file=out)
+    print("|---|---|---|---|---|---|---|", file=out)
+    for r in results:
+        label = "raw add/delete, 1 ms polling" if r["kind"] == "raw" else "memcachedlock Lock"
+        print("| 2 %s | %s | %s | %s | %d of %d (%.0f%%) | %s | %s |" % (
+            {"process": "processes", "thread": "threads"}[r["mode"]], label, _fmt(r["p50_ms"], 2), _fmt(r["p99_ms"], 2), r["alternated"], r["handoffs"],
+            100 * r["alternation"], "/".join(str(v) for v in r["shares"].values()), _fmt(r["max_gap_ms"])), file=out)
+
+
+def print_waiting(results: list[dict], out=sys.stdout) -> None:
+    print("Load while waiting for a held key (memcached requests per second)", file=out)
+    print("| waiters | first %.1f s | rest of wait | per process (first / rest) |" % 0.2, file=out)
+    print("|---|---|---|---|", file=out)
+    for r in results:
+        print("| %d processes x %d threads | %s | %s | %s / %s |" % (
+            r["processes"], r["threads"], _fmt(r["early_per_s"], 0), _fmt(r["late_per_s"], 0),
+            _fmt(r["early_per_s_per_process"], 0), _fmt(r["late_per_s_per_process"], 0)), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``memcachedlock bench [latency|handoff|waiting|all]``: print the tables; 0 if goals are met."""
+    parser = argparse.ArgumentParser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=("latency", "handoff", "waiting", "all"))
+    parser.add_argument("--servers", help="host:port of a memcached to use (default: start a private one)")
+    parser.add_argument("-n", type=int, default=2000, help="pairs per latency round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=0.4, help="seconds of handoff turns")
+    parser.add_argument("--hold", type=float, default=0.005, help="seconds a worker holds the lock")
+    parser.add_argument("--wait", type=float, default=2.0, help="seconds the waiters wait")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args(argv)
+
+    with contextlib.ExitStack() as stack:
+        address = args.servers or stack.enter_context(private_memcached())
+        report: dict = {}
+        ok = True
+        if args.what in ("latency", "all"):
+            report["latency"] = latency(address, args.n, args.rounds)
+            ok &= report["latency"]["ratio"] <= 1.6
+        if args.what in ("handoff", "all"):
+            report["handoff"] = [
+                handoff(address, "process", "raw", args.duration, args.hold),
+                handoff(address, "process", "ours", args.duration, args.hold),
+                handoff(address, "thread", "ours", args.duration, args.hold),
+            ]
+            proc, thr = report["handoff"][1], report["handoff"][2]
+            ok &= proc["p50_ms"] <= 2.0 and thr["p50_ms"] <= 0.5
+            ok &= proc["alternation"] >= 0.9 and thr["alternation"] >= 0.9
+        if args.what in ("waiting", "all"):
+            report["waiting"] = [
+                waiting_load(address, 4, 1, args.wait),
+                waiting_load(address, 4, 12, args.wait),
+            ]
+        if args.json:
+            json.dump(report, sys.stdout, indent=2, default=str)
+            print()
+        else:
+            if "latency" in report:
+                print_latency(report["latency"])
+                print()
+            if "handoff" in report:
+                print_handoff(report["handoff"])
+                print()
+            if "waiting" in report:
+                print_waiting(report["waiting"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
