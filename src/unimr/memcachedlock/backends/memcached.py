@@ -24,7 +24,6 @@ import time
 from typing import Iterable
 from urllib.parse import unquote
 
-from pymemcache.client.base import PooledClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import ServerAddress, Settings
@@ -32,6 +31,7 @@ from ..errors import BackendUnavailable
 from ..info import Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, store_ttl
 from .base import Backend
+from .pool import ClientPool
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,12 @@ class MemcachedServer:
     def __init__(self, address: ServerAddress, connect_timeout: float, io_timeout: float, retry: float) -> None:
         self.address = address
         self.retry = retry
-        self.client = PooledClient(
+        self.client = ClientPool(
             address.pymemcache_server,
             connect_timeout=connect_timeout,
             timeout=io_timeout,
             no_delay=True,
             default_noreply=False,
-            max_pool_size=256,
         )
         self._state_lock = threading.Lock()
         self.down_since: float | None = None
