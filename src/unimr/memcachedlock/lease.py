@@ -50,7 +50,7 @@ class Lease:
 
     __slots__ = (
         "backend", "name", "token", "value", "ttl", "pid", "released", "lost",
-        "on_lost", "started", "__weakref__",
+        "on_lost", "started", "renew_until", "__weakref__",
     )
 
     def __init__(self, backend, name: str, token: str, value: bytes, ttl: float) -> None:
@@ -64,6 +64,9 @@ class Lease:
         self.released = False
         self.lost = False
         self.on_lost: Callable[[Lease], None] | None = None
+        #: Monotonic time after which the renewer releases the lease instead of
+        #: renewing it (zlock's reservations); None renews while held.
+        self.renew_until: float | None = None
         with _live_lock:
             _live.add(self)
         from .renewer import get_renewer

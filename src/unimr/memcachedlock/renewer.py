@@ -86,6 +86,11 @@ class Renewer:
         from .lease import renew_period
 
         period = renew_period(lease.ttl)
+        until = lease.renew_until
+        if until is not None and time.monotonic() >= until:
+            logger.debug("lease %s ran out unclaimed (renew_until): released", lease.name)
+            lease.release()
+            return
         try:
             if not lease.renew():
                 return
@@ -97,10 +102,11 @@ class Renewer:
             logger.exception("renewing lock %s failed", lease.name)
             period = min(period, 1.0)
         if lease.held:
+            due = time.monotonic() + period
+            if lease.renew_until is not None:
+                due = min(due, lease.renew_until)
             with self._cond:
-                heapq.heappush(
-                    self._heap, (time.monotonic() + period, next(self._seq), weakref.ref(lease))
-                )
+                heapq.heappush(self._heap, (due, next(self._seq), weakref.ref(lease)))
 
 
 _renewer: Renewer | None = None
