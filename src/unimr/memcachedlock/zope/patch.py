@@ -1,0 +1,196 @@
+"""Locking a method of a class in place, and undoing it.
+
+The directive ``<memcachedlock:lock>`` calls :func:`lock_method`.  The method
+is replaced on the class by a wrapper built with the package's decorators
+(``lock``, ``rlock`` or ``zlock``), so the lock logic lives in one place.
+The wrapper keeps the original's name, docstring (Zope publishes only
+methods with one), signature (``inspect.signature`` follows ``__wrapped__``)
+and return value; security declarations (``<name>__roles__``) are class
+attributes beside the method and are left untouched.
+
+Several methods can share one lock by giving the same ``name``: the lock
+name is then ``<name>:<key>`` instead of ``<module>.<qualname>:<key>``.  The
+catalog patch needs this, because ``catalog_object`` and
+``uncatalog_object`` change the same catalog: two locks per catalog could
+deadlock two clients that take them in opposite orders.
+
+Every patch is recorded and can be undone with :func:`unlock_method` or
+:func:`undo_all` (also run by ``zope.testing.cleanup.cleanUp``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import threading
+from typing import Any, Callable
+
+from .. import decorators
+from ..errors import ConfigurationError
+from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("zlock", "lock", "rlock")
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One locked method: what was there before and what replaced it."""
+
+    cls: type
+    method: str
+    original: Callable
+    own: bool
+    wrapper: Callable
+    kind: str
+    name: str | None
+
+
+_patches: dict[tuple[type, str], Patch] = {}
+_guard = threading.Lock()
+
+
+def decorator_for(kind: str) -> Callable[..., Callable]:
+    """The decorator factory of ``kind`` ('zlock', 'lock' or 'rlock')."""
+    if kind == "lock":
+        return decorators.lock
+    if kind == "rlock":
+        return decorators.rlock
+    if kind == "zlock":
+        from ..zlock import zlock
+
+        return zlock
+    raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
+
+
+def check_lock_name(name: str | None) -> str | None:
+    """A shared lock name must be a dotted Python-style name (it becomes part of every key)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 120:
+        raise ConfigurationError(
+            "bad lock name %r: use a dotted name such as Products.ZCatalog.ZCatalog.ZCatalog" % (name,)
+        )
+    return name
+
+
+def _named(original: Callable, name: str) -> Callable:
+    """A pass-through to ``original`` whose module and qualname spell ``name``.
+
+    The decorators build the lock name from the decorated function's
+    ``__module__`` and ``__qualname__``; this gives several methods one name.
+    """
+
+    def call(*args: Any, **kw: Any) -> Any:
+        return original(*args, **kw)
+
+    functools.update_wrapper(call, original)
+    module, _, qualname = name.rpartition(".")
+    call.__module__ = module
+    call.__qualname__ = qualname
+    return call
+
+
+def _find(cls: type, method: str) -> tuple[Callable, bool]:
+    if not isinstance(cls, type):
+        raise ConfigurationError("cannot lock a method of %r: it is not a class" % (cls,))
+    if not isinstance(method, str) or not method.isidentifier():
+        raise ConfigurationError("bad method name %r for %s" % (method, cls.__qualname__))
+    own = method in cls.__dict__
+    original = cls.__dict__[method] if own else getattr(cls, method, None)
+    if original is None:
+        raise ConfigurationError("%s.%s has no method %r" % (cls.__module__, cls.__qualname__, method))
+    if isinstance(original, (staticmethod, classmethod)) or not callable(original):
+        raise ConfigurationError(
+            "%s.%s.%s is not a plain method (found %s)"
+            % (cls.__module__, cls.__qualname__, method, type(original).__name__)
+        )
+    return original, own
+
+
+def lock_method(
+    cls: type,
+    method: str,
+    get_key: Callable,
+    kind: str = "zlock",
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    name: str | None = None,
+) -> Patch:
+    """Replace ``cls.<method>`` by a version that holds a ``kind`` lock while it runs.
+
+    ``get_key(fun, self, *args, **kw)`` names what is protected.  Locking a
+    method that is already locked is a ConfigurationError: undo it first.
+    """
+    if not callable(get_key):
+        raise ConfigurationError("get_key %r for %s is not callable" % (get_key, method))
+    factory = decorator_for(kind)
+    name = check_lock_name(name)
+    decorate = factory(get_key, timeout=timeout, interval=interval)
+    with _guard:
+        if (cls, method) in _patches:
+            raise ConfigurationError(
+                "%s.%s.%s is already locked; undo that patch first" % (cls.__module__, cls.__qualname__, method)
+            )
+        original, own = _find(cls, method)
+        target = _named(original, name) if name else original
+        wrapper = decorate(target)
+        functools.update_wrapper(wrapper, original)
+        wrapper.__wrapped__ = original
+        setattr(cls, method, wrapper)
+        patch = Patch(cls, method, original, own, wrapper, kind, name)
+        _patches[(cls, method)] = patch
+    logger.info("%s.%s.%s now runs under a %s (lock name %s)", cls.__module__, cls.__qualname__,
+                method, kind, name or "%s.%s" % (original.__module__, original.__qualname__))
+    return patch
+
+
+def unlock_method(cls: type, method: str) -> bool:
+    """Put back the method ``lock_method`` replaced; False if it was not locked."""
+    with _guard:
+        patch = _patches.pop((cls, method), None)
+        if patch is None:
+            return False
+        if patch.own:
+            setattr(cls, method, patch.original)
+        else:
+            delattr(cls, method)
+    logger.info("%s.%s.%s is no longer locked", cls.__module__, cls.__qualname__, method)
+    return True
+
+
+def patches() -> list[Patch]:
+    """The methods locked now."""
+    with _guard:
+        return list(_patches.values())
+
+
+def is_locked(cls: type, method: str) -> bool:
+    """True if ``cls.<method>`` is locked by this module now."""
+    with _guard:
+        return (cls, method) in _patches
+
+
+def undo_all() -> int:
+    """Undo every patch of this module (also the publisher's); return how many methods were restored."""
+    count = 0
+    for patch in patches():
+        if unlock_method(patch.cls, patch.method):
+            count += 1
+    from .publisher import uninstall
+
+    uninstall()
+    return count
+
+
+try:
+    from zope.testing.cleanup import addCleanUp
+except ImportError:  # zope.testing is a test helper; a site without it simply has no hook.
+    pass
+else:
+    addCleanUp(undo_all)

@@ -1,0 +1,75 @@
+"""Retry a request that failed with ``LockBusy`` at once, without Zope's back-off.
+
+Zope's WSGI publisher retries a ``TransientError`` (every ConflictError) and
+calls ``request.delay_retry()`` first, which sleeps a random 0-1 s, then 0-2 s
+and 0-4 s: the back-off spreads clients that collided by chance.  A
+``LockBusy`` is different: zlock has already waited for the lock and keeps it
+reserved for this thread's retry, so sleeping would only hold the lock idle
+(and could let the reservation lapse).  The patched ``delay_retry`` looks at
+the exception being handled (``publish_module`` calls it inside its
+``except TransientError:`` block) and returns at once for ``LockBusy``;
+every other exception keeps Zope's delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+_guard = threading.Lock()
+_original: Callable | None = None
+
+
+def _lock_busy_class() -> type:
+    from ..zlock import LockBusy
+
+    return LockBusy
+
+
+def delay_retry(self) -> None:
+    """No delay after LockBusy; Zope's random back-off after any other conflict."""
+    exc = sys.exc_info()[1]
+    if exc is not None and isinstance(exc, _lock_busy_class()):
+        logger.debug("retrying %s at once after %s", self.get("PATH_INFO", "?"), exc)
+        return None
+    original = _original
+    if original is not None:
+        original(self)
+    return None
+
+
+def install() -> bool:
+    """Patch ``ZPublisher.HTTPRequest.HTTPRequest.delay_retry``; False if it already was."""
+    global _original
+    from ZPublisher.HTTPRequest import HTTPRequest
+
+    _lock_busy_class()  # fail at configuration time, not on the first retry
+    with _guard:
+        if _original is not None:
+            return False
+        _original = HTTPRequest.__dict__["delay_retry"]
+        HTTPRequest.delay_retry = delay_retry
+    logger.info("Zope's publisher retries LockBusy at once (other conflicts keep their back-off)")
+    return True
+
+
+def uninstall() -> bool:
+    """Put Zope's ``delay_retry`` back; False if it was not patched."""
+    global _original
+    with _guard:
+        if _original is None:
+            return False
+        from ZPublisher.HTTPRequest import HTTPRequest
+
+        HTTPRequest.delay_retry = _original
+        _original = None
+    return True
+
+
+def installed() -> bool:
+    """True while the patch is in place."""
+    return _original is not None

@@ -1,0 +1,279 @@
+"""The ``memcachedlock:lock`` directive and the package's ZCML files, loaded by zope.configuration.
+
+Real memcached, real threads, real ZCML processing; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+
+import pytest
+from AccessControl.class_init import InitializeClass
+from AccessControl.SecurityInfo import ClassSecurityInfo
+from zope.configuration import xmlconfig
+from zope.configuration.config import ConfigurationConflictError
+from zope.configuration.exceptions import ConfigurationError
+from zope.testing.cleanup import cleanUp
+
+from unimr.memcachedlock import config
+from unimr.memcachedlock.keys import lock_name
+from unimr.memcachedlock.zope import patch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HEADER = """<configure xmlns="http://namespaces.zope.org/zope"
+    xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">
+  <include package="unimr.memcachedlock" file="meta.zcml" />
+  %s
+</configure>"""
+
+
+def document_key(fun, document, *args, **kw):
+    """Lock per document id."""
+    return document.id
+
+
+class Document:
+    """A class with a protected method, as Zope code declares it."""
+
+    security = ClassSecurityInfo()
+    inside = 0
+    most_inside = 0
+    calls = 0
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+    @security.protected("Modify portal content")
+    def edit(self, text: str, *, times: int = 1) -> str:
+        """Edit the document (the docstring makes it publishable)."""
+        cls = type(self)
+        cls.inside += 1
+        cls.calls += 1
+        cls.most_inside = max(cls.most_inside, cls.inside)
+        time.sleep(0.01)
+        cls.inside -= 1
+        return text * times
+
+    def peek(self) -> bool:
+        """Whether this document's lock looks free from inside the call."""
+        return config.get_backend().may_be_available(lock_name("test_zcml.Document.peek:" + self.id))
+
+
+InitializeClass(Document)
+
+
+class Base:
+    def greet(self, who: str) -> str:
+        """Say hello."""
+        return "hello " + who
+
+
+class Child(Base):
+    """Inherits ``greet``: patching it must not change Base, undoing must restore inheritance."""
+
+
+@pytest.fixture
+def clean():
+    """Undo every patch and registration the test made."""
+    cleanUp()
+    yield
+    cleanUp()
+    Document.inside = Document.most_inside = Document.calls = 0
+
+
+def load(body: str):
+    return xmlconfig.string(HEADER % body)
+
+
+def lock_xml(kind: str = "lock", cls: str = "test_zcml.Document", method: str = "edit", **extra: str) -> str:
+    attrs = "".join(' %s="%s"' % item for item in extra.items())
+    return '<memcachedlock:lock class="%s" method="%s" key="test_zcml.document_key" kind="%s"%s />' % (
+        cls, method, kind, attrs)
+
+
+@pytest.mark.parametrize("kind", ["lock", "rlock"])
+def test_directive_keeps_signature_docstring_roles_and_result(memcached, clean, kind):
+    original = Document.__dict__["edit"]
+    roles = Document.edit__roles__
+    load(lock_xml(kind))
+    wrapped = Document.__dict__["edit"]
+    assert wrapped is not original
+    assert patch.is_locked(Document, "edit")
+    assert inspect.signature(Document.edit) == inspect.signature(original)
+    assert Document.edit.__doc__ == original.__doc__
+    assert Document.edit.__name__ == "edit"
+    assert Document.edit__roles__ is roles
+    assert Document("d1").edit("ab", times=2) == "abab"
+
+
+def test_directive_holds_the_lock_while_the_method_runs(memcached, clean):
+    load(lock_xml("lock", method="peek"))
+    name = lock_name("test_zcml.Document.peek:d1")
+    assert config.get_backend().may_be_available(name)
+    assert Document("d1").peek() is False
+    assert config.get_backend().may_be_available(name)
+
+
+def test_threads_take_turns_per_key(memcached, clean):
+    load(lock_xml("lock"))
+    docs = [Document("same") for _ in range(6)]
+    threads = [threading.Thread(target=doc.edit, args=("x",)) for doc in docs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert Document.calls == 6
+    assert Document.most_inside == 1
+
+
+def test_without_the_patch_threads_overlap(clean):
+    """The check above can fail: unpatched, the same calls do overlap."""
+    docs = [Document("same") for _ in range(6)]
+    threads = [threading.Thread(target=doc.edit, args=("x",)) for doc in docs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert Document.most_inside > 1
+
+
+def test_shared_name_gives_methods_one_lock(memcached, clean):
+    load(lock_xml("lock", name="test_zcml.shared"))
+    backend = config.get_backend()
+    seen = []
+
+    def spy(self):
+        """Look at the shared lock."""
+        seen.append(backend.may_be_available(lock_name("test_zcml.shared:d9")))
+
+    Document.spy = spy
+    try:
+        load(lock_xml("lock", method="spy", name="test_zcml.shared"))
+        Document("d9").spy()
+        assert seen == [False]
+    finally:
+        patch.unlock_method(Document, "spy")
+        del Document.spy
+
+
+def test_undo_restores_the_original(memcached, clean):
+    original = Document.__dict__["edit"]
+    load(lock_xml("rlock"))
+    assert patch.unlock_method(Document, "edit") is True
+    assert Document.__dict__["edit"] is original
+    assert patch.unlock_method(Document, "edit") is False
+
+
+def test_inherited_method_patched_on_the_child_only_and_undone(memcached, clean):
+    load(lock_xml("rlock", cls="test_zcml.Child", method="greet"))
+    assert "greet" in Child.__dict__
+    assert "greet" in Base.__dict__ and not patch.is_locked(Base, "greet")
+    Child.id = "c"
+    try:
+        assert Child().greet("you") == "hello you"
+    finally:
+        del Child.id
+    patch.unlock_method(Child, "greet")
+    assert "greet" not in Child.__dict__
+
+
+def test_cleanup_undoes_patches(memcached, clean):
+    original = Document.__dict__["edit"]
+    load(lock_xml("lock"))
+    cleanUp()
+    assert Document.__dict__["edit"] is original
+    assert patch.patches() == []
+
+
+def test_repeated_registration_conflicts(memcached, clean):
+    with pytest.raises(ConfigurationConflictError) as info:
+        load(lock_xml("lock") + lock_xml("rlock"))
+    assert "edit" in str(info.value)
+    assert not patch.is_locked(Document, "edit")
+
+
+def test_patching_twice_in_code_is_refused(memcached, clean):
+    load(lock_xml("lock"))
+    with pytest.raises(ValueError, match="already locked"):
+        patch.lock_method(Document, "edit", document_key, "lock")
+
+
+def test_double_inclusion_is_harmless(memcached, clean, tmp_path):
+    snippet = tmp_path / "locks.zcml"
+    snippet.write_text(HEADER % lock_xml("lock"))
+    xmlconfig.string(HEADER % ('<include file="%s" /><include file="%s" />' % (snippet, snippet)))
+    assert len([p for p in patch.patches() if p.cls is Document]) == 1
+    assert Document("d2").edit("y") == "y"
+
+
+@pytest.mark.parametrize("attrs, word", [
+    ({"kind": "mutex"}, "mutex"),
+    ({"timeout": "-1"}, "-1"),
+    ({"interval": "0"}, "0"),
+    ({"name": "not a name"}, "not a name"),
+])
+def test_bad_values_name_the_value(clean, attrs, word):
+    kind = attrs.pop("kind", "lock")
+    with pytest.raises(ConfigurationError) as info:
+        load(lock_xml(kind, **attrs))
+    assert word in str(info.value)
+    assert patch.patches() == []
+
+
+def test_missing_method_is_named(clean):
+    with pytest.raises(ConfigurationError) as info:
+        load(lock_xml("lock", method="no_such_method"))
+    assert "no_such_method" in str(info.value)
+
+
+def test_package_configure_patches_nothing_and_registers_the_backend(memcached, clean):
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from zope.component import getUtility
+
+    from unimr.memcachedlock.interfaces import ILockBackend
+
+    before = dict(vars(ZCatalog))
+    xmlconfig.string('<configure xmlns="http://namespaces.zope.org/zope">'
+                     '<include package="unimr.memcachedlock" /></configure>')
+    assert patch.patches() == []
+    assert dict(vars(ZCatalog)) == before
+    backend = getUtility(ILockBackend)
+    assert ILockBackend.providedBy(backend)
+    assert backend is config.get_backend()
+    assert backend.kind == "memcached"
+    assert memcached.address in repr(backend)
+
+
+def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from ZPublisher.HTTPRequest import HTTPRequest
+
+    from unimr.memcachedlock.zope import publisher
+
+    originals = {name: ZCatalog.__dict__[name] for name in ("catalog_object", "uncatalog_object")}
+    roles = ZCatalog.catalog_object__roles__
+    xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
+    for name, original in originals.items():
+        assert patch.is_locked(ZCatalog, name)
+        assert getattr(ZCatalog, name).__wrapped__ is original
+        assert inspect.signature(getattr(ZCatalog, name)) == inspect.signature(original)
+    assert ZCatalog.catalog_object__roles__ is roles
+    assert {p.name for p in patch.patches()} == {"Products.ZCatalog.ZCatalog.ZCatalog"}
+    assert {p.kind for p in patch.patches()} == {"zlock"}
+    assert HTTPRequest.delay_retry is publisher.delay_retry
+    cleanUp()
+    assert ZCatalog.__dict__["catalog_object"] is originals["catalog_object"]
+    assert not publisher.installed()
+
+
+def test_catalog_zcml_included_twice_is_harmless(memcached, clean):
+    xmlconfig.string('<configure xmlns="http://namespaces.zope.org/zope">'
+                     '<include package="unimr.memcachedlock" file="catalog.zcml" />'
+                     '<include package="unimr.memcachedlock" file="catalog.zcml" />'
+                     '<include package="unimr.memcachedlock" />'
+                     '</configure>')
+    assert len(patch.patches()) == 2
