@@ -1,0 +1,464 @@
+"""zlock on a real ZODB (MappingStorage / FileStorage) with threads and a real memcached.
+
+Covers the API (LockBusy, keyword checks), every way a transaction ends,
+reentrancy, reservations and their adoption, the fresh-view check and the
+behaviour outside a transaction.  The ZEO tests with client processes are in
+test_zlock_zeo.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import threading
+import time
+
+import pytest
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+from transaction.interfaces import TransientError
+from ZODB.FileStorage import FileStorage
+from ZODB.MappingStorage import MappingStorage
+from ZODB.POSException import ConflictError
+
+from overlap import OverlapLog
+from unimr.memcachedlock import InvalidArgument, LockTimeout, MemcachedLockError, get_backend, memcachedlock
+from unimr.memcachedlock.decorators import function_prefix
+from unimr.memcachedlock.keys import lock_name
+from unimr.memcachedlock.zlock import LockBusy, decode_note, encode_note, lock_for_transaction, zlock
+
+zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
+HOT = "hot-object"
+
+
+def holder(key=HOT):
+    """Who holds ``key`` in the store now (None: free)."""
+    return get_backend().holder(lock_name(key))
+
+
+def note(db, key=HOT) -> bytes | None:
+    return decode_note(get_backend().get_note(lock_name(key))).get(db.database_name)
+
+
+@pytest.fixture
+def db(memcached):
+    """A real in-memory ZODB with a counter; the thread's transaction is clean before and after."""
+    transaction.abort()
+    database = ZODB.DB(MappingStorage())
+    with database.transaction() as conn:
+        conn.root()["counter"] = PersistentMapping(value=0)
+    yield database
+    transaction.abort()
+    database.close()
+
+
+@pytest.fixture
+def conn(db):
+    connection = db.open()
+    yield connection
+    transaction.abort()
+    connection.close()
+
+
+def bump(connection) -> None:
+    counter = connection.root()["counter"]
+    counter["value"] += 1
+
+
+def test_lock_busy_is_a_conflict_error_naming_the_key():
+    error = LockBusy(message="lock 'catalog' is busy", key="catalog")
+    assert isinstance(error, ConflictError)
+    assert isinstance(error, TransientError)
+    assert isinstance(error, MemcachedLockError)
+    assert "catalog" in str(error)
+    assert error.key == "catalog"
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error)
+
+
+def test_package_exports_zlock_on_both_import_paths():
+    import unimr.memcachedlock as package
+
+    assert package.zlock is zlock is memcachedlock.zlock
+    assert zlock_module.LockBusy is LockBusy
+
+
+@pytest.mark.parametrize(
+    "kw, error, text",
+    [
+        (dict(timeout=0), InvalidArgument, "0"),
+        (dict(timeout=-3), InvalidArgument, "-3"),
+        (dict(interval="fast"), InvalidArgument, "fast"),
+        (dict(wait=float("nan")), InvalidArgument, "nan"),
+        (dict(tiemout=3), TypeError, "tiemout"),
+    ],
+)
+def test_bad_options_are_refused_at_decoration_naming_the_value(kw, error, text):
+    with pytest.raises(error, match=text):
+        zlock(lambda fun: "k", **kw)
+    with pytest.raises((error, TypeError), match=text):
+        lock_for_transaction("k", **kw)
+
+
+def test_commit_releases_and_records_the_tid(db, conn):
+    transaction.begin()
+    assert lock_for_transaction(HOT) is True
+    mine = holder()
+    assert mine is not None and mine.thread == threading.get_ident()
+    bump(conn)
+    transaction.commit()
+    assert holder() is None
+    assert note(db) == db.lastTransaction()
+
+
+def test_commit_without_writes_keeps_the_previous_note(db, conn):
+    transaction.begin()
+    lock_for_transaction(HOT)
+    bump(conn)
+    transaction.commit()
+    recorded = note(db)
+    transaction.begin()
+    lock_for_transaction(HOT)
+    conn.root()["counter"]["value"]
+    transaction.commit()
+    assert holder() is None
+    assert note(db) == recorded
+
+
+def test_abort_releases_without_a_note(db, conn):
+    transaction.begin()
+    lock_for_transaction(HOT)
+    bump(conn)
+    transaction.abort()
+    assert holder() is None
+    assert note(db) is None
+
+
+def test_begin_over_an_open_transaction_releases(db, conn):
+    transaction.begin()
+    lock_for_transaction(HOT)
+    bump(conn)
+    transaction.begin()
+    assert holder() is None
+    assert conn.root()["counter"]["value"] == 0
+
+
+def test_failed_commit_releases_at_once_and_the_abort_after_it_is_harmless(db, conn):
+    other = db.open()
+    tm = transaction.TransactionManager()
+    rival = db.open(transaction_manager=tm)
+    transaction.begin()
+    conn.root()["counter"]["value"]
+    rival.root()["counter"]["value"] = 100
+    tm.commit()
+    lock_for_transaction(HOT)
+    conn.root()["counter"]["value"] = 1
+    with pytest.raises(ConflictError):
+        transaction.commit()
+    assert holder() is None
+    assert note(db) is None
+    transaction.abort()
+    assert holder() is None
+    rival.close()
+    other.close()
+
+
+def test_conflict_in_a_before_commit_hook_releases_on_abort(db, conn):
+    def conflicting_hook():
+        raise ConflictError(message="raised by a before-commit hook")
+
+    transaction.begin()
+    lock_for_transaction(HOT)
+    bump(conn)
+    transaction.get().addBeforeCommitHook(conflicting_hook)
+    with pytest.raises(ConflictError):
+        transaction.commit()
+    assert holder() is not None
+    transaction.abort()
+    assert holder() is None
+    assert note(db) is None
+
+
+def test_savepoints_keep_working_and_a_rollback_keeps_the_lock_until_the_end(db, conn):
+    transaction.begin()
+    before = transaction.savepoint()
+    lock_for_transaction(HOT)
+    bump(conn)
+    inner = transaction.savepoint()
+    conn.root()["counter"]["value"] = 50
+    inner.rollback()
+    assert conn.root()["counter"]["value"] == 1
+    before.rollback()
+    assert conn.root()["counter"]["value"] == 0
+    assert holder() is not None
+    assert lock_for_transaction(HOT) is True
+    bump(conn)
+    transaction.commit()
+    assert holder() is None
+    with db.transaction() as check:
+        assert check.root()["counter"]["value"] == 1
+
+
+def test_reentry_in_one_transaction_takes_the_lock_once(db, conn):
+    calls = []
+
+    @zlock(lambda fun, n: "counter")
+    def add(n):
+        calls.append(n)
+        if n:
+            add(n - 1)
+
+    name = lock_name(function_prefix(add.__wrapped__) + "counter")
+    transaction.begin()
+    add(3)
+    first = get_backend().holder(name)
+    assert first is not None
+    add(2)
+    assert lock_for_transaction(function_prefix(add.__wrapped__) + "counter") is True
+    assert get_backend().holder(name).token == first.token
+    assert calls == [3, 2, 1, 0, 2, 1, 0]
+    transaction.abort()
+    assert get_backend().holder(name) is None
+
+
+def test_outside_a_zodb_transaction_the_lock_is_held_for_the_call_only(memcached):
+    transaction.abort()
+    seen = []
+
+    @zlock(lambda fun, depth: "plain")
+    def work(depth):
+        name = lock_name(function_prefix(work.__wrapped__) + "plain")
+        seen.append(get_backend().holder(name) is not None)
+        if depth:
+            work(depth - 1)
+        return name
+
+    name = work(2)
+    assert seen == [True, True, True]
+    assert get_backend().holder(name) is None
+    assert lock_for_transaction("plain") is False
+    transaction.abort()
+
+
+def test_dont_lock_calls_unlocked(db, conn):
+    def no_key(fun):
+        raise memcachedlock.DontLock()
+
+    @zlock(no_key)
+    def work():
+        return get_backend().list_locks()
+
+    transaction.begin()
+    assert work() == []
+    transaction.abort()
+
+
+def run_in_thread(target, *args):
+    """Run ``target`` in a real thread; return (thread, result box)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = target(*args)
+        except BaseException as exc:  # reported to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def test_busy_lock_is_reserved_and_the_retry_adopts_it_without_waiting(db):
+    """Thread B waits while A holds the lock, finds its view stale, gets LockBusy
+    with the lock reserved; its retry sees A's commit and runs without waiting."""
+    a_holds = threading.Event()
+    a_may_commit = threading.Event()
+    b_began = threading.Event()
+    log: list = []
+
+    def writer_a():
+        connection = db.open()
+        transaction.begin()
+        b_began.wait(10)
+        lock_for_transaction(HOT)
+        bump(connection)
+        a_holds.set()
+        a_may_commit.wait(10)
+        transaction.commit()
+        connection.close()
+
+    def writer_b():
+        connection = db.open()
+        transaction.begin()
+        connection.root()["counter"]["value"]
+        b_began.set()
+        a_holds.wait(10)
+        try:
+            lock_for_transaction(HOT)
+        except LockBusy as exc:
+            log.append(("busy", str(exc), holder()))
+        else:
+            log.append(("ran without retry",))
+        transaction.abort()
+        assert holder() is not None and holder().thread == threading.get_ident()
+        reserved = holder().token
+        for attempt in transaction.manager.attempts(3):
+            with attempt:
+                started = time.monotonic()
+                lock_for_transaction(HOT)
+                log.append(("adopted", holder().token == reserved, time.monotonic() - started))
+                bump(connection)
+        connection.close()
+
+    ta, box_a = run_in_thread(writer_a)
+    tb, box_b = run_in_thread(writer_b)
+    a_holds.wait(10)
+    time.sleep(0.2)
+    a_may_commit.set()
+    ta.join(20)
+    tb.join(20)
+    assert "error" not in box_a and "error" not in box_b, (box_a, box_b)
+    assert log[0][0] == "busy" and HOT in log[0][1]
+    assert log[0][2].thread == tb.ident
+    assert log[1][0] == "adopted" and log[1][1] is True and log[1][2] < 0.1
+    assert len(log) == 2
+    assert holder() is None
+    with db.transaction() as check:
+        assert check.root()["counter"]["value"] == 2
+
+
+def test_no_busy_when_the_view_already_contains_the_last_commit(db, conn):
+    """A waiter whose transaction began after the holder's commit runs at once."""
+    transaction.begin()
+    lock_for_transaction(HOT)
+    bump(conn)
+    transaction.commit()
+    other = db.open()
+    tm = transaction.TransactionManager()
+    other = db.open(transaction_manager=tm)
+    tm.begin()
+    assert lock_for_transaction(HOT) is True
+    tm.abort()
+    other.close()
+
+
+def make_busy(db, key=HOT):
+    """Leave this thread with an unclaimed reservation of ``key``: a commit made
+    under the lock after this thread's transaction began."""
+    mine = db.open()
+    transaction.begin()
+    mine.root()["counter"]["value"]
+
+    def commit_elsewhere():
+        connection = db.open()
+        transaction.begin()
+        lock_for_transaction(key)
+        bump(connection)
+        transaction.commit()
+        connection.close()
+
+    thread, box = run_in_thread(commit_elsewhere)
+    thread.join(10)
+    assert "error" not in box
+    with pytest.raises(LockBusy):
+        lock_for_transaction(key)
+    transaction.abort()
+    assert holder(key).thread == threading.get_ident()
+    return mine
+
+
+def test_unclaimed_reservation_is_freed_by_the_next_transaction(db):
+    mine = make_busy(db)
+    transaction.begin()
+    bump(mine)
+    assert holder() is not None
+    transaction.commit()
+    assert holder() is None
+    mine.close()
+
+
+@pytest.mark.slow
+def test_unclaimed_reservation_expires_without_another_transaction(db):
+    mine = make_busy(db)
+    started = time.monotonic()
+    while holder() is not None and time.monotonic() - started < 10:
+        time.sleep(0.05)
+    waited = time.monotonic() - started
+    assert holder() is None
+    assert zlock_module.RESERVE_FOR - 0.5 <= waited <= zlock_module.RESERVE_FOR + 3, waited
+    transaction.begin()
+    assert lock_for_transaction(HOT) is True
+    transaction.abort()
+    mine.close()
+
+
+def test_wait_is_bounded_by_lock_timeout(db, conn):
+    blocker = memcachedlock.lock_getter(HOT, timeout=30)
+    blocker.acquire()
+    try:
+        transaction.begin()
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match=HOT):
+            lock_for_transaction(HOT, wait=0.3)
+        assert time.monotonic() - started < 2
+        transaction.abort()
+    finally:
+        blocker.release()
+
+
+def test_notes_round_trip_and_foreign_notes_are_ignored():
+    tids = {"main": b"\x03" * 8, "cat alog": b"\x00" * 7 + b"\x09"}
+    assert decode_note(encode_note(tids)) == tids
+    assert decode_note(None) == {}
+    assert decode_note(b"something else") == {}
+    assert decode_note(b"zlock1 main=zz x=0102") == {}
+
+
+@pytest.mark.parametrize("storage", ["mapping", "file"])
+def test_threads_nothing_lost_and_no_work_in_failed_transactions(memcached, tmp_path, storage):
+    """4 threads x 15 writes: the locked function runs exactly once per commit,
+    the counter ends exact and holders never overlap."""
+    transaction.abort()
+    database = ZODB.DB(MappingStorage() if storage == "mapping" else FileStorage(str(tmp_path / "Data.fs")))
+    with database.transaction() as c:
+        c.root()["counter"] = PersistentMapping(value=0)
+    overlap = OverlapLog(tmp_path / "overlap.log")
+    executions = []
+    commits = []
+    seen = []
+
+    @zlock(lambda fun, connection: "counter")
+    def locked_bump(connection):
+        who = threading.current_thread().name
+        overlap.enter("counter", who)
+        transaction.get().addAfterCommitHook(lambda ok: commits.append(ok))
+        executions.append(who)
+        counter = connection.root()["counter"]
+        seen.append(counter["value"])
+        time.sleep(0.003)
+        counter["value"] += 1
+
+    def worker():
+        connection = database.open()
+        for _ in range(15):
+            for attempt in transaction.manager.attempts(50):
+                with attempt:
+                    transaction.get().addAfterCommitHook(
+                        lambda ok, who=threading.current_thread().name: overlap.exit("counter", who)
+                        if executions and executions[-1] == who else None
+                    )
+                    locked_bump(connection)
+        connection.close()
+
+    threads = [threading.Thread(target=worker, name="w%d" % i) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with database.transaction() as c:
+        assert c.root()["counter"]["value"] == 60
+    database.close()
+    assert len(executions) == 60 and commits == [True] * 60
+    assert sorted(seen) == list(range(60))
+    assert overlap.violations() == []
