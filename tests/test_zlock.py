@@ -32,6 +32,18 @@ zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
 HOT = "hot-object"
 
 
+def take_and_watch(key=HOT) -> list:
+    """Take ``key`` for the transaction; the returned list gets, from after-commit and
+    after-abort hooks that run after zlock's own, whether the lock was free then (while
+    the transaction still references it: not freed later by garbage collection)."""
+    assert lock_for_transaction(key) is True
+    seen: list = []
+    txn = transaction.get()
+    txn.addAfterCommitHook(lambda ok: seen.append(("commit", ok, holder(key) is None)))
+    txn.addAfterAbortHook(lambda: seen.append(("abort", holder(key) is None)))
+    return seen
+
+
 def holder(key=HOT):
     """Who holds ``key`` in the store now (None: free)."""
     return get_backend().holder(lock_name(key))
@@ -103,11 +115,12 @@ def test_bad_options_are_refused_at_decoration_naming_the_value(kw, error, text)
 
 def test_commit_releases_and_records_the_tid(db, conn):
     transaction.begin()
-    assert lock_for_transaction(HOT) is True
+    seen = take_and_watch()
     mine = holder()
     assert mine is not None and mine.thread == threading.get_ident()
     bump(conn)
     transaction.commit()
+    assert seen == [("commit", True, True)]
     assert holder() is None
     assert note(db) == db.lastTransaction()
 
@@ -128,18 +141,20 @@ def test_commit_without_writes_keeps_the_previous_note(db, conn):
 
 def test_abort_releases_without_a_note(db, conn):
     transaction.begin()
-    lock_for_transaction(HOT)
+    seen = take_and_watch()
     bump(conn)
     transaction.abort()
+    assert seen == [("abort", True)]
     assert holder() is None
     assert note(db) is None
 
 
 def test_begin_over_an_open_transaction_releases(db, conn):
     transaction.begin()
-    lock_for_transaction(HOT)
+    seen = take_and_watch()
     bump(conn)
     transaction.begin()
+    assert seen == [("abort", True)]
     assert holder() is None
     assert conn.root()["counter"]["value"] == 0
 
@@ -152,13 +167,15 @@ def test_failed_commit_releases_at_once_and_the_abort_after_it_is_harmless(db, c
     conn.root()["counter"]["value"]
     rival.root()["counter"]["value"] = 100
     tm.commit()
-    lock_for_transaction(HOT)
+    seen = take_and_watch()
     conn.root()["counter"]["value"] = 1
     with pytest.raises(ConflictError):
         transaction.commit()
+    assert seen == [("commit", False, True)]
     assert holder() is None
     assert note(db) is None
     transaction.abort()
+    assert seen == [("commit", False, True), ("abort", True)]
     assert holder() is None
     rival.close()
     other.close()
@@ -169,13 +186,15 @@ def test_conflict_in_a_before_commit_hook_releases_on_abort(db, conn):
         raise ConflictError(message="raised by a before-commit hook")
 
     transaction.begin()
-    lock_for_transaction(HOT)
+    seen = take_and_watch()
     bump(conn)
     transaction.get().addBeforeCommitHook(conflicting_hook)
     with pytest.raises(ConflictError):
         transaction.commit()
+    assert seen == []
     assert holder() is not None
     transaction.abort()
+    assert seen == [("abort", True)]
     assert holder() is None
     assert note(db) is None
 
@@ -183,7 +202,7 @@ def test_conflict_in_a_before_commit_hook_releases_on_abort(db, conn):
 def test_savepoints_keep_working_and_a_rollback_keeps_the_lock_until_the_end(db, conn):
     transaction.begin()
     before = transaction.savepoint()
-    lock_for_transaction(HOT)
+    seen = take_and_watch()
     bump(conn)
     inner = transaction.savepoint()
     conn.root()["counter"]["value"] = 50
@@ -195,6 +214,7 @@ def test_savepoints_keep_working_and_a_rollback_keeps_the_lock_until_the_end(db,
     assert lock_for_transaction(HOT) is True
     bump(conn)
     transaction.commit()
+    assert seen == [("commit", True, True)]
     assert holder() is None
     with db.transaction() as check:
         assert check.root()["counter"]["value"] == 1

@@ -1,0 +1,268 @@
+"""zlock on a real ZEO server with several client processes (default clients: server_sync off).
+
+Every client is a separate Python process started from this file
+(``python tests/test_zlock_zeo.py writer|paths ...``) with its own ZEO
+ClientStorage and the test's memcached in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NAME = "hot"
+
+
+def run_clients(memcached, zeo_server, tmp_path, role: str, count: int, *extra: str) -> list[dict]:
+    """Start ``count`` client processes, let them go at once, return their JSON reports."""
+    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), role, str(zeo_server.port), str(tmp_path), "c%d" % i, *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        )
+        for i in range(count)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        return reports
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def setup_counter(zeo_server) -> None:
+    import ZEO
+    from persistent.mapping import PersistentMapping
+
+    db = ZEO.DB(zeo_server.address)
+    with db.transaction() as conn:
+        conn.root()["counter"] = PersistentMapping(value=0)
+    db.close()
+
+
+def read_counter(zeo_server) -> int:
+    import ZEO
+
+    db = ZEO.DB(zeo_server.address, server_sync=True)
+    with db.transaction() as conn:
+        value = conn.root()["counter"]["value"]
+    db.close()
+    return value
+
+
+def test_clients_never_waste_work_and_lose_nothing(memcached, zeo_server, tmp_path):
+    """3 processes x 10 writes x 5 ms of work on one counter: the locked function
+    runs exactly once per commit, each run sees the previous run's commit, holders
+    never overlap (lock held from the call to after the commit), retries stay low."""
+    from overlap import OverlapLog
+
+    setup_counter(zeo_server)
+    reports = run_clients(memcached, zeo_server, tmp_path, "writer", 3, "10", "5")
+    executions = sum(r["executions"] for r in reports)
+    commits = sum(r["commits"] for r in reports)
+    busy = sum(r["busy"] for r in reports)
+    assert executions == commits == 30, reports
+    assert read_counter(zeo_server) == 30
+    seen = sorted(v for r in reports for v in r["seen"])
+    assert seen == list(range(30))
+    assert OverlapLog(tmp_path / "overlap.log").violations() == []
+    assert OverlapLog(tmp_path / "overlap.log").count("enter") == 30
+    assert busy <= 30, busy
+    assert all(r["failed_commits"] == 0 for r in reports)
+
+
+def test_every_transaction_end_releases_on_zeo(memcached, zeo_server, tmp_path):
+    """A client process takes the lock and ends its transaction in each possible way;
+    after each, another client process takes the lock at once."""
+    setup_counter(zeo_server)
+    (report,) = run_clients(memcached, zeo_server, tmp_path, "paths", 1)
+    assert report == {
+        "commit": True, "abort": True, "begin": True, "failed commit": True,
+        "before-commit conflict (held until abort)": True, "before-commit conflict": True,
+        "savepoint rollback": True, "released inside the hooks": True,
+    }
+    assert read_counter(zeo_server) == 2
+
+
+# ---- client processes -------------------------------------------------------------------------
+
+
+def _free_for_others(port_env: dict) -> bool:
+    """True if a different process can take the lock immediately."""
+    code = (
+        "from unimr.memcachedlock import Lock; import sys; l = Lock(%r, 5);"
+        " ok = l.acquire(blocking=False); ok and l.release(); sys.exit(0 if ok else 1)" % NAME
+    )
+    return subprocess.call([sys.executable, "-c", code], env=port_env) == 0
+
+
+def _writer(port: int, workdir: str, who: str, writes: int, work_ms: float) -> dict:
+    import transaction
+    import ZEO
+
+    from overlap import OverlapLog
+    from unimr.memcachedlock.zlock import LockBusy, zlock
+
+    overlap = OverlapLog(os.path.join(workdir, "overlap.log"))
+    db = ZEO.DB(("127.0.0.1", port))
+    conn = db.open()
+    stats = dict(executions=0, commits=0, busy=0, failed_commits=0, seen=[])
+    entered = []
+
+    @zlock(lambda fun: NAME)
+    def work():
+        overlap.enter(NAME, who)
+        entered.append(True)
+        stats["executions"] += 1
+        counter = conn.root()["counter"]
+        stats["seen"].append(counter["value"])
+        end = time.thread_time() + work_ms / 1000.0
+        while time.thread_time() < end:
+            pass
+        counter["value"] += 1
+
+    def left(ok: bool) -> None:
+        if entered:
+            overlap.exit(NAME, who)
+            stats["commits" if ok else "failed_commits"] += 1
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range(writes):
+        for attempt in transaction.manager.attempts(100):
+            with attempt:
+                entered.clear()
+                transaction.get().addAfterCommitHook(left)
+                try:
+                    work()
+                except LockBusy:
+                    stats["busy"] += 1
+                    raise
+    conn.close()
+    db.close()
+    return stats
+
+
+def _paths(port: int) -> dict:
+    import transaction
+    import ZEO
+    from ZODB.POSException import ConflictError
+
+    from unimr.memcachedlock.zlock import lock_for_transaction
+
+    env = dict(os.environ)
+    db = ZEO.DB(("127.0.0.1", port))
+    conn = db.open()
+    result = {}
+
+    in_hooks: list = []
+
+    def take():
+        """Take the lock, and check from hooks that run after zlock's own that it is free
+        while the transaction still references it (not freed later by garbage collection)."""
+        assert lock_for_transaction(NAME) is True
+        assert not _free_for_others(env)
+        txn = transaction.get()
+        txn.addAfterCommitHook(lambda ok: in_hooks.append(_free_for_others(env)))
+        txn.addAfterAbortHook(lambda: in_hooks.append(_free_for_others(env)))
+
+    def bump():
+        conn.root()["counter"]["value"] += 1
+
+    transaction.begin()
+    take()
+    bump()
+    transaction.commit()
+    result["commit"] = _free_for_others(env)
+
+    transaction.begin()
+    take()
+    bump()
+    transaction.abort()
+    result["abort"] = _free_for_others(env)
+
+    transaction.begin()
+    take()
+    transaction.begin()
+    result["begin"] = _free_for_others(env)
+    transaction.abort()
+
+    rival_db = ZEO.DB(("127.0.0.1", port))
+    rival_tm = transaction.TransactionManager()
+    rival = rival_db.open(transaction_manager=rival_tm)
+    transaction.begin()
+    conn.root()["counter"]["value"]
+    rival_tm.begin()
+    rival.root()["counter"]["value"] += 0
+    rival.root()["counter"]._p_changed = True
+    rival_tm.commit()
+    take()
+    conn.root()["counter"]["value"] = 1000
+    try:
+        transaction.commit()
+        result["failed commit"] = "commit did not fail"
+    except ConflictError:
+        result["failed commit"] = _free_for_others(env)
+    transaction.abort()
+    rival.close()
+    rival_db.close()
+
+    def conflict():
+        raise ConflictError(message="before-commit hook")
+
+    transaction.begin()
+    take()
+    bump()
+    transaction.get().addBeforeCommitHook(conflict)
+    try:
+        transaction.commit()
+    except ConflictError:
+        result["before-commit conflict (held until abort)"] = not _free_for_others(env)
+    transaction.abort()
+    result["before-commit conflict"] = _free_for_others(env)
+
+    transaction.begin()
+    savepoint = transaction.savepoint()
+    take()
+    bump()
+    savepoint.rollback()
+    bump()
+    transaction.commit()
+    result["savepoint rollback"] = _free_for_others(env)
+
+    result["released inside the hooks"] = in_hooks == [True] * len(in_hooks) and len(in_hooks) >= 7
+    conn.close()
+    db.close()
+    return result
+
+
+def _client_main(argv: list[str]) -> None:
+    sys.path.insert(0, HERE)
+    role, port, workdir, who = argv[:4]
+    if role == "writer":
+        stats = _writer(int(port), workdir, who, int(argv[4]), float(argv[5]))
+    else:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        stats = _paths(int(port))
+    print(json.dumps(stats), flush=True)
+
+
+if __name__ == "__main__":
+    _client_main(sys.argv[1:])
