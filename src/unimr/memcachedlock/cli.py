@@ -34,6 +34,7 @@ from .config import BACKEND_KINDS, ServerAddress, Settings
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
 from .info import Holder
 from .keys import lock_name
+from .locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,10 @@ def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
                 "refusing to break %s (held by %s): no terminal to confirm on; add --yes" % (name, who),
                 EXIT_USAGE,
             )
-        answer = input("Break lock %s held by %s for %s? [y/N] " % (name, who, seconds(holder.age)))
+        # The question goes to stderr so that it shows even when stdout is piped.
+        sys.stderr.write("Break lock %s held by %s for %s? [y/N] " % (name, who, seconds(holder.age)))
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
         if answer.strip().lower() not in ("y", "yes"):
             out.write("not broken\n")
             return EXIT_NO
@@ -288,7 +292,10 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     report["version"] = version[0][8:] if version and version[0].startswith("VERSION ") else "?"
     report["evictions"] = int(stats.get("evictions", 0))
     report["limit_maxbytes"] = int(stats.get("limit_maxbytes", 0))
-    report["temporary_ttl"] = int(server_settings.get("temporary_ttl", 0) or 0)
+    # ``stats settings`` shows temporary_ttl 61 by default, but it only applies
+    # when the temporary LRU is on (temp_lru yes, which -o temporary_ttl=N sets).
+    temp_lru = server_settings.get("temp_lru", "no") in ("yes", "true", "1")
+    report["temporary_ttl"] = int(server_settings.get("temporary_ttl", 0) or 0) if temp_lru else 0
     report["evictions_enabled"] = server_settings.get("evictions", "on") != "off"
     report["lru_crawler"] = server_settings.get("lru_crawler", "yes") == "yes"
     can_evict = report["evictions_enabled"] and report["temporary_ttl"] == 0
@@ -300,6 +307,10 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
             "has evicted %d items and may evict live locks (no temporary_ttl): %s" % (report["evictions"], fix))
     elif can_evict:
         report["warnings"].append("no eviction yet, but memory pressure would evict live locks: " + fix)
+    elif report["evictions_enabled"] and report["temporary_ttl"] < DEFAULT_LEASE:
+        report["warnings"].append(
+            "temporary_ttl %d is below the default lock timeout (%gs): longer locks can be evicted"
+            % (report["temporary_ttl"], DEFAULT_LEASE))
     if not report["lru_crawler"]:
         report["warnings"].append("the LRU crawler is off (-X?): `memcachedlock list` cannot see its locks")
     return report
