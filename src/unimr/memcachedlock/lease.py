@@ -98,6 +98,10 @@ class Lease:
                 "lock %s had expired or been broken before its release (lease %.1fs)",
                 self.name, self.ttl,
             )
+            # Found only now, so the lock object's give-back has not counted it.
+            from . import metrics
+
+            metrics.record_lost(self.name)
         return ours
 
     def renew(self, ttl: float | None = None) -> bool:
