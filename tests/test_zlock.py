@@ -482,3 +482,23 @@ def test_threads_nothing_lost_and_no_work_in_failed_transactions(memcached, tmp_
     assert len(executions) == 60 and commits == [True] * 60
     assert sorted(seen) == list(range(60))
     assert overlap.violations() == []
+
+
+def test_called_from_a_before_commit_hook_as_cmfcore_indexing_does(db, conn):
+    """CMFCore's indexing queue catalogs from a before-commit hook, inside commit()."""
+    ran = []
+
+    @zlock(lambda fun, connection: "catalog")
+    def catalog(connection):
+        ran.append(holder(function_prefix(catalog.__wrapped__) + "catalog") is not None)
+        bump(connection)
+
+    transaction.begin()
+    conn.root()["counter"]["title"] = "changed"
+    transaction.get().addBeforeCommitHook(catalog, (conn,))
+    transaction.commit()
+    assert ran == [True]
+    assert holder(function_prefix(catalog.__wrapped__) + "catalog") is None
+    assert note(db, function_prefix(catalog.__wrapped__) + "catalog") == db.lastTransaction()
+    with db.transaction() as check:
+        assert check.root()["counter"]["value"] == 1
