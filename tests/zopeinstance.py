@@ -1,0 +1,269 @@
+"""A real Zope WSGI instance on a real ZEO server, in its own process, for the Zope tests.
+
+``ZopeInstance(zeo_port, patched=True).start()`` writes a zope.conf (a
+``<zeoclient>`` main database) and an ``etc/site.zcml`` (Zope's default one,
+plus the source tree's top-level ``configure.zcml`` when ``patched``), then
+runs this file as a script: Zope's own ``make_wsgi_app`` served by waitress on
+a free loopback port.  Nothing is mocked; the views below are what a site's
+code would do:
+
+``@@mcl-setup?size=N``  create ``/catalog`` (a ZCatalog with typical indexes)
+``@@mcl-index?uid=U&work_ms=W``  W ms of CPU work, then ``catalog_object``
+``@@mcl-count``  the catalog's entries and uids, as JSON
+``@@mcl-raise?kind=busy|conflict&times=T&token=X``  raise LockBusy or a
+ConflictError on the first T attempts of request X, then report the attempts'
+times (for the publisher's retry delay)
+
+``/_mcl_stats`` (a WSGI middleware in front of Zope) reports how many
+``catalog_object`` calls returned in this process.  Logging goes to
+``event.log`` at INFO, as a site's WSGI ini would configure it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from Products.Five.browser import BrowserView
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+STATS = {"runs": 0}
+_stats_lock = threading.Lock()
+ATTEMPTS: dict[str, list[float]] = {}
+
+ZOPE_CONF = """\
+%%import ZEO
+%%define INSTANCE %(dir)s
+instancehome $INSTANCE
+debug-mode off
+security-policy-implementation python
+max-conflict-retries 3
+<zodb_db main>
+  <zeoclient>
+    server 127.0.0.1:%(zeo_port)d
+    storage 1
+    name zeostorage
+    var $INSTANCE/var
+    cache-size 20MB
+  </zeoclient>
+  mount-point /
+</zodb_db>
+"""
+
+SITE_ZCML = """\
+<configure xmlns="http://namespaces.zope.org/zope"
+           xmlns:browser="http://namespaces.zope.org/browser"
+           xmlns:five="http://namespaces.zope.org/five">
+  <include package="Zope2.App" />
+  <five:loadProducts file="meta.zcml"/>
+  <five:loadProducts />
+  <five:loadProductsOverrides />
+  %(extra)s
+  <browser:page for="*" name="mcl-setup" class="zopeinstance.Setup" permission="zope.Public" />
+  <browser:page for="*" name="mcl-index" class="zopeinstance.IndexDocument" permission="zope.Public" />
+  <browser:page for="*" name="mcl-count" class="zopeinstance.Count" permission="zope.Public" />
+  <browser:page for="*" name="mcl-raise" class="zopeinstance.Raise" permission="zope.Public" />
+</configure>
+"""
+
+
+class Document:
+    """A catalogued object."""
+
+    def __init__(self, uid: str) -> None:
+        self.id = uid
+        self.title = "Document %s" % uid
+        self.subject = ("zope", uid[-1:])
+
+
+def burn(work_ms: float) -> None:
+    """Spend ``work_ms`` milliseconds of this thread's CPU time (the request's own work)."""
+    end = time.thread_time() + work_ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+class Setup(BrowserView):
+    """Create the catalog the tests write to."""
+
+    def __call__(self) -> str:
+        from Products.PluginIndexes.FieldIndex.FieldIndex import FieldIndex
+        from Products.PluginIndexes.KeywordIndex.KeywordIndex import KeywordIndex
+        from Products.ZCatalog.ZCatalog import ZCatalog
+
+        app = self.context
+        if "catalog" not in app.objectIds():
+            app._setObject("catalog", ZCatalog("catalog"))
+            catalog = app._getOb("catalog")
+            catalog.addIndex("id", FieldIndex("id"))
+            catalog.addIndex("title", FieldIndex("title"))
+            catalog.addIndex("subject", KeywordIndex("subject"))
+            catalog.addColumn("title")
+            for i in range(int(self.request.form.get("size", 0))):
+                catalog.catalog_object(Document("old-%d" % i), "old-%d" % i)
+        return "ok"
+
+
+class IndexDocument(BrowserView):
+    """A request that does its own work, then catalogs one document."""
+
+    def __call__(self) -> str:
+        uid = self.request.form["uid"]
+        burn(float(self.request.form.get("work_ms", 0)))
+        self.context.catalog.catalog_object(Document(uid), uid)
+        with _stats_lock:
+            STATS["runs"] += 1
+        return "ok"
+
+
+class Count(BrowserView):
+    """The catalog's content."""
+
+    def __call__(self) -> str:
+        catalog = self.context.catalog
+        self.request.response.setHeader("Content-Type", "application/json")
+        return json.dumps({"entries": len(catalog), "uids": sorted(catalog._catalog.uids.keys())})
+
+
+class Raise(BrowserView):
+    """Fail the first ``times`` attempts of a request with LockBusy or a ConflictError."""
+
+    def __call__(self) -> str:
+        from ZODB.POSException import ConflictError
+
+        from unimr.memcachedlock.zlock import LockBusy
+
+        form = self.request.form
+        attempts = ATTEMPTS.setdefault(form["token"], [])
+        attempts.append(time.monotonic())
+        if len(attempts) <= int(form["times"]):
+            if form["kind"] == "busy":
+                raise LockBusy(message="test lock busy", key="test")
+            raise ConflictError(message="test conflict")
+        self.request.response.setHeader("Content-Type", "application/json")
+        return json.dumps({"attempts": attempts})
+
+
+def stats_middleware(app):
+    """Answer ``/_mcl_stats`` with this process's counters; pass everything else to Zope."""
+
+    def wrapper(environ, start_response):
+        if environ.get("PATH_INFO") == "/_mcl_stats":
+            with _stats_lock:
+                body = json.dumps(STATS).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        return app(environ, start_response)
+
+    return wrapper
+
+
+def serve(directory: str, port: int, threads: int) -> None:
+    """Run Zope's WSGI app from ``directory/etc/zope.conf`` with waitress on ``port``."""
+    logging.basicConfig(
+        filename=os.path.join(directory, "event.log"), level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    import waitress
+    from Zope2.Startup.run import make_wsgi_app
+
+    app = make_wsgi_app({}, os.path.join(directory, "etc", "zope.conf"))
+    waitress.serve(stats_middleware(app), host="127.0.0.1", port=port, threads=threads,
+                   _quiet=True)
+
+
+class ZopeInstance:
+    """One Zope process (one ZEO client) serving HTTP on a free loopback port."""
+
+    def __init__(self, zeo_port: int, patched: bool = True, threads: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        from servers import free_port
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="mcl-zope-")
+        self.directory = self._tmp.name
+        self.port = free_port()
+        self.zeo_port = zeo_port
+        self.patched = patched
+        self.threads = threads
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, "event.log")
+
+    def start(self, timeout: float = 60) -> "ZopeInstance":
+        os.makedirs(os.path.join(self.directory, "etc"))
+        os.makedirs(os.path.join(self.directory, "var"))
+        with open(os.path.join(self.directory, "etc", "zope.conf"), "w") as f:
+            f.write(ZOPE_CONF % {"dir": self.directory, "zeo_port": self.zeo_port})
+        extra = '<include file="%s" />' % os.path.join(ROOT, "configure.zcml") if self.patched else ""
+        with open(os.path.join(self.directory, "etc", "site.zcml"), "w") as f:
+            f.write(SITE_ZCML % {"extra": extra})
+        env = dict(os.environ, **self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), self.directory, str(self.port), str(self.threads)],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "stderr.log"), "ab"),
+            env=env, cwd=self.directory,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get("/_mcl_stats", timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("Zope did not start: %s" % self.read("stderr.log")[-3000:])
+                time.sleep(0.1)
+
+    def get(self, path: str, timeout: float = 60) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read()
+
+    def json(self, path: str) -> dict:
+        return json.loads(self.get(path))
+
+    def read(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.directory, name), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> "ZopeInstance":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+
+if __name__ == "__main__":
+    import zopeinstance  # the views' module: its STATS is the one the middleware must report
+
+    zopeinstance.serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
