@@ -300,8 +300,8 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     report["lru_crawler"] = server_settings.get("lru_crawler", "yes") == "yes"
     can_evict = report["evictions_enabled"] and report["temporary_ttl"] == 0
     report["can_evict_locks"] = can_evict
-    fix = ("start memcached with -o temporary_ttl=N (N at least your longest lock timeout, e.g. 3600) "
-           "or give the locks a dedicated instance")
+    fix = ("give the locks a memcached of their own, or start this one with -o temporary_ttl=N "
+           "(N at least your longest lock timeout; items with a TTL up to N are then never evicted)")
     if can_evict and report["evictions"] > 0:
         report["problems"].append(
             "has evicted %d items and may evict live locks (no temporary_ttl): %s" % (report["evictions"], fix))
