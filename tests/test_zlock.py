@@ -435,10 +435,30 @@ def test_notes_round_trip_and_foreign_notes_are_ignored():
     assert decode_note(b"zlock1 main=zz x=0102") == {}
 
 
+@pytest.fixture
+def file_store(lock_dir, monkeypatch):
+    """The flock'd lock directory as the only lock store (notes kept next to the locks)."""
+    import unimr.memcachedlock.config as config
+
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
+    config.reset()
+    yield lock_dir
+    config.reset()
+
+
 @pytest.mark.parametrize("storage", ["mapping", "file"])
 def test_threads_nothing_lost_and_no_work_in_failed_transactions(memcached, tmp_path, storage):
     """4 threads x 15 writes: the locked function runs exactly once per commit,
     the counter ends exact and holders never overlap."""
+    run_threads_test(tmp_path, storage)
+
+
+def test_threads_with_the_file_lock_store(file_store, tmp_path):
+    """The same with the lock directory (flock) as lock store and note keeper."""
+    run_threads_test(tmp_path, "file")
+
+
+def run_threads_test(tmp_path, storage: str) -> None:
     transaction.abort()
     database = ZODB.DB(MappingStorage() if storage == "mapping" else FileStorage(str(tmp_path / "Data.fs")))
     with database.transaction() as c:
