@@ -407,12 +407,12 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     txn = _current_transaction()
     if txn is None:
         return False
-    connections = _connections(txn)
-    if not connections:
-        return False
     held = _held_in(txn)
     if name in held:
         return True
+    connections = _connections(txn)
+    if not connections:
+        return False
     started = time.monotonic()
     reservation = _state.keeper.reservations.pop(name, None)
     entry = _adopt(reservation) if reservation is not None else None
