@@ -4,22 +4,22 @@ The lock lives in a lock store shared by every thread and process that uses
 the same key.  Each acquisition gets its own lease (and token) from the
 store, so two threads of one process exclude each other just as two
 processes do.  This module owns the waiting: a first immediate attempt,
-then polls that start at a millisecond and back off, with jitter, to the
-lock's ``interval``, each bounded by the caller's deadline.
+then the shared, fair wait of :mod:`.waiting` (one poller per process and
+key, wake-ups on release, turns between processes), bounded by the
+caller's deadline.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
 import threading
 import time
 from typing import Callable
 
 from zope.interface import implementer
 
-from . import metrics
+from . import metrics, waiting
 from .config import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
@@ -109,29 +109,35 @@ class BaseLock:
         return lease
 
     def _take(self, deadline: float | None) -> Lease | None:
-        """Acquire from the store, waiting until ``deadline`` (None: no limit)."""
+        """Acquire from the store, waiting until ``deadline`` (None: no limit).
+
+        The first attempt goes straight to the store unless other threads of
+        this process already queue for the key, or this process yields it to
+        a waiting process (see ``waiting``); then the wait is shared and fair.
+        """
         backend = self.backend
+        name = self.name
+        ttl = self.timeout
         started = time.monotonic()
-        lease = backend.acquire(self.name, self.timeout)
-        if lease is None and (deadline is None or deadline > started):
-            delay = FIRST_POLL
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                pause = delay * (0.5 + random.random())
-                if deadline is not None:
-                    pause = min(pause, deadline - now)
-                backend.wait(self.name, pause)
-                lease = backend.acquire(self.name, self.timeout)
-                if lease is not None:
-                    break
-                delay = min(self.interval, delay * 1.5)
-        if lease is None:
+        must_wait = deadline is None or deadline > started
+        lease = None
+        tried = not must_wait or not waiting.must_queue(backend, name)
+        if tried:
+            lease = backend.acquire(name, ttl)
+        if lease is None and must_wait:
+            lease = waiting.wait_for(
+                backend, name, lambda: backend.acquire(name, ttl), deadline, self.interval, not tried
+            )
+            if lease is None:
+                return None
+            waited = time.monotonic() - started
+            metrics.record_acquire(name, waited, True)
+        elif lease is None:
             return None
+        else:
+            metrics.record_acquire(name, 0.0, False)
         if self.on_lost is not None:
             lease.on_lost = self.on_lost
-        metrics.record_acquire(self.name, lease.started - started, lease.started - started > FIRST_POLL)
         return lease
 
     def _give_back(self, lease: Lease) -> None:
@@ -139,6 +145,7 @@ class BaseLock:
         if lease.lost:
             metrics.record_lost(self.name)
         lease.release()
+        waiting.released(self.backend, self.name, getattr(lease, "successor", None))
 
     def locked(self) -> bool:
         """True if anybody (this object, another thread or process) holds the lock."""

@@ -32,10 +32,13 @@ from ..info import Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, store_ttl
 from .base import Backend
 from .pool import ClientPool
+from ..waiting import WANT_TTL, Want
 
 logger = logging.getLogger(__name__)
 
 NOTE_SUFFIX = "#note"
+#: A waiting process's announcement (see ``waiting``): read by a release in the same round trip.
+WANT_SUFFIX = "#want"
 NOTE_TTL = 86400
 
 
@@ -142,20 +145,33 @@ def _compare_and_delete(server: MemcachedServer, key: str, value: bytes) -> bool
 
 
 class MemcachedLease(Lease):
-    """An acquisition in memcached: ``key`` holds ``value``, which starts with our token."""
+    """An acquisition in memcached: ``key`` holds ``value``, which starts with our token.
 
-    __slots__ = ("server", "key")
+    After the release, ``successor`` holds the waiter announcement that was
+    stored next to the lock (read in the release's ``gets``), or None.
+    """
+
+    __slots__ = ("server", "key", "successor")
 
     def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes, ttl: float) -> None:
         self.server = server
         self.key = key
+        self.successor: bytes | None = None
         super().__init__(backend, name, token, value, ttl)
 
     def _release(self) -> bool | None:
+        key = self.key
         try:
-            return _compare_and_delete(self.server, self.key, self.value)
+            found = self.server.call("gets_many", (key, key + WANT_SUFFIX))
+            stored, cas = found.get(key, (None, None))
+            want = found.get(key + WANT_SUFFIX)
+            if want is not None:
+                self.successor = want[0]
+            if stored != self.value:
+                return False
+            return bool(self.server.call("cas", key, stored, cas, expire=-1, noreply=False))
         except BackendUnavailable:
-            self.server.remember_unreleased(self.key, self.value)
+            self.server.remember_unreleased(key, self.value)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
             return None
 
@@ -245,6 +261,33 @@ class MemcachedBackend(Backend):
     def break_lock(self, name: str) -> bool:
         return bool(self.server_for(name).call("delete", self.prefix + name, noreply=False))
 
+    def peek_want(self, name: str):
+        """One round trip: (is the lock held, the waiter announcement or None, its cas)."""
+        key = self.prefix + name
+        found = self.server_for(name).call("gets_many", (key, key + WANT_SUFFIX))
+        want = found.get(key + WANT_SUFFIX)
+        if want is None:
+            return key in found, None, None
+        return key in found, Want.decode(want[0]), want[1]
+
+    def put_want(self, name: str, value: bytes, cas, add: bool) -> bool:
+        """Store a waiter announcement: ``add`` it, or replace the one read with ``cas``."""
+        server = self.server_for(name)
+        key = self.prefix + name + WANT_SUFFIX
+        if add:
+            return bool(server.call("add", key, value, expire=WANT_TTL, noreply=False))
+        return bool(server.call("cas", key, value, cas, expire=WANT_TTL, noreply=False))
+
+    def drop_want(self, name: str, token: str) -> bool:
+        """Remove the announcement if it is still ``token``'s (another waiter may have taken the slot)."""
+        server = self.server_for(name)
+        key = self.prefix + name + WANT_SUFFIX
+        stored, cas = server.call("gets", key)
+        want = Want.decode(stored)
+        if want is None or want.token != token:
+            return False
+        return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+
     def get_note(self, name: str) -> bytes | None:
         return self.server_for(name).call("get", self.prefix + name + NOTE_SUFFIX)
 
@@ -257,7 +300,7 @@ class MemcachedBackend(Backend):
         for server in self.servers:
             keys = [
                 k for k in metadump_keys(server.address)
-                if k.startswith(self.prefix) and not k.endswith(NOTE_SUFFIX)
+                if k.startswith(self.prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX))
             ]
             for start in range(0, len(keys), 100):
                 values = server.call("get_many", keys[start : start + 100])

@@ -1,0 +1,423 @@
+"""Waiting for a busy lock: one poller per process and key, fair turns, instant wake-ups.
+
+Polling a shared store is what makes a distributed lock slow and unfair: a
+waiter sleeping through its back-off misses the release, and the releaser,
+which re-acquires at once, wins again.  This module fixes the three parts
+of that problem:
+
+* **One poller per process and key.**  Threads of a process that wait for
+  the same lock queue up in FIFO order; only the head of the queue talks
+  to the store, so 50 waiting threads cost what one does.  Polls start at
+  ``FIRST_POLL`` and back off with jitter to the lock's ``interval``.
+* **Local wake-ups.**  Each waiting process binds a unix datagram socket
+  (Linux abstract namespace: nothing to clean up).  A thread that releases
+  the lock wakes its own process's head through it, and a releaser on the
+  same host wakes another process's head, so a handoff costs one datagram
+  and one ``add`` instead of half a poll interval.
+* **Turns between processes.**  The head announces its process in the store
+  under ``<key>#want`` (short TTL, refreshed while waiting; the waiter that
+  waited longest may take the slot over).  A release reads that record in
+  the same round trip as the token check.  When another process waits, the
+  releaser wakes it and *yields*: its own next acquisition of that key waits
+  until the announced waiter has taken the lock, or until a short grace
+  period runs out (the waiter may have died).  The lock itself never passes
+  to a process that did not take it with ``add``, so a dead waiter can only
+  delay a handoff by the grace period, never hold a lock.
+
+All of this is advisory: the store's atomic ``add`` and the token-compared
+release decide who holds the lock, so a lost datagram or a stale announcement
+costs time, never safety.  Every wait here is bounded by the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from typing import Callable
+
+from .errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: First pause between two polls of the head waiter (seconds).  Each poll
+#: reads the lock and its announcement in one request.
+FIRST_POLL = 0.001
+#: Growth of the pause per poll, up to the lock's ``interval``.
+BACKOFF = 1.5
+#: How often the head refreshes its announcement (its TTL is WANT_TTL).
+ANNOUNCE_PERIOD = 0.5
+WANT_TTL = 2
+#: How long a releaser leaves the lock to a waiter it woke on this host.
+YIELD_LOCAL = 0.02
+#: Upper bound of the yield to a waiter on another host (it polls; it announced its pause).
+YIELD_REMOTE_MAX = 0.25
+#: Pause while yielding, between two checks whether the announced waiter took the lock.
+YIELD_POLL = 0.001
+
+_HOSTNAME = (socket.gethostname() or "localhost").encode("utf-8", "replace").replace(b" ", b"_")
+WANT_MAGIC = b"w1"
+
+
+class Want:
+    """A waiting process's announcement, as stored under ``<key>#want``."""
+
+    __slots__ = ("token", "host", "pid", "since", "pause", "address")
+
+    def __init__(self, token: str, host: bytes, pid: int, since: float, pause: float, address: bytes) -> None:
+        self.token = token
+        self.host = host
+        self.pid = pid
+        self.since = since
+        self.pause = pause
+        self.address = address
+
+    def encode(self) -> bytes:
+        return b"%s %s %s %d %.6f %.4f %s" % (
+            WANT_MAGIC, self.token.encode("ascii"), self.host, self.pid, self.since, self.pause,
+            self.address.hex().encode("ascii") or b"-",
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> "Want | None":
+        """Parse a stored announcement; None for anything else (no announcement)."""
+        if not value:
+            return None
+        parts = value.split(b" ")
+        if len(parts) != 7 or parts[0] != WANT_MAGIC:
+            return None
+        try:
+            address = b"" if parts[6] == b"-" else bytes.fromhex(parts[6].decode("ascii"))
+            return cls(parts[1].decode("ascii"), parts[2], int(parts[3]), float(parts[4]),
+                       float(parts[5]), address)
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+    @property
+    def local(self) -> bool:
+        return self.host == _HOSTNAME and bool(self.address)
+
+
+def want_store(backend):
+    """The part of ``backend`` that keeps announcements (memcached), or None."""
+    store = backend if hasattr(backend, "peek_want") else getattr(backend, "primary", None)
+    return store if store is not None and hasattr(store, "peek_want") else None
+
+
+# -- wake-up datagrams --------------------------------------------------------------------
+
+_sender: socket.socket | None = None
+_sender_lock = threading.Lock()
+
+
+def send_wake(address: bytes) -> bool:
+    """Send a wake-up datagram to a waiter's socket; True if it was delivered to a live socket."""
+    global _sender
+    if not address:
+        return False
+    sender = _sender
+    if sender is None:
+        with _sender_lock:
+            if _sender is None:
+                try:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                except OSError:
+                    return False
+                sock.setblocking(False)
+                _sender = sock
+            sender = _sender
+    try:
+        sender.sendto(b"w", address)
+        return True
+    except BlockingIOError:
+        return True  # its queue is full of wake-ups already
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            logger.debug("wake-up datagram to %r failed: %s", address, exc)
+        return False
+
+
+def _bind_wake_socket() -> tuple[socket.socket | None, bytes]:
+    """A datagram socket in the abstract namespace, bound to a random name (Linux)."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except (OSError, AttributeError):
+        return None, b""
+    address = b"\0unimr.memcachedlock/" + os.urandom(8).hex().encode("ascii")
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        return None, b""
+    return sock, address
+
+
+# -- per process and key ------------------------------------------------------------------
+
+class Waiter:
+    """One thread waiting in its process's queue for a key."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+class KeyState:
+    """What this process knows about one key of one store while it waits or yields."""
+
+    __slots__ = ("queue", "token", "sock", "address", "since", "announced", "next_announce",
+                 "yield_to", "yield_until", "acquired_by_head")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[Waiter] = collections.deque()
+        self.token = os.urandom(8).hex()
+        self.sock: socket.socket | None = None
+        self.address = b""
+        self.since = 0.0
+        self.announced = False
+        self.next_announce = 0.0
+        self.yield_to: str | None = None
+        self.yield_until = 0.0
+        self.acquired_by_head = False
+
+    def idle(self, now: float) -> bool:
+        return not self.queue and now >= self.yield_until
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
+
+_states: dict[tuple[int, str], KeyState] = {}
+_states_lock = threading.Lock()
+
+
+def _key(backend, name: str) -> tuple[int, str]:
+    return (id(backend), name)
+
+
+def must_queue(backend, name: str) -> bool:
+    """True if an acquisition must not try the store first: others of this process
+    queue for the key, or this process yields it to another process."""
+    state = _states.get((id(backend), name))
+    if state is None:
+        return False
+    if state.queue:
+        return True
+    if state.yield_until and time.monotonic() < state.yield_until:
+        return True
+    return False
+
+
+def released(backend, name: str, successor: bytes | None) -> None:
+    """A thread of this process released ``name``: wake the next waiter, here or elsewhere.
+
+    ``successor`` is the announcement the release found next to the lock.
+    When it names another process, that process is woken (if it is on this
+    host) and this process yields the key to it for a short while.
+    """
+    state = _states.get((id(backend), name))
+    want = Want.decode(successor) if successor else None
+    if want is not None and (state is None or want.token != state.token):
+        woke = want.local and send_wake(want.address)
+        if want.local and not woke:
+            grace = 0.0  # it announced a socket on this host that nobody reads: gone
+        elif woke:
+            grace = YIELD_LOCAL
+        else:
+            grace = min(YIELD_REMOTE_MAX, 2 * want.pause + 0.002)
+        if grace > 0:
+            with _states_lock:
+                state = _states.get((id(backend), name))
+                if state is None:
+                    state = _states[(id(backend), name)] = KeyState()
+                state.yield_to = want.token
+                state.yield_until = time.monotonic() + grace
+    if state is not None and state.queue:
+        _wake_head(state)
+
+
+def _wake_head(state: KeyState) -> None:
+    if state.address:
+        send_wake(state.address)
+    else:
+        try:
+            state.queue[0].event.set()
+        except IndexError:
+            pass
+
+
+def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: float | None,
+             interval: float, immediate: bool) -> object | None:
+    """Wait in this process's queue for ``name`` until ``deadline``; return what
+    ``try_acquire`` returned when it succeeded, or None at the deadline.
+
+    ``immediate`` says whether the head may try at once (False when the
+    caller has just failed an attempt itself).
+    """
+    me = Waiter()
+    with _states_lock:
+        state = _states.get(_key(backend, name))
+        if state is None:
+            state = _states[_key(backend, name)] = KeyState()
+        state.queue.append(me)
+        if len(state.queue) > 1:
+            immediate = False
+    try:
+        while True:
+            if state.queue[0] is me:
+                return _lead(backend, name, state, try_acquire, deadline, interval, immediate)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            me.event.wait(remaining)
+            me.event.clear()
+            immediate = not state.acquired_by_head
+    finally:
+        _leave(backend, name, state, me)
+
+
+def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
+    with _states_lock:
+        was_head = bool(state.queue) and state.queue[0] is me
+        try:
+            state.queue.remove(me)
+        except ValueError:
+            pass
+        if was_head and state.queue:
+            state.queue[0].event.set()
+            if state.address:
+                send_wake(state.address)
+        last = not state.queue
+        if last and _states.get(_key(backend, name)) is state and state.idle(time.monotonic()):
+            del _states[_key(backend, name)]
+    if last:
+        announced, state.announced = state.announced, False
+        state.close()
+        state.address = b""
+        if announced:
+            _withdraw(backend, name, state)
+
+
+def _withdraw(backend, name: str, state: KeyState) -> None:
+    store = want_store(backend)
+    if store is None:
+        return
+    try:
+        store.drop_want(name, state.token)
+    except BackendUnavailable as exc:
+        logger.debug("could not withdraw the announcement for %s: %s", name, exc)
+
+
+def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object],
+          deadline: float | None, interval: float, immediate: bool) -> object | None:
+    """The head's loop: poll the store, announce this process, wait for wake-ups."""
+    store = want_store(backend)
+    if state.sock is None:
+        state.sock, state.address = _bind_wake_socket()
+        state.since = time.time()
+    state.acquired_by_head = False
+    delay = FIRST_POLL
+    direct = immediate
+    while True:
+        now = time.monotonic()
+        held = True
+        want = None
+        want_cas = None
+        check = store is not None and (not direct or bool(state.yield_until))
+        if check:
+            try:
+                held, want, want_cas = store.peek_want(name)
+            except BackendUnavailable:
+                check = False
+        if state.yield_until:
+            if now >= state.yield_until or (check and (held or want is None or want.token != state.yield_to)):
+                state.yield_until = 0.0
+                state.yield_to = None
+        yielding = bool(state.yield_until)
+        if not yielding and (direct or not check or not held):
+            result = try_acquire()
+            if result is not None:
+                state.acquired_by_head = True
+                if state.announced and len(state.queue) <= 1:
+                    state.announced = False
+                    _withdraw(backend, name, state)
+                return result
+        if store is not None and check and not yielding:
+            _announce(store, name, state, want, want_cas, delay, now)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
+        pause = YIELD_POLL if yielding else delay * (0.5 + random.random())
+        if deadline is not None:
+            pause = min(pause, deadline - now)
+        direct = _sleep(state, pause)
+        if not yielding:
+            delay = min(interval, delay * BACKOFF)
+
+
+def _announce(store, name: str, state: KeyState, want: "Want | None", want_cas, delay: float, now: float) -> None:
+    """Put this process in the ``#want`` slot if it is free or ours, or if we waited longer."""
+    mine = want is not None and want.token == state.token
+    if mine and now < state.next_announce:
+        return
+    record = Want(state.token, _HOSTNAME, os.getpid(), state.since, delay, state.address).encode()
+    try:
+        if want is None:
+            state.announced = bool(store.put_want(name, record, None, add=True))
+        elif mine or want.since > state.since:
+            state.announced = bool(store.put_want(name, record, want_cas, add=False))
+        else:
+            state.announced = False
+    except BackendUnavailable as exc:
+        logger.debug("could not announce a waiter for %s: %s", name, exc)
+        return
+    if state.announced:
+        state.next_announce = now + ANNOUNCE_PERIOD
+
+
+def _sleep(state: KeyState, pause: float) -> bool:
+    """Sleep ``pause`` seconds or until a wake-up arrives; True if woken (the lock was released)."""
+    if pause <= 0:
+        return False
+    sock = state.sock
+    if sock is None:
+        me = state.queue[0] if state.queue else None
+        if me is None:
+            time.sleep(pause)
+            return False
+        woken = me.event.wait(pause)
+        me.event.clear()
+        return woken
+    woken = False
+    try:
+        sock.settimeout(pause)
+        sock.recv(16)
+        woken = True
+        sock.setblocking(False)
+        while True:
+            sock.recv(16)
+    except (BlockingIOError, socket.timeout, InterruptedError):
+        pass
+    except OSError as exc:
+        logger.debug("wake-up socket failed: %s", exc)
+        time.sleep(pause)
+    return woken
+
+
+def _after_fork_in_child() -> None:
+    global _states_lock, _sender, _sender_lock
+    _states_lock = threading.Lock()
+    _sender_lock = threading.Lock()
+    _sender = None
+    _states.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
