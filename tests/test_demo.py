@@ -105,7 +105,7 @@ def test_demo_uses_reachable_memcached_servers_and_prints_json(tmp_path, memcach
     assert memcached.address in data["store"]["description"]
     assert "MEMCACHEDLOCK_SERVERS" in data["store"]["description"]
     check_runs(data["runs"], 2, 3)
-    assert data["speedup"] == pytest.approx(data["runs"][0]["wall"] / data["runs"][1]["wall"], rel=0.01)
+    assert data["speedup"] == pytest.approx(data["runs"][0]["wall"] / data["runs"][1]["wall"], rel=0.05)
     assert demo_dirs(tmp_path) == [] and leftovers(tmp_path) == []
 
 

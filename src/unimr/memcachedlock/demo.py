@@ -24,6 +24,7 @@ SIGKILL leaves no client behind either.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -154,8 +155,6 @@ def worker_main(argv: Sequence[str]) -> int:
     import transaction
     import ZEO
     from ZODB.POSException import ConflictError
-
-    import importlib
 
     # The package exports the zlock *function* under the module's name.
     zlock_module = importlib.import_module(__package__ + ".zlock")
@@ -653,6 +652,9 @@ def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_
     check_counts(clients, writes, work_ms, timeout)
     if store not in STORE_CHOICES:
         raise DemoError("unknown lock store %r: use one of %s" % (store, ", ".join(STORE_CHOICES)))
+    missing = [name for name in ("ZEO", "ZODB", "transaction") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DemoError("the demo needs %s: pip install 'unimr.memcachedlock[zope]'" % ", ".join(missing))
 
     def interrupted(signum, frame):
         raise _Interrupted(signum)
