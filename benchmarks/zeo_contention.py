@@ -24,7 +24,6 @@ import argparse
 import fcntl
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,6 @@ def client(args: argparse.Namespace) -> None:
     """One client process: connect, say ready, wait for go, write, report JSON."""
     import transaction
     import ZEO
-    from persistent.mapping import PersistentMapping
 
     from unimr.memcachedlock.zlock import LockBusy, zlock
 

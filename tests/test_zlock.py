@@ -160,7 +160,6 @@ def test_begin_over_an_open_transaction_releases(db, conn):
 
 
 def test_failed_commit_releases_at_once_and_the_abort_after_it_is_harmless(db, conn):
-    other = db.open()
     tm = transaction.TransactionManager()
     rival = db.open(transaction_manager=tm)
     transaction.begin()
@@ -178,7 +177,6 @@ def test_failed_commit_releases_at_once_and_the_abort_after_it_is_harmless(db, c
     assert seen == [("commit", False, True), ("abort", True)]
     assert holder() is None
     rival.close()
-    other.close()
 
 
 def test_conflict_in_a_before_commit_hook_releases_on_abort(db, conn):
@@ -349,18 +347,23 @@ def test_busy_lock_is_reserved_and_the_retry_adopts_it_without_waiting(db):
 
 
 def test_no_busy_when_the_view_already_contains_the_last_commit(db, conn):
-    """A waiter whose transaction began after the holder's commit runs at once."""
+    """A transaction that began after another thread's commit under the lock runs at once."""
+
+    def commit_elsewhere():
+        connection = db.open()
+        transaction.begin()
+        lock_for_transaction(HOT)
+        bump(connection)
+        transaction.commit()
+        connection.close()
+
+    thread, box = run_in_thread(commit_elsewhere)
+    thread.join(10)
+    assert "error" not in box and note(db) == db.lastTransaction()
     transaction.begin()
-    lock_for_transaction(HOT)
-    bump(conn)
-    transaction.commit()
-    other = db.open()
-    tm = transaction.TransactionManager()
-    other = db.open(transaction_manager=tm)
-    tm.begin()
     assert lock_for_transaction(HOT) is True
-    tm.abort()
-    other.close()
+    assert conn.root()["counter"]["value"] == 1
+    transaction.abort()
 
 
 def make_busy(db, key=HOT):
