@@ -369,3 +369,20 @@ def test_bench_passes_its_arguments_through():
     proc = script("bench", "--help")
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: memcachedlock bench")
+
+
+def test_server_without_lru_crawler_cannot_list_and_check_warns(holder, monkeypatch):
+    with MemcachedServer(extra=("-X",)) as server:
+        monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", server.address)
+        monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
+        other = holder("site:hidden")
+        try:
+            proc = script("list")
+            assert proc.returncode == 3
+            assert "refused metadump" in proc.stderr and proc.stderr.count("\n") == 1
+            assert run("show", "site:hidden")[0] == 0, "show reads the key directly"
+            code, text = run("check")
+            assert code == 0
+            assert "warning: the LRU crawler or metadump is off (-X)" in text
+        finally:
+            other.release()

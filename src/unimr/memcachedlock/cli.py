@@ -297,7 +297,9 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     temp_lru = server_settings.get("temp_lru", "no") in ("yes", "true", "1")
     report["temporary_ttl"] = int(server_settings.get("temporary_ttl", 0) or 0) if temp_lru else 0
     report["evictions_enabled"] = server_settings.get("evictions", "on") != "off"
-    report["lru_crawler"] = server_settings.get("lru_crawler", "yes") == "yes"
+    # -X shows as dump_enabled no (lru_crawler stays yes): metadump is refused.
+    report["lru_crawler"] = (server_settings.get("lru_crawler", "yes") == "yes"
+                             and server_settings.get("dump_enabled", "yes") == "yes")
     can_evict = report["evictions_enabled"] and report["temporary_ttl"] == 0
     report["can_evict_locks"] = can_evict
     fix = ("give the locks a memcached of their own, or start this one with -o temporary_ttl=N "
@@ -312,7 +314,8 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
             "temporary_ttl %d is below the default lock timeout (%gs): longer locks can be evicted"
             % (report["temporary_ttl"], DEFAULT_LEASE))
     if not report["lru_crawler"]:
-        report["warnings"].append("the LRU crawler is off (-X?): `memcachedlock list` cannot see its locks")
+        report["warnings"].append("the LRU crawler or metadump is off (-X): `memcachedlock list` cannot see "
+                                  "its locks (show, break and the locks themselves work)")
     return report
 
 

@@ -217,10 +217,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def memcached_version(host: str, port: int, timeout: float = 1.0) -> str | None:
-    """The server's version if something answers as memcached at host:port, else None."""
+def memcached_version(host: str | None, port: int | None, timeout: float = 1.0, path: str | None = None) -> str | None:
+    """The server's version if something answers as memcached at host:port (or the unix socket ``path``)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        if path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        with sock:
             sock.settimeout(timeout)
             sock.sendall(b"version\r\n")
             data = b""
@@ -368,10 +378,7 @@ class Demo:
         configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
         if configured:
             servers = parse_servers(configured)
-            down = [
-                s for s in servers
-                if s.path is not None or memcached_version(s.host, s.port) is None
-            ]
+            down = [s for s in servers if memcached_version(s.host, s.port, path=s.path) is None]
             if not down:
                 self.store = LockStore(
                     "memcached",
