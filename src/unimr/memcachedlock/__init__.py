@@ -15,10 +15,10 @@ from .errors import (
 from .info import Holder
 from .lease import release_all
 from .locks import Lock, RLock, lock_getter, rlock_getter
-from .zlock import zlock
+from .zlock import LockBusy, lock_for_transaction, zlock
 
 __all__ = [
-    "lock", "rlock", "zlock", "lock_getter", "rlock_getter", "Lock", "RLock", "DontLock",
+    "lock", "rlock", "zlock", "lock_for_transaction", "LockBusy", "lock_getter", "rlock_getter", "Lock", "RLock", "DontLock",
     "MemcachedLockError", "ConfigurationError", "InvalidArgument", "InvalidKey", "TimeoutTooLarge",
     "NotHeld", "SelfDeadlock", "LockTimeout", "BackendUnavailable", "Holder",
     "configure", "get_backend", "get_settings", "reset", "set_backend", "release_all",
