@@ -190,10 +190,10 @@ def worker_main(argv: Sequence[str]) -> int:
                         raise
             commits += 1
             emit(commit=commits, attempts=attempts, busy=busy, executions=counts.executions)
-        emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions))
         conn.close()
     finally:
         db.close()
+    emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions))
     return 0
 
 
@@ -574,7 +574,19 @@ class Demo:
         return results
 
     def close(self) -> None:
-        """Stop every process the demo started and remove its temporary directory."""
+        """Stop every process the demo started and remove its temporary directory.
+
+        A second Ctrl-C while this runs is ignored, so the cleanup always finishes.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            self._stop_all()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+
+    def _stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 try:
@@ -664,6 +676,9 @@ def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_
         raise DemoError("the demo needs %s: pip install 'unimr.memcachedlock[zope]'" % ", ".join(missing))
 
     def interrupted(signum, frame):
+        # A second signal must not cut the cleanup short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         raise _Interrupted(signum)
 
     previous = {}
