@@ -561,6 +561,7 @@ class Demo:
         self.start_zeo()
         self.say("ZEO server: 127.0.0.1:%d (%s)" % (self.zeo_port, os.path.join(self.tmp, "Data.fs")))
         store = self.choose_store()
+        logger.debug("demo clients get %s", store.env)
         self.say("Lock store: %s" % store.description)
         self.create_objects()
         self.say(
@@ -597,6 +598,7 @@ class Demo:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
+                logger.debug("demo process %d ignored SIGTERM for 5s: killing it", proc.pid)
                 proc.kill()
                 proc.wait(timeout=5)
             for stream in (proc.stdin, proc.stdout):
