@@ -59,6 +59,8 @@ YIELD_LOCAL = 0.02
 YIELD_REMOTE_MAX = 0.25
 #: Pause while yielding, between two checks whether the announced waiter took the lock.
 YIELD_POLL = 0.001
+#: Above this many remembered keys, releases sweep out the idle ones.
+SWEEP_AT = 64
 
 _HOSTNAME = (socket.gethostname() or "localhost").encode("utf-8", "replace").replace(b" ", b"_")
 WANT_MAGIC = b"w1"
@@ -189,11 +191,6 @@ class KeyState:
     def idle(self, now: float) -> bool:
         return not self.queue and now >= self.yield_until
 
-    def close(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            sock.close()
-
 
 _states: dict[tuple[int, str], KeyState] = {}
 _states_lock = threading.Lock()
@@ -213,6 +210,9 @@ def must_queue(backend, name: str) -> bool:
         return True
     if state.yield_until and time.monotonic() < state.yield_until:
         return True
+    with _states_lock:
+        if _states.get((id(backend), name)) is state and state.idle(time.monotonic()):
+            del _states[(id(backend), name)]
     return False
 
 
@@ -240,8 +240,23 @@ def released(backend, name: str, successor: bytes | None) -> None:
                     state = _states[(id(backend), name)] = KeyState()
                 state.yield_to = want.token
                 state.yield_until = time.monotonic() + grace
+                if len(_states) > SWEEP_AT:
+                    _sweep()
     if state is not None and state.queue:
         _wake_head(state)
+
+
+def _sweep() -> None:
+    """Forget keys nobody here waits for or yields any more (caller holds ``_states_lock``)."""
+    now = time.monotonic()
+    for key in [key for key, state in _states.items() if state.idle(now)]:
+        del _states[key]
+
+
+def waiting_keys() -> int:
+    """How many keys threads of this process wait for now (for tests and metrics)."""
+    with _states_lock:
+        return sum(1 for state in _states.values() if state.queue or state.sock is not None)
 
 
 def _wake_head(state: KeyState) -> None:
@@ -285,6 +300,9 @@ def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: fl
 
 
 def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
+    """Take ``me`` out of the queue; promote the next thread; the last one withdraws."""
+    sock = None
+    announced = False
     with _states_lock:
         was_head = bool(state.queue) and state.queue[0] is me
         try:
@@ -295,15 +313,15 @@ def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
             state.queue[0].event.set()
             if state.address:
                 send_wake(state.address)
-        last = not state.queue
-        if last and _states.get(_key(backend, name)) is state and state.idle(time.monotonic()):
-            del _states[_key(backend, name)]
-    if last:
-        announced, state.announced = state.announced, False
-        state.close()
-        state.address = b""
-        if announced:
-            _withdraw(backend, name, state)
+        if not state.queue:
+            sock, state.sock, state.address = state.sock, None, b""
+            announced, state.announced = state.announced, False
+            if _states.get(_key(backend, name)) is state and state.idle(time.monotonic()):
+                del _states[_key(backend, name)]
+    if sock is not None:
+        sock.close()
+    if announced:
+        _withdraw(backend, name, state)
 
 
 def _withdraw(backend, name: str, state: KeyState) -> None:

@@ -1,0 +1,229 @@
+"""Waiting for a busy lock: shared pollers, bounded load, fair turns, dead waiters.
+
+Everything runs against a real memcached; the load is read from its
+``stats`` counters, turns from real threads and processes.  No test asserts
+a speed: the benchmarks in ``benchmarks/`` measure that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from unimr.memcachedlock import Lock, bench, get_backend, waiting
+from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
+from unimr.memcachedlock.config import parse_servers
+from unimr.memcachedlock.keys import lock_name
+
+
+def _requests(server) -> dict[str, int]:
+    stats = server.stats()
+    return {name: int(stats.get(name, 0)) for name in bench.REQUEST_COUNTERS}
+
+
+def _total(server) -> int:
+    return sum(_requests(server).values())
+
+
+def _other_process_store(server) -> MemcachedBackend:
+    """A second store object: to ``waiting`` it is another process holding the lock."""
+    return MemcachedBackend(parse_servers(server.address))
+
+
+def _wait_for_requests(server, threads: int, seconds: float, key: str) -> int:
+    """Requests sent while ``threads`` threads of this process wait ``seconds`` for a held ``key``."""
+    holder = Lock(key, backend=_other_process_store(server))
+    assert holder.acquire(blocking=False)
+    results = []
+    start = threading.Barrier(threads + 1)
+
+    def waiter() -> None:
+        lock = Lock(key)
+        start.wait()
+        results.append(lock.acquire(timeout=seconds))
+
+    pool = [threading.Thread(target=waiter) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    before = _total(server)
+    start.wait()
+    for t in pool:
+        t.join()
+    after = _total(server)
+    holder.release()
+    assert results == [False] * threads
+    return after - before
+
+
+def test_uncontended_pair_reads_the_announcement_in_the_release_round_trip(memcached):
+    lock = Lock("one-round-trip")
+    lock.acquire()
+    before = _requests(memcached)
+    lock.release()
+    lock.acquire()
+    lock.release()
+    after = _requests(memcached)
+    delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    # per pair: add (cmd_set), gets of lock + announcement (2 keys, one request), cas (cmd_set)
+    assert delta == {"cmd_get": 4, "cmd_set": 3}, delta
+    assert get_backend().holder(lock.name) is None
+
+
+def test_threads_of_one_process_share_one_poller(memcached):
+    one = _wait_for_requests(memcached, 1, 0.6, "shared-poller-1")
+    many = _wait_for_requests(memcached, 20, 0.6, "shared-poller-20")
+    assert one > 0
+    assert many <= 1.5 * one + 10, (one, many)
+
+
+def test_a_waiter_starts_at_most_at_1000_requests_a_second_and_backs_off(memcached):
+    key = "backoff"
+    holder = Lock(key, backend=_other_process_store(memcached))
+    assert holder.acquire(blocking=False)
+    lock = Lock(key, interval=0.05)
+    marks = []
+
+    def sample() -> None:
+        start = time.monotonic()
+        for at in (0.2, 0.7, 1.3):
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            marks.append((time.monotonic(), _total(memcached)))
+
+    sampler = threading.Thread(target=sample)
+    t0, c0 = time.monotonic(), _total(memcached)
+    sampler.start()
+    assert lock.acquire(timeout=1.4) is False
+    sampler.join()
+    holder.release()
+    (t1, c1), (t2, c2), (t3, c3) = marks
+    early = (c1 - c0) / (t1 - t0)
+    late = (c3 - c2) / (t3 - t2)
+    assert early <= 1000, early
+    # polls every ~interval (lock + announcement) plus an announcement refresh every 0.5 s
+    assert 5 <= late <= 2 * 2 / 0.05 + 10, late
+    assert late < early
+
+
+def test_threads_take_turns_in_order(memcached):
+    order = []
+    rounds = 8
+    start = threading.Barrier(3)
+
+    def worker(who: int) -> None:
+        lock = Lock("fifo", interval=0.05)
+        start.wait()
+        for _ in range(rounds):
+            assert lock.acquire(timeout=10)
+            order.append(who)
+            time.sleep(0.002)
+            lock.release()
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert sorted(order) == sorted(list(range(3)) * rounds)
+    # while all three take part, nobody goes twice in a row, and the turns cycle
+    steady = order[: 3 * (rounds - 1)]
+    repeats = sum(1 for a, b in zip(steady, steady[1:]) if a == b)
+    assert repeats <= 1, order
+    assert waiting.waiting_keys() == 0
+
+
+def test_two_processes_take_turns(memcached):
+    result = bench.handoff(memcached.address, "process", "ours", duration=0.4, hold=0.005)
+    assert result["turns"] >= 20, result
+    assert result["alternation"] >= 0.8, result
+    assert min(result["shares"].values()) >= 0.4 * result["turns"], result
+
+
+def test_two_threads_take_turns(memcached):
+    result = bench.handoff(memcached.address, "thread", "ours", duration=0.3, hold=0.005)
+    assert result["turns"] >= 20, result
+    assert result["alternation"] >= 0.8, result
+    assert min(result["shares"].values()) >= 0.4 * result["turns"], result
+
+
+def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(memcached):
+    single = bench.waiting_load(memcached.address, processes=2, threads=1, wait=0.8, first=0.2)
+    crowd = bench.waiting_load(memcached.address, processes=2, threads=12, wait=0.8, first=0.2)
+    assert single["requests"] > 0
+    assert crowd["requests"] <= 1.5 * single["requests"] + 20, (single, crowd)
+
+
+def _announce(memcached, key: str, host: bytes, address: bytes, pause: float = 0.01) -> None:
+    backend = get_backend()
+    want = waiting.Want(os.urandom(8).hex(), host, 4242, time.time() - 10, pause, address)
+    assert backend.put_want(lock_name(key), want.encode(), None, add=True)
+
+
+def test_a_dead_waiter_on_this_host_is_not_waited_for(memcached):
+    key = "dead-local-waiter"
+    lock = Lock(key)
+    assert lock.acquire()
+    _announce(memcached, key, waiting._HOSTNAME, b"\0unimr.memcachedlock/nobody-listens-here")
+    lock.release()
+    assert not waiting.must_queue(get_backend(), lock.name)
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_a_silent_remote_waiter_gets_a_bounded_yield_and_never_the_lock(memcached):
+    key = "remote-waiter"
+    lock = Lock(key)
+    assert lock.acquire()
+    _announce(memcached, key, b"some-other-host", b"\0elsewhere", pause=0.01)
+    lock.release()
+    backend = get_backend()
+    # the lock is free (nobody was handed it), and this process yields it for a moment
+    assert backend.holder(lock.name) is None
+    assert waiting.must_queue(backend, lock.name)
+    assert lock.acquire(timeout=5)
+    assert backend.holder(lock.name).token == lock.lease.token
+    lock.release()
+
+
+def test_a_queued_thread_times_out_and_the_queue_moves_on(memcached):
+    key = "queue-timeout"
+    holder = Lock(key, backend=_other_process_store(memcached))
+    assert holder.acquire()
+    first_result = []
+    first_lock = Lock(key)
+    first = threading.Thread(target=lambda: first_result.append(first_lock.acquire(timeout=10)))
+    first.start()
+    while not waiting.waiting_keys():
+        time.sleep(0.005)
+    assert Lock(key).acquire(timeout=0.2) is False
+    holder.release()
+    first.join()
+    assert first_result == [True]
+    assert get_backend().holder(lock_name(key)).token == first_lock.lease.token
+    first_lock.release()
+    assert waiting.waiting_keys() == 0
+
+
+def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(memcached):
+    key = "withdrawn"
+    holder = Lock(key, backend=_other_process_store(memcached))
+    assert holder.acquire()
+    lock = Lock(key)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=10)))
+    waiter.start()
+    name = lock_name(key)
+    backend = get_backend()
+    deadline = time.monotonic() + 5
+    while backend.peek_want(name)[1] is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert backend.peek_want(name)[1] is not None
+    holder.release()
+    waiter.join()
+    assert got == [True]
+    lock.release()
+    import pymemcache
+
+    raw = pymemcache.Client(("127.0.0.1", memcached.port), default_noreply=False)
+    assert raw.get(backend.prefix + name + WANT_SUFFIX) is None
+    raw.close()
