@@ -185,6 +185,46 @@ def test_restart_while_held_and_cas_reuse(private_memcached):
     assert new.release() is True
 
 
+def test_same_cas_after_restart_never_releases_the_new_holder(private_memcached):
+    """FACTS: a restart resets the cas counter.  Force the new holder's item onto
+    the very cas the old holder remembers; the old release must still leave it."""
+    backend = get_backend()
+    old = backend.acquire("same-cas", 30)
+    assert old is not None and old.cas is not None
+    private_memcached.restart()
+    filler = MemcachedBackend(parse_servers(private_memcached.address))
+    new = None
+    for attempt in range(200):
+        candidate = filler.acquire("same-cas", 30)
+        if candidate is not None and candidate.cas == old.cas:
+            new = candidate
+            break
+        if candidate is not None:
+            candidate.release()
+        if candidate is not None and int(candidate.cas) > int(old.cas):
+            break
+    assert new is not None, "could not reproduce a reused cas (old cas %s)" % old.cas
+    assert old.release() is False
+    holder = backend.holder("same-cas")
+    assert holder is not None and holder.token == new.token
+    assert new.release() is True
+
+
+def test_release_is_one_round_trip_only_on_the_acquiring_connection(memcached):
+    backend = get_backend()
+    lease = backend.acquire("other-connection", 30)
+    # Another thread takes the idle connection: the release must not trust the cas.
+    pool = lease.server.client
+    borrowed = pool._idle.pop()
+    try:
+        before = memcached.stats()
+        assert lease.release() is True
+        after = memcached.stats()
+    finally:
+        pool._idle.append(borrowed)
+    assert int(after["cas_hits"]) == int(before["cas_hits"]) + 1, "fell back to gets + cas"
+
+
 HOSTILE = [
     "with space",
     "cr\r\nlf",

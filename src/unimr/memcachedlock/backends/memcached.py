@@ -138,10 +138,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _compare_and_delete(server: MemcachedServer, key: str, value: bytes) -> bool:
-    stored, cas = server.call("gets", key)
+    stored, cas = server.call("gets_values", key).get(key, (None, None))
     if stored != value:
         return False
-    return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+    return bool(server.call("cas_value", key, stored, cas, -1))
 
 
 class MemcachedLease(Lease):
@@ -151,36 +151,48 @@ class MemcachedLease(Lease):
     stored next to the lock (read in the release's ``gets``), or None.
     """
 
-    __slots__ = ("server", "key", "successor")
+    __slots__ = ("server", "key", "successor", "cas", "connection")
 
-    def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes, ttl: float) -> None:
+    def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes,
+                 ttl: float, cas: bytes | None = None, connection=None) -> None:
         self.server = server
         self.key = key
         self.successor: bytes | None = None
+        self.cas = cas
+        self.connection = connection
         super().__init__(backend, name, token, value, ttl)
 
     def _release(self) -> bool | None:
         key = self.key
         try:
-            found = self.server.call("gets_many", (key, key + WANT_SUFFIX))
+            if self.cas is not None:
+                # One round trip when the connection that stored the lock proves
+                # the server has not restarted; otherwise compare the token.
+                done = self.server.call("delete_if_unchanged", self.connection, key, self.cas, key + WANT_SUFFIX)
+                self.cas = self.connection = None
+                if done is not None:
+                    self.successor = done[1]
+                    return True
+            found = self.server.call("gets_values", key, key + WANT_SUFFIX)
             stored, cas = found.get(key, (None, None))
             want = found.get(key + WANT_SUFFIX)
             if want is not None:
                 self.successor = want[0]
             if stored != self.value:
                 return False
-            return bool(self.server.call("cas", key, stored, cas, expire=-1, noreply=False))
+            return bool(self.server.call("cas_value", key, stored, cas, -1))
         except BackendUnavailable:
             self.server.remember_unreleased(key, self.value)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
             return None
 
     def _renew(self, ttl: float) -> bool:
-        stored, cas = self.server.call("gets", self.key)
+        stored, cas = self.server.call("gets_values", self.key).get(self.key, (None, None))
         if stored != self.value:
             return False
         value = renewed_value(self.value, ttl)
-        if self.server.call("cas", self.key, value, cas, expire=store_ttl(ttl), noreply=False):
+        self.cas = self.connection = None
+        if self.server.call("cas_value", self.key, value, cas, store_ttl(ttl)):
             self.value = value
             return True
         return False
@@ -234,8 +246,9 @@ class MemcachedBackend(Backend):
         key = self.prefix + name
         token = new_token()
         value = encode_value(token, ttl)
+        cas = connection = None
         try:
-            stored = server.call("add", key, value, expire=store_ttl(ttl), noreply=False)
+            stored, cas, connection = server.call("add_keeping_cas", key, value, store_ttl(ttl))
         except BackendUnavailable as exc:
             if not isinstance(exc.__cause__, socket.timeout):
                 raise
@@ -249,7 +262,7 @@ class MemcachedBackend(Backend):
                 raise exc from exc.__cause__
         if not stored:
             return None
-        return MemcachedLease(self, server, key, name, token, value, ttl)
+        return MemcachedLease(self, server, key, name, token, value, ttl, cas, connection)
 
     def holder(self, name: str) -> Holder | None:
         value = self.server_for(name).call("get", self.prefix + name)

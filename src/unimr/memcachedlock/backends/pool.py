@@ -8,6 +8,15 @@ a thread takes an idle client with ``list.pop()`` and puts it back with
 client is used by one thread at a time.  A client whose call raised is
 closed, never reused (its connection may hold half an answer).  A forked
 child forgets the parent's connections.
+
+The three commands on the lock's hot path (``add`` to acquire, ``gets`` of the
+lock and its waiter record plus ``cas`` to release) are written straight onto
+the pooled client's socket: pymemcache's generic command building and key
+checks cost more than the lock's own work, and the issue's goal (at most
+1.6x a raw pymemcache ``add`` + ``delete``) leaves room for one extra round
+trip but not for that.  Keys reaching here are already safe ASCII (see
+``keys.py``).  Connecting, timeouts, socket options and every other command
+stay pymemcache's; its exception classes report protocol errors.
 """
 
 from __future__ import annotations
@@ -17,11 +26,17 @@ import weakref
 from typing import Any
 
 from pymemcache.client.base import Client
+from pymemcache.exceptions import (
+    MemcacheClientError, MemcacheServerError, MemcacheUnexpectedCloseError, MemcacheUnknownError,
+)
 
 #: Idle connections kept per server; more threads than this reconnect when they come back.
 MAX_IDLE = 64
 
 _pools: "weakref.WeakSet[ClientPool]" = weakref.WeakSet()
+
+#: The client and the socket that carried a command (see ``delete_if_unchanged``).
+Connection = tuple[Client, Any]
 
 
 class ClientPool:
@@ -65,6 +80,122 @@ class ClientPool:
             client.close()
         return result
 
+    def _exchange(self, request: bytes, read: Any) -> Any:
+        """Send ``request`` on a pooled connection and parse the answer with ``read(sock, buf)``."""
+        try:
+            client = self._idle.pop()
+        except IndexError:
+            client = self._new()
+        try:
+            sock = client.sock
+            if sock is None:
+                client._connect()
+                sock = client.sock
+            sock.sendall(request)
+            result = read(sock, bytearray())
+        except BaseException:
+            client.close()
+            raise
+        if len(self._idle) < self.max_idle:
+            self._idle.append(client)
+        else:
+            client.close()
+        return result
+
+    def add_value(self, key: str, value: bytes, expire: int) -> bool:
+        """``add``: True if stored, False if the key exists."""
+        request = b"add %s 0 %d %d\r\n%s\r\n" % (key.encode("ascii"), expire, len(value), value)
+        return self._exchange(request, _read_stored)
+
+    def add_keeping_cas(self, key: str, value: bytes, expire: int) -> tuple[bool, bytes | None, Connection | None]:
+        """Add ``key`` (meta ``ms`` in mode E); return (stored, cas, connection).
+
+        ``connection`` names the client and socket that carried the command;
+        ``delete_if_unchanged`` can prove with it that the server did not
+        restart since (and so that ``cas`` still names this very item).
+        """
+        try:
+            client = self._idle.pop()
+        except IndexError:
+            client = self._new()
+        try:
+            sock = client.sock
+            if sock is None:
+                client._connect()
+                sock = client.sock
+            sock.sendall(b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value))
+            line = _read_line(sock, bytearray())
+        except BaseException:
+            client.close()
+            raise
+        if len(self._idle) < self.max_idle:
+            self._idle.append(client)
+        else:
+            client.close()
+        if line.startswith(b"HD"):
+            cas = next((flag[1:] for flag in line.split()[1:] if flag.startswith(b"c")), None)
+            return True, cas, (client, sock)
+        if line.startswith(b"NS"):
+            return False, None, None
+        _raise_for(line)
+
+    def delete_if_unchanged(self, connection: Connection, key: str, cas: bytes, also_get: str) -> tuple[bool, bytes | None] | None:
+        """Delete ``key`` if it still is the item stored with ``cas``, reading ``also_get`` too.
+
+        Only over the connection that stored the item: a server that restarted
+        (and reset its cas counter) cannot answer there, so within that
+        connection a cas names one item and no other.  Returns None when that
+        connection is not the next idle one (another thread has it, or it was
+        closed) or the item changed: the caller then compares the stored value.
+        Otherwise (True, value of ``also_get`` or None).
+        """
+        client, sock = connection
+        try:
+            top = self._idle.pop()
+        except IndexError:
+            return None
+        if top is not client or client.sock is not sock:
+            self._idle.append(top)
+            return None
+        try:
+            sock.sendall(b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii")))
+            buf = bytearray()
+            deleted = _read_line(sock, buf)
+            found = _read_line(sock, buf)
+            other = None
+            if found.startswith(b"VA "):
+                size = int(found.split()[1])
+                while len(buf) < size + 2:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise MemcacheUnexpectedCloseError()
+                    buf += chunk
+                other = bytes(buf[:size])
+            elif found != b"EN":
+                _raise_for(found)
+        except BaseException:
+            client.close()
+            raise
+        self._idle.append(client)
+        if deleted == b"HD":
+            return True, other
+        if deleted in (b"EX", b"NF"):
+            return None
+        _raise_for(deleted)
+
+    def cas_value(self, key: str, value: bytes, cas: bytes, expire: int) -> bool | None:
+        """``cas``: True if stored, False if changed since (EXISTS), None if gone (NOT_FOUND).
+
+        ``expire=-1`` expires the item at once: a compare-and-delete.
+        """
+        request = b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), expire, len(value), cas, value)
+        return self._exchange(request, _read_stored)
+
+    def gets_values(self, *keys: str) -> dict[str, tuple[bytes, bytes]]:
+        """``gets``: {key: (value, cas)} for the keys that exist."""
+        request = b"gets %s\r\n" % b" ".join(key.encode("ascii") for key in keys)
+        return self._exchange(request, _read_values)
+
     def add(self, *args: Any, **kw: Any) -> Any:
         return self._run("add", args, kw)
 
@@ -104,6 +235,57 @@ class ClientPool:
     def _forget(self) -> None:
         """In a forked child: drop the parent's connections without talking on them."""
         self._idle = []
+
+
+def _read_line(sock: Any, buf: bytearray) -> bytes:
+    while True:
+        end = buf.find(b"\r\n")
+        if end >= 0:
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            return line
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise MemcacheUnexpectedCloseError()
+        buf += chunk
+
+
+def _raise_for(line: bytes) -> None:
+    if line.startswith(b"SERVER_ERROR"):
+        raise MemcacheServerError(line[13:].decode("ascii", "replace"))
+    if line.startswith(b"CLIENT_ERROR"):
+        raise MemcacheClientError(line[13:].decode("ascii", "replace"))
+    raise MemcacheUnknownError(line[:200].decode("ascii", "replace"))
+
+
+def _read_stored(sock: Any, buf: bytearray) -> bool | None:
+    line = _read_line(sock, buf)
+    if line == b"STORED":
+        return True
+    if line in (b"NOT_STORED", b"EXISTS"):
+        return False
+    if line == b"NOT_FOUND":
+        return None
+    _raise_for(line)
+
+
+def _read_values(sock: Any, buf: bytearray) -> dict[str, tuple[bytes, bytes]]:
+    found: dict[str, tuple[bytes, bytes]] = {}
+    while True:
+        line = _read_line(sock, buf)
+        if line == b"END":
+            return found
+        parts = line.split()
+        if len(parts) != 5 or parts[0] != b"VALUE":
+            _raise_for(line)
+        size = int(parts[3])
+        while len(buf) < size + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise MemcacheUnexpectedCloseError()
+            buf += chunk
+        found[parts[1].decode("ascii")] = (bytes(buf[:size]), parts[4])
+        del buf[: size + 2]
 
 
 def _after_fork_in_child() -> None:
