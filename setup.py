@@ -46,7 +46,8 @@ setup(
     ],
     extras_require={
         "zope": ZOPE,
-        "test": ZOPE + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest"],
+        "test": ZOPE
+        + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog"],
     },
     entry_points={
         "console_scripts": [

@@ -102,11 +102,6 @@ class ClientPool:
             client.close()
         return result
 
-    def add_value(self, key: str, value: bytes, expire: int) -> bool:
-        """``add``: True if stored, False if the key exists."""
-        request = b"add %s 0 %d %d\r\n%s\r\n" % (key.encode("ascii"), expire, len(value), value)
-        return self._exchange(request, _read_stored)
-
     def add_keeping_cas(self, key: str, value: bytes, expire: int) -> tuple[bool, bytes | None, Connection | None]:
         """Add ``key`` (meta ``ms`` in mode E); return (stored, cas, connection).
 
