@@ -64,28 +64,34 @@ class ClientPool:
     def _new(self) -> Client:
         return Client(self.server, **self.client_kw)
 
-    def _run(self, method: str, args: tuple, kw: dict) -> Any:
+    def _checkout(self) -> Client:
         try:
-            client = self._idle.pop()
+            return self._idle.pop()
         except IndexError:
-            client = self._new()
+            return self._new()
+
+    def _checkin(self, client: Client) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(client)
+        else:
+            client.close()
+
+    def _run(self, method: str, args: tuple, kw: dict) -> Any:
+        client = self._checkout()
         try:
             result = getattr(client, method)(*args, **kw)
         except BaseException:
             client.close()
             raise
-        if len(self._idle) < self.max_idle:
-            self._idle.append(client)
-        else:
-            client.close()
+        self._checkin(client)
         return result
 
-    def _exchange(self, request: bytes, read: Any) -> Any:
-        """Send ``request`` on a pooled connection and parse the answer with ``read(sock, buf)``."""
-        try:
-            client = self._idle.pop()
-        except IndexError:
-            client = self._new()
+    def _exchange(self, request: bytes, read: Any) -> tuple[Any, Connection]:
+        """Send ``request`` on a pooled connection, parse the answer with ``read(sock, buf)``.
+
+        Returns the answer and the connection that carried it.
+        """
+        client = self._checkout()
         try:
             sock = client.sock
             if sock is None:
@@ -96,11 +102,8 @@ class ClientPool:
         except BaseException:
             client.close()
             raise
-        if len(self._idle) < self.max_idle:
-            self._idle.append(client)
-        else:
-            client.close()
-        return result
+        self._checkin(client)
+        return result, (client, sock)
 
     def add_keeping_cas(self, key: str, value: bytes, expire: int) -> tuple[bool, bytes | None, Connection | None]:
         """Add ``key`` (meta ``ms`` in mode E); return (stored, cas, connection).
@@ -109,27 +112,11 @@ class ClientPool:
         ``delete_if_unchanged`` can prove with it that the server did not
         restart since (and so that ``cas`` still names this very item).
         """
-        try:
-            client = self._idle.pop()
-        except IndexError:
-            client = self._new()
-        try:
-            sock = client.sock
-            if sock is None:
-                client._connect()
-                sock = client.sock
-            sock.sendall(b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value))
-            line = _read_line(sock, bytearray())
-        except BaseException:
-            client.close()
-            raise
-        if len(self._idle) < self.max_idle:
-            self._idle.append(client)
-        else:
-            client.close()
+        request = b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value)
+        line, connection = self._exchange(request, _read_line)
         if line.startswith(b"HD"):
             cas = next((flag[1:] for flag in line.split()[1:] if flag.startswith(b"c")), None)
-            return True, cas, (client, sock)
+            return True, cas, connection
         if line.startswith(b"NS"):
             return False, None, None
         _raise_for(line)
@@ -171,7 +158,7 @@ class ClientPool:
         except BaseException:
             client.close()
             raise
-        self._idle.append(client)
+        self._checkin(client)
         if deleted == b"HD":
             return True, other
         if deleted in (b"EX", b"NF"):
@@ -184,12 +171,12 @@ class ClientPool:
         ``expire=-1`` expires the item at once: a compare-and-delete.
         """
         request = b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), expire, len(value), cas, value)
-        return self._exchange(request, _read_stored)
+        return self._exchange(request, _read_stored)[0]
 
     def gets_values(self, *keys: str) -> dict[str, tuple[bytes, bytes]]:
         """``gets``: {key: (value, cas)} for the keys that exist."""
         request = b"gets %s\r\n" % b" ".join(key.encode("ascii") for key in keys)
-        return self._exchange(request, _read_values)
+        return self._exchange(request, _read_values)[0]
 
     def add(self, *args: Any, **kw: Any) -> Any:
         return self._run("add", args, kw)
