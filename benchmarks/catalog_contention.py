@@ -36,7 +36,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 

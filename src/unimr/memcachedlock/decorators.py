@@ -80,9 +80,22 @@ def _held(kind: str) -> dict:
     return held
 
 
-def lock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-         wait: float | None = None, **kw) -> Callable[[F], F]:
-    """Serialise calls with the same key across threads and processes (not reentrant)."""
+def rlocks_held() -> dict[bytes, RLock]:
+    """The RLocks this thread holds through ``rlock`` (and zlock outside a transaction)."""
+    return _held("rlock")
+
+
+#: How a decorated call runs once its key is known: ``run(key, timeout, interval, wait, fun, args, kwargs)``.
+Runner = Callable[[bytes, float, float, float, Callable, tuple, dict], Any]
+
+
+def locking_decorator(get_key: Callable, timeout: float, interval: float, wait: float | None,
+                      kw: dict, run: Runner) -> Callable[[F], F]:
+    """The one decorator factory behind ``lock``, ``rlock`` and ``zlock``.
+
+    Checks the options at decoration time, computes each call's key (DontLock:
+    call unlocked) and hands the call to ``run``, which decides how it is locked.
+    """
     timeout, interval, wait = check_options(timeout, interval, wait, kw)
 
     def decorate(fun: F) -> F:
@@ -94,55 +107,56 @@ def lock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = 
                 key = call_key(prefix, get_key, fun, args, kwargs)
             except DontLock:
                 return fun(*args, **kwargs)
-            held = _held("lock")
-            if key in held:
-                raise SelfDeadlock(
-                    "%s called again for key %r while this thread holds it; use @rlock for reentrant calls"
-                    % (prefix[:-1], key[len(prefix):])
-                )
-            the_lock = Lock(key, timeout, interval)
-            acquire_or_raise(the_lock, wait)
-            held[key] = the_lock
-            try:
-                return fun(*args, **kwargs)
-            finally:
-                del held[key]
-                the_lock.release()
+            return run(key, timeout, interval, wait, fun, args, kwargs)
 
         return wrapper
 
     return decorate
+
+
+def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
+    """Hold a Lock for ``key`` during the call; re-entry by the same thread is an error."""
+    held = _held("lock")
+    if key in held:
+        raise SelfDeadlock(
+            "%r is called again for key %r while this thread holds it; use @rlock for reentrant calls"
+            % (getattr(fun, "__qualname__", fun), key)
+        )
+    the_lock = Lock(key, timeout, interval)
+    acquire_or_raise(the_lock, wait)
+    held[key] = the_lock
+    try:
+        return fun(*args, **kwargs)
+    finally:
+        del held[key]
+        the_lock.release()
+
+
+def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
+    """Hold an RLock for ``key`` during the call, re-entrantly within the thread."""
+    held = _held("rlock")
+    the_lock = held.get(key)
+    if the_lock is None:
+        the_lock = RLock(key, timeout, interval)
+        acquire_or_raise(the_lock, wait)
+        held[key] = the_lock
+    else:
+        the_lock.acquire()
+    try:
+        return fun(*args, **kwargs)
+    finally:
+        the_lock.release()
+        if the_lock.lease is None:
+            held.pop(key, None)
+
+
+def lock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+         wait: float | None = None, **kw) -> Callable[[F], F]:
+    """Serialise calls with the same key across threads and processes (not reentrant)."""
+    return locking_decorator(get_key, timeout, interval, wait, kw, run_locked)
 
 
 def rlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
           wait: float | None = None, **kw) -> Callable[[F], F]:
     """Like ``lock``, but a thread may re-enter calls for a key it holds."""
-    timeout, interval, wait = check_options(timeout, interval, wait, kw)
-
-    def decorate(fun: F) -> F:
-        prefix = function_prefix(fun)
-
-        @functools.wraps(fun)
-        def wrapper(*args, **kwargs):
-            try:
-                key = call_key(prefix, get_key, fun, args, kwargs)
-            except DontLock:
-                return fun(*args, **kwargs)
-            held = _held("rlock")
-            the_lock = held.get(key)
-            if the_lock is None:
-                the_lock = RLock(key, timeout, interval)
-                acquire_or_raise(the_lock, wait)
-                held[key] = the_lock
-            else:
-                the_lock.acquire()
-            try:
-                return fun(*args, **kwargs)
-            finally:
-                the_lock.release()
-                if the_lock.lease is None:
-                    held.pop(key, None)
-
-        return wrapper
-
-    return decorate
+    return locking_decorator(get_key, timeout, interval, wait, kw, run_rlocked)

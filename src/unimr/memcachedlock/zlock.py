@@ -37,7 +37,6 @@ then only serialises.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -45,11 +44,11 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import quote, unquote
 
 from . import metrics
-from .decorators import acquire_or_raise, call_key, check_options, function_prefix
-from .errors import BackendUnavailable, DontLock, MemcachedLockError, NotHeld
+from .decorators import acquire_or_raise, check_options, locking_decorator, rlocks_held, run_rlocked
+from .errors import BackendUnavailable, MemcachedLockError, NotHeld
 from .keys import lock_name
 from .lease import Lease
-from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock, RLock
+from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
 
 try:
     import transaction as _transaction
@@ -166,7 +165,6 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.keeper = _ReservationKeeper()
         self.registered = False
-        self.call_locks: dict[bytes, RLock] = {}
 
 
 _state = _ThreadState()
@@ -446,22 +444,11 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     return True
 
 
-def _call_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
-    """Outside a ZODB transaction: hold the lock for the call only, re-entrantly."""
-    held = _state.call_locks
-    the_lock = held.get(key)
-    if the_lock is None:
-        the_lock = RLock(key, timeout, interval)
-        acquire_or_raise(the_lock, wait)
-        held[key] = the_lock
-    else:
-        the_lock.acquire()
-    try:
-        return fun(*args, **kwargs)
-    finally:
-        the_lock.release()
-        if the_lock.lease is None:
-            held.pop(key, None)
+def _run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
+    """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
+    if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait):
+        return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
+    return fun(*args, **kwargs)
 
 
 def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
@@ -474,24 +461,7 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
     raise :class:`LockBusy` (a ConflictError: retry the transaction) instead
     of running the function on a stale view.
     """
-    timeout, interval, wait = check_options(timeout, interval, wait, kw)
-
-    def decorate(fun: F) -> F:
-        prefix = function_prefix(fun)
-
-        @functools.wraps(fun)
-        def wrapper(*args, **kwargs):
-            try:
-                key = call_key(prefix, get_key, fun, args, kwargs)
-            except DontLock:
-                return fun(*args, **kwargs)
-            if key in _state.call_locks or not lock_for_transaction(key, timeout, interval, wait):
-                return _call_locked(key, timeout, interval, wait, fun, args, kwargs)
-            return fun(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
+    return locking_decorator(get_key, timeout, interval, wait, kw, _run_zlocked)
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "RESERVATION_TTL", "RESERVE_FOR"]
