@@ -71,7 +71,7 @@ def wait_deadline(blocking: bool, timeout: float) -> float | None:
 class BaseLock:
     """What Lock and RLock share: the key, the store and the wait loop."""
 
-    __slots__ = ("key", "name", "timeout", "interval", "on_lost", "_backend", "_lease", "__weakref__")
+    __slots__ = ("key", "name", "timeout", "interval", "on_lost", "_backend", "_lease", "_lost", "__weakref__")
 
     def __init__(
         self,
@@ -88,6 +88,7 @@ class BaseLock:
         self.on_lost = on_lost
         self._backend = backend
         self._lease: Lease | None = None
+        self._lost = False
 
     @property
     def backend(self):
@@ -96,9 +97,13 @@ class BaseLock:
 
     @property
     def lost(self) -> bool:
-        """True if the lease ran out or was broken while this object held the lock."""
+        """True if the lease ran out or was broken while this object held the lock.
+
+        Still answers after ``release()`` (which is when a caller asks whether
+        its critical section was safe), until the next acquisition.
+        """
         lease = self._lease
-        return lease is not None and lease.lost
+        return lease.lost if lease is not None else self._lost
 
     @property
     def lease(self) -> Lease | None:
@@ -138,6 +143,7 @@ class BaseLock:
             metrics.record_acquire(name, 0.0, False)
         if self.on_lost is not None:
             lease.on_lost = self.on_lost
+        self._lost = False
         return lease
 
     def _give_back(self, lease: Lease) -> None:
@@ -145,6 +151,7 @@ class BaseLock:
         if lease.lost:
             metrics.record_lost(self.name)
         lease.release()
+        self._lost = lease.lost
         waiting.released(self.backend, self.name, getattr(lease, "successor", None))
 
     def locked(self) -> bool:
