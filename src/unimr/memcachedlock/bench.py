@@ -84,16 +84,11 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def server_stats(address: str) -> dict[str, int]:
     """memcached's ``stats`` as integers (non-numeric values are left out)."""
-    with socket.create_connection(_host_port(address), timeout=2) as sock:
-        sock.sendall(b"stats\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    from .backends.memcached import server_command
+    from .config import parse_server
+
     stats: dict[str, int] = {}
-    for line in data.decode().splitlines():
+    for line in server_command(parse_server(address), b"stats").splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "STAT" and parts[2].isdigit():
             stats[parts[1]] = int(parts[2])

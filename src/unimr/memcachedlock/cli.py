@@ -30,6 +30,7 @@ import sys
 import time
 from typing import IO, Sequence
 
+from .backends.memcached import server_command
 from .config import BACKEND_KINDS, ServerAddress, Settings
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
 from .info import Holder
@@ -236,33 +237,8 @@ def _user() -> str:
 # --------------------------------------------------------------------------- check
 
 
-def server_command(address: ServerAddress, command: bytes, timeout: float) -> list[str]:
-    """Send one command over a plain socket and return the lines up to END (or one line)."""
-    if address.path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: object = address.path
-    else:
-        info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
-        target = info[4]
-    with sock:
-        sock.settimeout(timeout)
-        sock.connect(target)
-        sock.sendall(command + b"\r\n")
-        data = b""
-        deadline = time.monotonic() + timeout
-        single = not command.startswith(b"stats")
-        while True:
-            if data.endswith(b"END\r\n") or (single and data.endswith(b"\r\n")) or data.startswith(b"ERROR") \
-                    or data.startswith(b"CLIENT_ERROR"):
-                break
-            if time.monotonic() > deadline:
-                raise socket.timeout("no complete answer to %r within %.1fs" % (command.decode(), timeout))
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode("ascii", "replace").splitlines()
+def _lines(address: ServerAddress, command: bytes, timeout: float) -> list[str]:
+    return server_command(address, command, timeout).splitlines()
 
 
 def _stats(lines: list[str]) -> dict[str, str]:
@@ -279,9 +255,9 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     timeout = settings.connect_timeout + settings.io_timeout
     report: dict = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
     try:
-        version = server_command(address, b"version", timeout)
-        stats = _stats(server_command(address, b"stats", timeout))
-        server_settings = _stats(server_command(address, b"stats settings", timeout))
+        version = _lines(address, b"version", timeout)
+        stats = _stats(_lines(address, b"stats", timeout))
+        server_settings = _stats(_lines(address, b"stats settings", timeout))
     except OSError as exc:
         report["problems"].append(
             "unreachable (%s): locks fall back to this host's lock directory or fail; "

@@ -219,29 +219,14 @@ def _die_with_parent() -> None:
 
 def memcached_version(host: str | None, port: int | None, timeout: float = 1.0, path: str | None = None) -> str | None:
     """The server's version if something answers as memcached at host:port (or the unix socket ``path``)."""
+    from .backends.memcached import server_command
+    from .config import ServerAddress
+
+    address = ServerAddress(path=path) if path is not None else ServerAddress(host=host, port=port)
     try:
-        if path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(path)
-            except OSError:
-                sock.close()
-                raise
-        else:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        with sock:
-            sock.settimeout(timeout)
-            sock.sendall(b"version\r\n")
-            data = b""
-            while not data.endswith(b"\r\n"):
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                data += chunk
+        text = server_command(address, b"version", timeout).strip()
     except OSError:
         return None
-    text = data.decode("ascii", "replace").strip()
     return text[8:] if text.startswith("VERSION ") else None
 
 

@@ -333,36 +333,56 @@ class MemcachedBackend(Backend):
                 logger.debug("closing client for %s failed", server, exc_info=True)
 
 
-def metadump_keys(address: ServerAddress, timeout: float = 5.0) -> list[str]:
-    """Keys a server holds, read with ``lru_crawler metadump all`` over a plain socket.
+#: Answers that end a command's reply at their first line.
+_ERROR_REPLIES = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR", b"BUSY")
 
-    pymemcache's ``raw_command`` returns only the first line of the answer,
-    hence the socket.  Raises BackendUnavailable if the server cannot be read.
+
+def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0) -> str:
+    """Send one text command to a server over a fresh plain socket; return its whole answer.
+
+    For what pymemcache cannot do whole (``raw_command`` returns only the
+    first line and can drop bytes): ``stats``, ``stats settings``,
+    ``lru_crawler metadump all``, ``version``.  ``stats`` and metadump answers
+    are read up to ``END``, others one line.  Raises OSError (``socket.timeout``
+    included) if the server cannot be reached or does not answer in time.
+    """
+    if address.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = address.path
+    else:
+        info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        target = info[4]
+    multi_line = command.startswith((b"stats", b"lru_crawler metadump"))
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect(target)
+        sock.sendall(command + b"\r\n")
+        data = bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            if data.endswith(b"\r\n") and (
+                not multi_line or data.endswith(b"END\r\n") or data.startswith(_ERROR_REPLIES)
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise socket.timeout("no complete answer to %r within %.1fs" % (command.decode(), timeout))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode("ascii", "replace")
+
+
+def metadump_keys(address: ServerAddress, timeout: float = 5.0) -> list[str]:
+    """Keys a server holds, read with ``lru_crawler metadump all``.
+
+    Raises BackendUnavailable if the server cannot be read or refuses (``-X``).
     """
     try:
-        if address.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = address.path
-        else:
-            info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(info[0], socket.SOCK_STREAM)
-            target = info[4]
-        with sock:
-            sock.settimeout(timeout)
-            sock.connect(target)
-            sock.sendall(b"lru_crawler metadump all\r\n")
-            data = bytearray()
-            deadline = time.monotonic() + timeout
-            while not (data.endswith(b"END\r\n") or data.startswith(b"ERROR") or data.startswith(b"BUSY") or b"CLIENT_ERROR" in data[:64]):
-                if time.monotonic() > deadline:
-                    raise socket.timeout("metadump took longer than %.0fs" % timeout)
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        text = server_command(address, b"lru_crawler metadump all", timeout)
     except OSError as exc:
         raise BackendUnavailable("memcached %s: metadump failed: %s" % (address, _describe(exc))) from exc
-    text = data.decode("ascii", "replace")
     if not text.endswith("END\r\n"):
         raise BackendUnavailable("memcached %s refused metadump: %s" % (address, text.strip()[:200]))
     keys = []
