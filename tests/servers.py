@@ -67,9 +67,22 @@ class MemcachedServer:
             self.proc = None
 
     def stop(self) -> None:
-        """SIGSTOP: the server hangs but the kernel still accepts connections."""
+        """SIGSTOP: the server hangs but the kernel still accepts connections.
+
+        Returns once the process is really stopped: the signal is delivered
+        asynchronously, and a request served in between would make a test flaky.
+        """
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while self._state() not in ("T", "t"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("memcached %d did not stop within 5 s" % self.proc.pid)
+            time.sleep(0.005)
+
+    def _state(self) -> str:
+        with open("/proc/%d/stat" % self.proc.pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
 
     def cont(self) -> None:
         assert self.proc is not None
