@@ -11,6 +11,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from unimr.memcachedlock import Lock, bench, get_backend, waiting
 from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
@@ -228,3 +230,39 @@ def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(memcached):
     raw = pymemcache.Client(("127.0.0.1", memcached.port), default_noreply=False)
     assert raw.get(backend.prefix + name + WANT_SUFFIX) is None
     raw.close()
+
+
+def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(memcached):
+    """With a thread of this process queued and no other process announced, the lock
+    changes threads without becoming free: no delete, no new add, the same token."""
+    holder = Lock("handover")
+    assert holder.acquire()
+    token = get_backend().holder(holder.name).token
+    got = []
+    waiter_lock = Lock("handover", timeout=12)
+
+    def waiter() -> None:
+        got.append(waiter_lock.acquire(timeout=10))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not waiting.waiting_keys() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert waiting.waiting_keys() == 1
+    time.sleep(0.05)
+    before = _requests(memcached)
+    holder.release()
+    thread.join(10)
+    after = _requests(memcached)
+    assert got == [True]
+    assert after.get("delete_hits", 0) == before.get("delete_hits", 0), "the lock never became free"
+    assert waiter_lock.lease.token == token and waiter_lock.lease.ttl == 12
+    assert waiter_lock.lease.on_lost is None
+    record = get_backend().holder(holder.name)
+    assert record.token == token and record.thread == thread.ident, "the record names the new thread"
+    with pytest.raises(RuntimeError):
+        holder.release()
+    assert Lock("handover").acquire(blocking=False) is False
+    waiter_lock.release()
+    assert get_backend().holder(holder.name) is None

@@ -56,10 +56,12 @@ class Holder:
         return data
 
 
-def encode_value(token: str, ttl: float, acquired: float | None = None) -> bytes:
-    """The bytes stored for an acquisition by the calling thread."""
+def encode_value(token: str, ttl: float, acquired: float | None = None,
+                 thread: threading.Thread | None = None) -> bytes:
+    """The bytes stored for an acquisition by ``thread`` (default: the calling thread)."""
     now = time.time()
-    thread = threading.current_thread()
+    if thread is None:
+        thread = threading.current_thread()
     return b" ".join(
         (
             MAGIC,

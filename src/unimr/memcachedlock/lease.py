@@ -115,6 +115,18 @@ class Lease:
         self.mark_lost()
         return False
 
+    def handed_to(self, ttl: float) -> bool:
+        """This lease now serves another lock object (and thread) of this process.
+
+        See ``waiting.hand_over``.  Stores that keep holder records rewrite
+        them; True if the lock is still ours.
+        """
+        self.ttl = ttl
+        self.started = time.monotonic()
+        self.on_lost = None
+        self.renew_until = None
+        return True
+
     def mark_lost(self) -> None:
         """Record that the lock is no longer ours, log it once and tell the owner."""
         if self.lost:

@@ -131,10 +131,12 @@ class BaseLock:
             lease = backend.acquire(name, ttl)
         if lease is None and must_wait:
             lease = waiting.wait_for(
-                backend, name, lambda: backend.acquire(name, ttl), deadline, self.interval, not tried
+                backend, name, lambda: backend.acquire(name, ttl), deadline, self.interval, not tried, ttl
             )
             if lease is None:
                 return None
+            if lease.started < started:
+                lease.handed_to(ttl)  # handed over by a releasing thread of this process
             waited = time.monotonic() - started
             metrics.record_acquire(name, waited, True)
         elif lease is None:
@@ -150,6 +152,9 @@ class BaseLock:
         metrics.record_release(self.name, time.monotonic() - lease.started)
         if lease.lost:
             metrics.record_lost(self.name)
+        if waiting.hand_over(self.backend, self.name, lease):
+            self._lost = False
+            return
         lease.release()
         self._lost = lease.lost
         waiting.released(self.backend, self.name, getattr(lease, "successor", None))

@@ -164,17 +164,20 @@ def _bind_wake_socket() -> tuple[socket.socket | None, bytes]:
 class Waiter:
     """One thread waiting in its process's queue for a key."""
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "thread", "ttl")
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float) -> None:
         self.event = threading.Event()
+        self.thread = threading.current_thread()
+        #: The lease the waiting lock asks for, should a lease be handed to it.
+        self.ttl = ttl
 
 
 class KeyState:
     """What this process knows about one key of one store while it waits or yields."""
 
     __slots__ = ("queue", "token", "sock", "address", "since", "announced", "next_announce",
-                 "yield_to", "yield_until", "acquired_by_head")
+                 "yield_to", "yield_until", "acquired_by_head", "handed", "owe_turn")
 
     def __init__(self) -> None:
         self.queue: collections.deque[Waiter] = collections.deque()
@@ -187,9 +190,13 @@ class KeyState:
         self.yield_to: str | None = None
         self.yield_until = 0.0
         self.acquired_by_head = False
+        #: A lease a releasing thread of this process handed to the head of the queue.
+        self.handed = None
+        #: A handover saw another process waiting: the next release must free the lock.
+        self.owe_turn = False
 
     def idle(self, now: float) -> bool:
-        return not self.queue and now >= self.yield_until
+        return not self.queue and now >= self.yield_until and self.handed is None
 
 
 _states: dict[tuple[int, str], KeyState] = {}
@@ -259,6 +266,53 @@ def waiting_keys() -> int:
         return sum(1 for state in _states.values() if state.queue or state.sock is not None)
 
 
+def hand_over(backend, name: str, lease) -> bool:
+    """Give ``lease``, still held, to the next thread of this process queued for ``name``.
+
+    The lock never becomes free: it changes threads inside the process that
+    holds it.  One round trip rewrites the lock's record for the receiving
+    thread (only if it is still the very item this lease stored, proven as for
+    the one-round-trip release) and reads the waiter announcement.  If another
+    process is announced, this handover still happens but the next release
+    frees the lock, so that process gets the following turn.  Only memcached
+    leases are handed over (the file store keeps no announcements).  Returns
+    True if the lease was handed (or, its receiver gone, released).
+    """
+    state = _states.get(_key(backend, name))
+    if state is None or not state.queue or state.handed is not None or not lease.held:
+        return False
+    if state.owe_turn:
+        state.owe_turn = False
+        return False
+    store = want_store(backend)
+    if store is None or lease.backend is not store:
+        return False
+    head = state.queue[0]
+    try:
+        want = store.hand_record_over(lease, head.thread, head.ttl)
+    except BackendUnavailable:
+        return False
+    if want is False:
+        return False
+    if want is not None and want.token != state.token:
+        state.owe_turn = True
+    with _states_lock:
+        receiver = bool(state.queue) and _states.get(_key(backend, name)) is state
+        if receiver:
+            state.handed = lease
+    if not receiver:
+        lease.release()
+        return True
+    _wake_head(state)
+    return True
+
+
+def _take_handed(state: KeyState):
+    with _states_lock:
+        lease, state.handed = state.handed, None
+    return lease
+
+
 def _wake_head(state: KeyState) -> None:
     if state.address:
         send_wake(state.address)
@@ -270,14 +324,14 @@ def _wake_head(state: KeyState) -> None:
 
 
 def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: float | None,
-             interval: float, immediate: bool) -> object | None:
+             interval: float, immediate: bool, ttl: float = 30.0) -> object | None:
     """Wait in this process's queue for ``name`` until ``deadline``; return what
     ``try_acquire`` returned when it succeeded, or None at the deadline.
 
     ``immediate`` says whether the head may try at once (False when the
     caller has just failed an attempt itself).
     """
-    me = Waiter()
+    me = Waiter(ttl)
     with _states_lock:
         state = _states.get(_key(backend, name))
         if state is None:
@@ -303,6 +357,7 @@ def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
     """Take ``me`` out of the queue; promote the next thread; the last one withdraws."""
     sock = None
     announced = False
+    orphan = None
     with _states_lock:
         was_head = bool(state.queue) and state.queue[0] is me
         try:
@@ -314,10 +369,13 @@ def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
             if state.address:
                 send_wake(state.address)
         if not state.queue:
+            orphan, state.handed = state.handed, None
             sock, state.sock, state.address = state.sock, None, b""
             announced, state.announced = state.announced, False
             if _states.get(_key(backend, name)) is state and state.idle(time.monotonic()):
                 del _states[_key(backend, name)]
+    if orphan is not None:
+        orphan.release()  # handed over as the last waiter gave up: nobody takes it now
     if sock is not None:
         sock.close()
     if announced:
@@ -345,6 +403,13 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
     delay = FIRST_POLL
     direct = immediate
     while True:
+        handed = _take_handed(state) if state.handed is not None else None
+        if handed is not None:
+            state.acquired_by_head = True
+            if state.announced and len(state.queue) <= 1:
+                state.announced = False
+                _withdraw(backend, name, state)
+            return handed
         now = time.monotonic()
         held = True
         want = None

@@ -283,6 +283,25 @@ class MemcachedBackend(Backend):
             return key in found, None, None
         return key in found, Want.decode(want[0]), want[1]
 
+    def hand_record_over(self, lease: MemcachedLease, thread: threading.Thread, ttl: float):
+        """Rewrite ``lease``'s record for ``thread`` and lease ``ttl``, reading the announcement.
+
+        One round trip, only while the lease's cas is provably current (see
+        ``ClientPool.delete_if_unchanged``).  Returns the announcement (a Want
+        or None), or False when the record could not be rewritten that way.
+        """
+        if lease.cas is None:
+            return False
+        value = encode_value(lease.token, ttl, thread=thread)
+        key = lease.key
+        answer = lease.server.call(
+            "replace_if_unchanged", lease.connection, key, value, lease.cas, store_ttl(ttl), key + WANT_SUFFIX
+        )
+        if answer is None:
+            return False
+        lease.value, lease.cas, lease.ttl = value, answer[0], ttl
+        return Want.decode(answer[1]) if answer[1] else None
+
     def put_want(self, name: str, value: bytes, cas, add: bool) -> bool:
         """Store a waiter announcement: ``add`` it, or replace the one read with ``cas``."""
         server = self.server_for(name)

@@ -35,6 +35,9 @@ MAX_IDLE = 64
 
 _pools: "weakref.WeakSet[ClientPool]" = weakref.WeakSet()
 
+#: Returned by ``_exchange_on`` when the connection asked for is not available.
+_NOT_THERE = object()
+
 #: The client and the socket that carried a command (see ``delete_if_unchanged``).
 Connection = tuple[Client, Any]
 
@@ -121,44 +124,65 @@ class ClientPool:
             return False, None, None
         _raise_for(line)
 
-    def delete_if_unchanged(self, connection: Connection, key: str, cas: bytes, also_get: str) -> tuple[bool, bytes | None] | None:
-        """Delete ``key`` if it still is the item stored with ``cas``, reading ``also_get`` too.
+    def _exchange_on(self, connection: Connection, request: bytes, read: Any) -> Any:
+        """Like ``_exchange``, but only over ``connection``; _NOT_THERE if it is not the next idle one.
 
-        Only over the connection that stored the item: a server that restarted
-        (and reset its cas counter) cannot answer there, so within that
-        connection a cas names one item and no other.  Returns None when that
-        connection is not the next idle one (another thread has it, or it was
-        closed) or the item changed: the caller then compares the stored value.
-        Otherwise (True, value of ``also_get`` or None).
+        A cas is only proof of identity on the connection that stored the item:
+        a server that restarted (and reset its cas counter) cannot answer there.
         """
         client, sock = connection
         try:
             top = self._idle.pop()
         except IndexError:
-            return None
+            return _NOT_THERE
         if top is not client or client.sock is not sock:
             self._idle.append(top)
-            return None
+            return _NOT_THERE
         try:
-            sock.sendall(b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii")))
-            buf = bytearray()
-            deleted = _read_line(sock, buf)
-            found = _read_line(sock, buf)
-            other = None
-            if found.startswith(b"VA "):
-                size = int(found.split()[1])
-                while len(buf) < size + 2:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise MemcacheUnexpectedCloseError()
-                    buf += chunk
-                other = bytes(buf[:size])
-            elif found != b"EN":
-                _raise_for(found)
+            sock.sendall(request)
+            result = read(sock, bytearray())
         except BaseException:
             client.close()
             raise
         self._checkin(client)
+        return result
+
+    def replace_if_unchanged(self, connection: Connection, key: str, value: bytes, cas: bytes,
+                             expire: int, also_get: str) -> tuple[bytes, bytes | None] | None:
+        """Replace the item stored with ``cas`` (meta ``ms`` with C) over ``connection``,
+        reading ``also_get`` in the same round trip.
+
+        Returns (the new cas, valid on the same connection; the value of
+        ``also_get`` or None), or None when the connection is not available or
+        the item changed.
+        """
+        request = b"ms %s %d C%s T%d c\r\n%s\r\nmg %s v\r\n" % (
+            key.encode("ascii"), len(value), cas, expire, value, also_get.encode("ascii"))
+        answer = self._exchange_on(connection, request, _read_status_and_value)
+        if answer is _NOT_THERE:
+            return None
+        status, other = answer
+        if status.startswith(b"HD"):
+            new_cas = next((flag[1:] for flag in status.split()[1:] if flag.startswith(b"c")), None)
+            return (new_cas, other) if new_cas else None
+        if status.startswith((b"EX", b"NF", b"NS")):
+            return None
+        _raise_for(status)
+
+    def delete_if_unchanged(self, connection: Connection, key: str, cas: bytes,
+                            also_get: str) -> tuple[bool, bytes | None] | None:
+        """Delete ``key`` if it still is the item stored with ``cas``, reading ``also_get`` too.
+
+        Only over the connection that stored the item (see ``_exchange_on``).
+        Returns None when that connection is not the next idle one (another
+        thread has it, or it was closed) or the item changed: the caller then
+        compares the stored value.  Otherwise (True, value of ``also_get`` or None).
+        """
+        request = b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii"))
+        answer = self._exchange_on(connection, request, _read_status_and_value)
+        if answer is _NOT_THERE:
+            return None
+        deleted, other = answer
         if deleted == b"HD":
             return True, other
         if deleted in (b"EX", b"NF"):
@@ -230,6 +254,23 @@ def _read_line(sock: Any, buf: bytearray) -> bytes:
         if not chunk:
             raise MemcacheUnexpectedCloseError()
         buf += chunk
+
+
+def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | None]:
+    """The answers to a meta command pipelined with ``mg ... v``: (its status line, the value or None)."""
+    deleted = _read_line(sock, buf)
+    found = _read_line(sock, buf)
+    if found == b"EN":
+        return deleted, None
+    if not found.startswith(b"VA "):
+        _raise_for(found)
+    size = int(found.split()[1])
+    while len(buf) < size + 2:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise MemcacheUnexpectedCloseError()
+        buf += chunk
+    return deleted, bytes(buf[:size])
 
 
 def _raise_for(line: bytes) -> None:
