@@ -266,3 +266,48 @@ def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(memcache
     assert Lock("handover").acquire(blocking=False) is False
     waiter_lock.release()
     assert get_backend().holder(holder.name) is None
+
+
+def _turns_process(address: str, key: str, seconds: float, threads: int, out) -> None:
+    os.environ["MEMCACHEDLOCK_SERVERS"] = address
+    os.environ["MEMCACHEDLOCK_BACKEND"] = "memcached"
+    from unimr.memcachedlock import config
+
+    config.reset()
+    counts = [0] * threads
+    stop_at = time.monotonic() + seconds
+
+    def worker(number: int) -> None:
+        lock = Lock(key)
+        while time.monotonic() < stop_at:
+            if lock.acquire(timeout=5):
+                counts[number] += 1
+                time.sleep(0.002)
+                lock.release()
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    out.put(sum(counts))
+
+
+def test_handovers_inside_a_process_do_not_starve_another_process(memcached):
+    """Threads of one process hand the lock to each other; another process with
+    waiting threads must still get a fair share of turns."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    processes = [
+        context.Process(target=_turns_process, args=(memcached.address, "fair-share", 2.0, 3, out))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    shares = [out.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(30)
+    assert sum(shares) > 100
+    assert min(shares) >= 0.3 * sum(shares), shares

@@ -406,6 +406,7 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
         handed = _take_handed(state) if state.handed is not None else None
         if handed is not None:
             state.acquired_by_head = True
+            state.since = time.time()  # the threads still queued here start their wait now
             if state.announced and len(state.queue) <= 1:
                 state.announced = False
                 _withdraw(backend, name, state)
@@ -429,6 +430,7 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
             result = try_acquire()
             if result is not None:
                 state.acquired_by_head = True
+                state.since = time.time()  # the threads still queued here start their wait now
                 if state.announced and len(state.queue) <= 1:
                     state.announced = False
                     _withdraw(backend, name, state)
