@@ -311,6 +311,10 @@ def _release(entry: _Entry) -> None:
         logger.exception("releasing zlock %s failed", entry.lock.name)
 
 
+#: Non-empty while notes cannot be written: one warning per outage, not per commit.
+_note_failures: set = set()
+
+
 def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
     """Record the commit's tid with the lock (if it succeeded), then release."""
     try:
@@ -325,10 +329,18 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
                         wrote = True
             if wrote:
                 entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
-    except Exception as exc:
-        logger.warning("could not record the commit made under lock %s: %s", entry.lock.name, exc)
+                _note_failures.clear()
+    except BackendUnavailable as exc:
+        # The store's own outage warning was logged once; say once what it costs here.
+        log = logger.debug if _note_failures else logger.warning
+        _note_failures.add(True)
+        log("could not record the commit made under lock %s (%s): the next holder may "
+            "run on an older view and meet a ConflictError", entry.lock.name, exc)
+    except Exception:
+        logger.exception("could not record the commit made under lock %s", entry.lock.name)
     finally:
         _release(entry)
+
 
 
 def _after_abort(entry: _Entry) -> None:
