@@ -125,18 +125,18 @@ class ClientPool:
         _raise_for(line)
 
     def _exchange_on(self, connection: Connection, request: bytes, read: Any) -> Any:
-        """Like ``_exchange``, but only over ``connection``; _NOT_THERE if it is not the next idle one.
+        """Like ``_exchange``, but only over ``connection``; _NOT_THERE if it is busy or closed.
 
         A cas is only proof of identity on the connection that stored the item:
         a server that restarted (and reset its cas counter) cannot answer there.
         """
         client, sock = connection
         try:
-            top = self._idle.pop()
-        except IndexError:
-            return _NOT_THERE
-        if top is not client or client.sock is not sock:
-            self._idle.append(top)
+            self._idle.remove(client)
+        except ValueError:
+            return _NOT_THERE  # another thread uses it now, or it was closed
+        if client.sock is not sock:
+            self._checkin(client)
             return _NOT_THERE
         try:
             sock.sendall(request)
@@ -174,9 +174,8 @@ class ClientPool:
         """Delete ``key`` if it still is the item stored with ``cas``, reading ``also_get`` too.
 
         Only over the connection that stored the item (see ``_exchange_on``).
-        Returns None when that connection is not the next idle one (another
-        thread has it, or it was closed) or the item changed: the caller then
-        compares the stored value.  Otherwise (True, value of ``also_get`` or None).
+        Returns None when that connection is busy (another thread has it) or
+        closed, or the item changed: the caller then compares the stored value.  Otherwise (True, value of ``also_get`` or None).
         """
         request = b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii"))
         answer = self._exchange_on(connection, request, _read_status_and_value)
