@@ -287,7 +287,10 @@ def hand_over(backend, name: str, lease) -> bool:
     store = want_store(backend)
     if store is None or lease.backend is not store:
         return False
-    head = state.queue[0]
+    try:
+        head = state.queue[0]
+    except IndexError:
+        return False  # the last waiter left meanwhile
     try:
         want = store.hand_record_over(lease, head.thread, head.ttl)
     except BackendUnavailable:
