@@ -11,6 +11,7 @@ caller's deadline.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -25,6 +26,8 @@ from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
 from .lease import Lease
+
+logger = logging.getLogger(__name__)
 
 #: memcached reads a larger exptime as an absolute unix time.
 MAX_LEASE = 2592000.0
@@ -152,7 +155,12 @@ class BaseLock:
         metrics.record_release(self.name, time.monotonic() - lease.started)
         if lease.lost:
             metrics.record_lost(self.name)
-        if waiting.hand_over(self.backend, self.name, lease):
+        try:
+            handed = waiting.hand_over(self.backend, self.name, lease)
+        except Exception:
+            logger.exception("handing lock %s to a waiting thread failed; releasing it", self.name)
+            handed = False
+        if handed:
             self._lost = False
             return
         lease.release()
