@@ -408,11 +408,7 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
     while True:
         handed = _take_handed(state) if state.handed is not None else None
         if handed is not None:
-            state.acquired_by_head = True
-            state.since = time.time()  # the threads still queued here start their wait now
-            if state.announced and len(state.queue) <= 1:
-                state.announced = False
-                _withdraw(backend, name, state)
+            _took_it(backend, name, state)
             return handed
         now = time.monotonic()
         held = True
@@ -432,11 +428,7 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
         if not yielding and (direct or not check or not held):
             result = try_acquire()
             if result is not None:
-                state.acquired_by_head = True
-                state.since = time.time()  # the threads still queued here start their wait now
-                if state.announced and len(state.queue) <= 1:
-                    state.announced = False
-                    _withdraw(backend, name, state)
+                _took_it(backend, name, state)
                 return result
         if store is not None and check and not yielding:
             _announce(store, name, state, want, want_cas, delay, now)
@@ -449,6 +441,16 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
         direct = _sleep(state, pause)
         if not yielding:
             delay = min(interval, delay * BACKOFF)
+
+
+def _took_it(backend, name: str, state: KeyState) -> None:
+    """The head has the lock: the threads still queued here start their wait now,
+    and the last of them withdraws this process's announcement."""
+    state.acquired_by_head = True
+    state.since = time.time()
+    if state.announced and len(state.queue) <= 1:
+        state.announced = False
+        _withdraw(backend, name, state)
 
 
 def _announce(store, name: str, state: KeyState, want: "Want | None", want_cas, delay: float, now: float) -> None:

@@ -225,12 +225,6 @@ class ClientPool:
     def delete(self, *args: Any, **kw: Any) -> Any:
         return self._run("delete", args, kw)
 
-    def touch(self, *args: Any, **kw: Any) -> Any:
-        return self._run("touch", args, kw)
-
-    def version(self) -> Any:
-        return self._run("version", (), {})
-
     def close(self) -> None:
         """Close the idle connections (clients in use are closed when they come back over the limit)."""
         idle, self._idle = self._idle, []
