@@ -277,3 +277,28 @@ def test_catalog_zcml_included_twice_is_harmless(memcached, clean):
                      '<include package="unimr.memcachedlock" />'
                      '</configure>')
     assert len(patch.patches()) == 2
+
+
+def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcached, clean):
+    """Plone's startup (``autoIncludePlugins``): our meta.zcml and configure.zcml load, catalog.zcml does not."""
+    from plone.autoinclude import loader
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from zope.component import getUtility
+
+    from unimr.memcachedlock.interfaces import ILockBackend
+
+    assert "unimr.memcachedlock" in loader.load_packages(target="plone")
+    before = dict(vars(ZCatalog))
+    xmlconfig.string(
+        '<configure xmlns="http://namespaces.zope.org/zope"'
+        ' xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
+        '<include package="plone.autoinclude" file="meta.zcml" />'
+        '<autoIncludePlugins target="plone" file="meta.zcml" />'
+        '<autoIncludePlugins target="plone" file="configure.zcml" />'
+        '<autoIncludePluginsOverrides target="plone" file="overrides.zcml" />'
+        # usable only if the package's meta.zcml was loaded by autoinclude
+        '<memcachedlock:store servers="%s" />'
+        '</configure>' % memcached.address)
+    assert patch.patches() == []
+    assert dict(vars(ZCatalog)) == before
+    assert config.get_backend() is getUtility(ILockBackend)
