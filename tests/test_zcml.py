@@ -248,13 +248,18 @@ def test_package_configure_patches_and_registers_nothing(memcached, clean):
     assert memcached.address in repr(backend)
 
 
+#: The catalog's other writers that catalog.zcml locks under catalog_object's lock.
+CATALOG_WRITERS = ("manage_catalogClear", "refreshCatalog", "manage_catalogReindex", "addIndex", "delIndex",
+                   "clearIndex", "addColumn", "delColumn")
+
+
 def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
     from Products.ZCatalog.ZCatalog import ZCatalog
     from ZPublisher.HTTPRequest import HTTPRequest
 
     from unimr.memcachedlock.zope import publisher
 
-    originals = {name: ZCatalog.__dict__[name] for name in ("catalog_object", "uncatalog_object")}
+    originals = {name: ZCatalog.__dict__[name] for name in ("catalog_object", "uncatalog_object") + CATALOG_WRITERS}
     roles = ZCatalog.catalog_object__roles__
     xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
     for name, original in originals.items():
@@ -276,7 +281,7 @@ def test_catalog_zcml_included_twice_is_harmless(memcached, clean):
                      '<include package="unimr.memcachedlock" file="catalog.zcml" />'
                      '<include package="unimr.memcachedlock" />'
                      '</configure>')
-    assert len(patch.patches()) == 2
+    assert len(patch.patches()) == 2 + len(CATALOG_WRITERS)
 
 
 def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcached, clean):
