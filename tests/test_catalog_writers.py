@@ -16,7 +16,6 @@ other (compared with the same two calls made serially on a twin catalog).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -31,13 +30,9 @@ from Products.PluginIndexes.FieldIndex.FieldIndex import FieldIndex
 from Products.ZCatalog.ProgressHandler import ZLogHandler
 from Products.ZCatalog.ZCatalog import ZCatalog
 from ZODB.POSException import ConflictError
-from zope.configuration import xmlconfig
-from zope.testing.cleanup import cleanUp
 from ZPublisher.HTTPResponse import HTTPResponse
 
 from unimr.memcachedlock.zlock import LockBusy
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Doc(SimpleItem):
@@ -101,14 +96,6 @@ def shared_zeo():
 
     with ZEOServer() as server:
         yield server
-
-
-@pytest.fixture
-def patched(memcached):
-    cleanUp()
-    xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
-    yield memcached
-    cleanUp()
 
 
 def build_site(conn, root_id: str) -> None:
@@ -182,7 +169,7 @@ def client(address, site_id: str, work: Callable, holds_first: bool, events: dic
 
 @pytest.mark.parametrize("order", ["catalog_object first", "writer first"])
 @pytest.mark.parametrize("writer", sorted(WRITERS))
-def test_writer_and_catalog_object_take_turns(patched, shared_zeo, run_counter, writer, order):
+def test_writer_and_catalog_object_take_turns(catalog_patch, shared_zeo, run_counter, writer, order):
     site_id = "%s-%s" % (writer, order.split()[0])
     first, second = (catalog_new, WRITERS[writer]) if order == "catalog_object first" else (WRITERS[writer], catalog_new)
     db = ZEO.DB(shared_zeo.address, server_sync=True)

@@ -20,8 +20,6 @@ from OFS.Application import Application
 from OFS.Folder import Folder
 from OFS.SimpleItem import SimpleItem
 from Products.ZCatalog.ZCatalog import ZCatalog
-from zope.configuration import xmlconfig
-from zope.testing.cleanup import cleanUp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
@@ -43,10 +41,8 @@ def documented_show() -> tuple[list[str], dict[str, str]]:
 
 
 @pytest.fixture
-def catalog_site(memcached):
-    """/plone/portal_catalog with catalog.zcml loaded; one transaction open on it."""
-    cleanUp()
-    xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
+def catalog_site(catalog_patch):
+    """/plone/portal_catalog in a real ZODB, with catalog.zcml loaded."""
     db = ZODB.DB(None)
     conn = db.open()
     with transaction.manager:
@@ -57,7 +53,6 @@ def catalog_site(memcached):
     transaction.abort()
     conn.close()
     db.close()
-    cleanUp()
 
 
 def fields_of(output: str) -> dict[str, str]:
