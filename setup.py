@@ -43,15 +43,22 @@ setup(
     install_requires=[
         "pymemcache>=4.0",
         "zope.interface>=5.0",
+        "zope.component>=5.0",
     ],
     extras_require={
         "zope": ZOPE,
         "test": ZOPE
-        + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog"],
+        + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
+           "plone.autoinclude"],
     },
     entry_points={
         "console_scripts": [
             "memcachedlock = unimr.memcachedlock.cli:main",
+        ],
+        # plone.autoinclude (and z3c.autoinclude) load the package's configure.zcml,
+        # which patches nothing; the catalog patch stays opt-in (catalog.zcml).
+        "z3c.autoinclude.plugin": [
+            "target = plone",
         ],
     },
 )

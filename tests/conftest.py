@@ -70,3 +70,15 @@ def zeo_server():
 
     with ZEOServer() as server:
         yield server
+
+
+@pytest.fixture
+def catalog_patch(memcached):
+    """The site-level configure.zcml loaded (package plus catalog.zcml); undone afterwards."""
+    from zope.configuration import xmlconfig
+    from zope.testing.cleanup import cleanUp
+
+    cleanUp()
+    xmlconfig.file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configure.zcml"))
+    yield memcached
+    cleanUp()

@@ -89,10 +89,10 @@ def load(body: str):
     return xmlconfig.string(HEADER % body)
 
 
-def lock_xml(kind: str = "lock", cls: str = "test_zcml.Document", method: str = "edit", **extra: str) -> str:
+def lock_xml(kind: str = "lock", cls: str = "test_zcml.Document", method: str = "edit",
+             key: str = "test_zcml.document_key", **extra: str) -> str:
     attrs = "".join(' %s="%s"' % item for item in extra.items())
-    return '<memcachedlock:lock class="%s" method="%s" key="test_zcml.document_key" kind="%s"%s />' % (
-        cls, method, kind, attrs)
+    return '<memcachedlock:lock class="%s" method="%s" key="%s" kind="%s"%s />' % (cls, method, key, kind, attrs)
 
 
 @pytest.mark.parametrize("kind", ["lock", "rlock"])
@@ -230,9 +230,10 @@ def test_missing_method_is_named(clean):
     assert "no_such_method" in str(info.value)
 
 
-def test_package_configure_patches_nothing_and_registers_the_backend(memcached, clean):
+def test_package_configure_patches_and_registers_nothing(memcached, clean):
+    """Safe to auto-include: no patch, no utility; the locks keep the environment's store."""
     from Products.ZCatalog.ZCatalog import ZCatalog
-    from zope.component import getUtility
+    from zope.component import queryUtility
 
     from unimr.memcachedlock.interfaces import ILockBackend
 
@@ -241,11 +242,15 @@ def test_package_configure_patches_nothing_and_registers_the_backend(memcached, 
                      '<include package="unimr.memcachedlock" /></configure>')
     assert patch.patches() == []
     assert dict(vars(ZCatalog)) == before
-    backend = getUtility(ILockBackend)
-    assert ILockBackend.providedBy(backend)
-    assert backend is config.get_backend()
+    assert queryUtility(ILockBackend) is None
+    backend = config.get_backend()
     assert backend.kind == "memcached"
     assert memcached.address in repr(backend)
+
+
+#: The catalog's other writers that catalog.zcml locks under catalog_object's lock.
+CATALOG_WRITERS = ("manage_catalogClear", "refreshCatalog", "manage_catalogReindex", "addIndex", "delIndex",
+                   "clearIndex", "addColumn", "delColumn")
 
 
 def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
@@ -254,7 +259,7 @@ def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
 
     from unimr.memcachedlock.zope import publisher
 
-    originals = {name: ZCatalog.__dict__[name] for name in ("catalog_object", "uncatalog_object")}
+    originals = {name: ZCatalog.__dict__[name] for name in ("catalog_object", "uncatalog_object") + CATALOG_WRITERS}
     roles = ZCatalog.catalog_object__roles__
     xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
     for name, original in originals.items():
@@ -276,4 +281,123 @@ def test_catalog_zcml_included_twice_is_harmless(memcached, clean):
                      '<include package="unimr.memcachedlock" file="catalog.zcml" />'
                      '<include package="unimr.memcachedlock" />'
                      '</configure>')
-    assert len(patch.patches()) == 2
+    assert len(patch.patches()) == 2 + len(CATALOG_WRITERS)
+
+
+def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcached, clean):
+    """Plone's startup (``autoIncludePlugins``): our meta.zcml and configure.zcml load, catalog.zcml does not."""
+    from plone.autoinclude import loader
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from zope.component import getUtility
+
+    from unimr.memcachedlock.interfaces import ILockBackend
+
+    assert "unimr.memcachedlock" in loader.load_packages(target="plone")
+    before = dict(vars(ZCatalog))
+    xmlconfig.string(
+        '<configure xmlns="http://namespaces.zope.org/zope"'
+        ' xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
+        '<include package="plone.autoinclude" file="meta.zcml" />'
+        '<autoIncludePlugins target="plone" file="meta.zcml" />'
+        '<autoIncludePlugins target="plone" file="configure.zcml" />'
+        '<autoIncludePluginsOverrides target="plone" file="overrides.zcml" />'
+        # usable only if the package's meta.zcml was loaded by autoinclude
+        '<memcachedlock:store servers="%s" />'
+        '</configure>' % memcached.address)
+    assert patch.patches() == []
+    assert dict(vars(ZCatalog)) == before
+    assert config.get_backend() is getUtility(ILockBackend)
+
+
+def test_lock_options_are_the_decorators_keywords():
+    """Every keyword of lock, rlock and zlock is a directive option (and nothing else is)."""
+    from unimr.memcachedlock.decorators import lock, rlock
+    from unimr.memcachedlock.zlock import zlock
+    from unimr.memcachedlock.zope.directives import ILockOptions
+
+    keywords = set()
+    for factory in (lock, rlock, zlock):
+        keywords |= {name for name, parameter in inspect.signature(factory).parameters.items()
+                     if name != "get_key" and parameter.kind is not parameter.VAR_KEYWORD}
+    assert set(ILockOptions.names()) == keywords
+
+
+def test_wait_bounds_the_wait_for_the_lock(memcached, clean):
+    from unimr.memcachedlock import Lock, LockTimeout
+
+    load(lock_xml("lock", wait="0.2"))
+    assert patch.patches()[0].options == {"wait": 0.2}
+    with Lock("test_zcml.Document.edit:d1"):
+        with pytest.raises(LockTimeout, match="test_zcml.Document.edit:d1"):
+            Document("d1").edit("x")
+    assert Document.calls == 0
+
+
+@pytest.mark.parametrize("attrs, word", [
+    ({"kind": "mutex"}, "mutex"),
+    ({"timeout": "-1"}, "-1"),
+    ({"interval": "0"}, "0"),
+    ({"wait": "0"}, "lock wait"),
+    ({"wait": "soon"}, "soon"),
+    ({"name": "not a name"}, "not a name"),
+    ({"method": "no_such_method"}, "no_such_method"),
+    ({"key": "test_zcml.ROOT"}, "is not callable"),
+])
+def test_bad_lock_options_name_the_file_and_the_line(clean, tmp_path, attrs, word):
+    kind = attrs.pop("kind", "lock")
+    path = tmp_path / "locks.zcml"
+    path.write_text(HEADER % ("\n\n" + lock_xml(kind, **attrs)))
+    with pytest.raises(ConfigurationError) as info:
+        xmlconfig.file(str(path))
+    message = str(info.value)
+    assert word in message and str(path) in message and "line 6" in message, message
+    assert patch.patches() == []
+
+
+def other_addon_patch(cls: type, method: str, calls: list) -> tuple:
+    """What another add-on does: save the class's method, put its own wrapper in its place."""
+    saved = cls.__dict__[method]
+
+    def theirs(self, *args, **kw):
+        """Their wrapper."""
+        calls.append(self.id)
+        return saved(self, *args, **kw)
+
+    setattr(cls, method, theirs)
+    return saved, theirs
+
+
+def undo_other_addon_patch(cls: type, method: str, saved) -> None:
+    setattr(cls, method, saved)
+
+
+def test_undo_ours_keeps_a_patch_applied_on_top(memcached, clean):
+    original = Document.__dict__["peek"]
+    load(lock_xml("lock", method="peek", name="test_zcml.Document.peek"))
+    calls: list = []
+    saved, theirs = other_addon_patch(Document, "peek", calls)
+    assert Document("d1").peek() is False  # theirs runs ours: locked
+    assert patch.unlock_method(Document, "peek") is True
+    assert Document.__dict__["peek"] is theirs
+    assert Document("d2").peek() is True  # theirs still runs, ours no longer locks
+    assert calls == ["d1", "d2"]
+    undo_other_addon_patch(Document, "peek", saved)
+    assert Document("d3").peek() is True
+    cleanUp()
+    assert Document("d4").peek() is True and not patch.is_locked(Document, "peek")
+    del Document.peek
+    Document.peek = original
+
+
+def test_undo_ours_restores_a_patch_applied_below(memcached, clean):
+    original = Document.__dict__["peek"]
+    calls: list = []
+    saved, theirs = other_addon_patch(Document, "peek", calls)
+    load(lock_xml("lock", method="peek", name="test_zcml.Document.peek"))
+    assert Document("d1").peek() is False
+    assert patch.unlock_method(Document, "peek") is True
+    assert Document.__dict__["peek"] is theirs
+    assert Document("d2").peek() is True
+    assert calls == ["d1", "d2"]
+    undo_other_addon_patch(Document, "peek", saved)
+    assert Document.__dict__["peek"] is original

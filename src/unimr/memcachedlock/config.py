@@ -170,7 +170,14 @@ class Settings:
 
 _lock = threading.Lock()
 _settings: Settings | None = None
+#: What ``get_backend`` returns, cached: locks read it on every acquisition.
 _backend = None
+#: The store built from the settings (this module owns and closes it).
+_own = None
+#: A store given with ``set_backend``.
+_pinned = None
+#: Bumped whenever the cache is dropped, so a lookup that raced with a change is not cached.
+_generation = 0
 
 
 def get_settings() -> Settings:
@@ -183,12 +190,13 @@ def get_settings() -> Settings:
 
 
 def configure(**changes) -> Settings:
-    """Set settings in code (ZCML and tests use this); unnamed ones keep their values.
+    """Set settings in code (tests use this); unnamed ones keep their values.
 
     ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  The lock
     store is rebuilt on its next use; locks held now stay with their store.
+    A store given with ``set_backend`` is dropped.
     """
-    global _settings, _backend
+    global _settings, _own, _pinned
     servers = changes.get("servers")
     if isinstance(servers, str):
         changes["servers"] = parse_servers(servers)
@@ -196,7 +204,8 @@ def configure(**changes) -> Settings:
     new = dataclasses.replace(current, **changes)
     with _lock:
         _settings = new
-        _backend = None
+        _own = _pinned = None
+        _forget()
     return new
 
 
@@ -204,32 +213,70 @@ def reset() -> None:
     """Forget settings and the lock store: the next use reads the environment again.
 
     The old store's idle connections are closed; leases still held through it
-    keep working (its clients reconnect on demand).
+    keep working (its clients reconnect on demand).  A registered ILockBackend
+    utility is not this module's to close.
     """
-    global _settings, _backend
+    global _settings, _own, _pinned
     with _lock:
-        old, _settings, _backend = _backend, None, None
+        old, _settings, _own, _pinned = _own, None, None, None
+        _forget()
     if old is not None:
         old.close()
 
 
+def _forget() -> None:
+    """Drop the cached store (caller holds ``_lock``)."""
+    global _backend, _generation
+    _backend = None
+    _generation += 1
+
+
+def forget_backend() -> None:
+    """Look the store up again on its next use (a utility was registered or unregistered)."""
+    with _lock:
+        _forget()
+
+
 def get_backend():
-    """The process's lock store (an ILockBackend), built once from the settings."""
-    global _backend
+    """The process's lock store (an ILockBackend).
+
+    In order: a store given with ``set_backend``; the ILockBackend utility
+    registered in zope.component's global registry (ZCML's
+    ``<memcachedlock:store>`` or ``<utility>``); the store built once from the
+    settings (the ``MEMCACHEDLOCK_*`` environment).  The answer is cached:
+    (un)registering an ILockBackend utility drops the cache
+    (:mod:`.component`), so an acquisition costs no registry lookup.
+    """
+    global _backend, _own
     backend = _backend
     if backend is not None:
         return backend
-    settings = get_settings()
-    with _lock:
-        if _backend is None:
-            from .backends import make_backend
+    from .component import registered_backend
 
-            _backend = make_backend(settings)
-        return _backend
+    generation = _generation
+    registered = registered_backend()
+    settings = get_settings() if registered is None else None
+    with _lock:
+        if _backend is not None:
+            return _backend
+        if _pinned is not None:
+            backend = _pinned
+        elif registered is not None:
+            backend = registered
+        else:
+            if _own is None:
+                from .backends import make_backend
+
+                _own = make_backend(settings)
+            backend = _own
+        if generation == _generation:
+            _backend = backend
+        return backend
 
 
 def set_backend(backend) -> None:
-    """Use ``backend`` as the process's lock store (for ZCML utilities and tests)."""
-    global _backend
+    """Use ``backend`` as the process's lock store until ``reset()`` or ``configure()`` (tests)."""
+    global _pinned
     with _lock:
-        _backend = backend
+        _pinned = backend
+        _forget()

@@ -1,12 +1,22 @@
-"""The ``memcachedlock`` ZCML namespace: ``lock`` and ``immediateRetry``.
+"""The ``memcachedlock`` ZCML namespace: ``store``, ``lock`` and ``immediateRetry``.
+
+``<memcachedlock:store backend="fallback" servers="..." dir="..."/>``
+registers the process's lock store as the ILockBackend utility: its action
+is the one ``<utility provides="...ILockBackend"/>`` makes (discriminator
+``('utility', ILockBackend, '')``), so two stores -- or a store and a
+``<utility>`` -- conflict, and ``overrides.zcml`` replaces either.  The locks
+use that utility (:func:`..config.get_backend`); attributes left out come
+from the ``MEMCACHEDLOCK_*`` environment, then the defaults.
 
 ``<memcachedlock:lock class="..." method="..." key="..." kind="zlock"/>``
 locks a method of a class (see :mod:`.patch`).  The action's discriminator
 is ``('unimr.memcachedlock:lock', class, method)``: two registrations for
 one method conflict (zope.configuration names both places), and including
 the same file twice is harmless because ``include`` processes a file once.
-Options are checked while the file is read, so a bad timeout is reported
-with the file and line it came from.
+Its options are the decorator's keywords (:class:`ILockOptions`): a field
+added there is passed to the decorator, which checks it.  Everything is
+checked while the file is read, so a bad value is reported with the file
+and line it came from.
 
 ``<memcachedlock:immediateRetry/>`` installs the publisher patch of
 :mod:`.publisher` (discriminator ``('unimr.memcachedlock:immediateRetry',)``).
@@ -14,19 +24,135 @@ with the file and line it came from.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
-from zope.configuration.fields import GlobalObject, PythonIdentifier
+from zope.configuration.exceptions import ConfigurationError
+from zope.configuration.fields import GlobalObject, Path, PythonIdentifier
 from zope.interface import Interface
 from zope.schema import Choice, Float, TextLine
 
-from ..decorators import check_options
+from .. import config
+from ..backends import make_backend
 from ..errors import MemcachedLockError
-from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+from ..interfaces import ILockBackend
+from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, check_seconds
 from . import patch, publisher
 
 
-class ILockDirective(Interface):
+class IStoreDirective(Interface):
+    """Register the lock store the locks of this process use."""
+
+    backend = Choice(
+        title="Store",
+        description="fallback (memcached, the lock directory while memcached is down), memcached or file.",
+        values=config.BACKEND_KINDS,
+        required=False,
+    )
+    servers = TextLine(
+        title="memcached servers",
+        description="Comma-separated host:port, [ipv6]:port or unix socket paths.",
+        required=False,
+    )
+    dir = Path(
+        title="Lock directory",
+        description="Directory of the file store (relative to the ZCML file's package).",
+        required=False,
+    )
+    connect_timeout = Float(
+        title="Connect timeout",
+        description="Seconds before an unreachable memcached counts as down.",
+        required=False,
+    )
+    io_timeout = Float(
+        title="I/O timeout",
+        description="Seconds before a hung memcached counts as down.",
+        required=False,
+    )
+    retry = Float(
+        title="Retry",
+        description="Seconds a down memcached is left alone before it is tried again.",
+        required=False,
+    )
+    prefix = TextLine(
+        title="Key prefix",
+        description="Namespace of the package's keys in memcached.",
+        required=False,
+    )
+
+
+#: Store directive attribute -> Settings field, where the names differ.
+_SETTING_NAMES = {"dir": "lock_dir"}
+#: Upper bounds (seconds) of the store's timeouts, as for the environment variables.
+_SECONDS_LIMITS = {"connect_timeout": 60.0, "io_timeout": 60.0, "retry": 3600.0}
+
+
+class StoreFactory:
+    """Builds the store of a ``<memcachedlock:store>`` when its utility is registered."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> Any:
+        return make_backend(self.settings)
+
+    def __repr__(self) -> str:
+        return "StoreFactory(%r)" % (self.settings,)
+
+
+def store_settings(**given: Any) -> config.Settings:
+    """The environment's settings with the directive's attributes applied; errors name the value."""
+    changes = {}
+    for attribute, value in given.items():
+        if value is None:
+            continue
+        if attribute in _SECONDS_LIMITS:
+            value = check_seconds(attribute, value, _SECONDS_LIMITS[attribute])
+        elif attribute == "servers":
+            value = config.parse_servers(value)
+        changes[_SETTING_NAMES.get(attribute, attribute)] = value
+    return dataclasses.replace(config.Settings.from_environ(), **changes)
+
+
+def store(_context, **given: Any) -> None:
+    """Handler of ``<memcachedlock:store>``: check now, register the utility when the actions run."""
+    from zope.component.zcml import utility
+
+    try:
+        settings = store_settings(**given)
+    except MemcachedLockError as exc:
+        raise ConfigurationError("memcachedlock:store: %s" % exc) from exc
+    utility(_context, provides=ILockBackend, factory=StoreFactory(settings))
+
+
+class ILockOptions(Interface):
+    """The options of the lock decorators, passed on to ``lock``/``rlock``/``zlock`` as keywords.
+
+    One field here is one more keyword; the decorator checks its value.
+    A field's default other than None is passed as is; None means "the
+    decorator's default".
+    """
+
+    timeout = Float(
+        title="Lease",
+        description="Seconds the lock outlives a crashed holder (renewed while held).",
+        default=DEFAULT_TIMEOUT,
+        required=False,
+    )
+    interval = Float(
+        title="Poll interval",
+        description="Longest pause, in seconds, between two attempts while waiting.",
+        default=DEFAULT_INTERVAL,
+        required=False,
+    )
+    wait = Float(
+        title="Wait",
+        description="Longest wait for the lock in seconds (default: the lease plus two), then LockTimeout.",
+        required=False,
+    )
+
+
+class ILockDirective(ILockOptions):
     """Lock a method of a class with a distributed lock."""
 
     class_ = GlobalObject(
@@ -51,18 +177,6 @@ class ILockDirective(Interface):
         default="zlock",
         required=False,
     )
-    timeout = Float(
-        title="Lease",
-        description="Seconds the lock outlives a crashed holder (renewed while held).",
-        default=DEFAULT_TIMEOUT,
-        required=False,
-    )
-    interval = Float(
-        title="Poll interval",
-        description="Longest pause, in seconds, between two attempts while waiting.",
-        default=DEFAULT_INTERVAL,
-        required=False,
-    )
     name = TextLine(
         title="Lock name",
         description="Dotted name shared by methods that must exclude each other (default: the method's own).",
@@ -80,25 +194,21 @@ def lock(
     method: str,
     key: Callable,
     kind: str = "zlock",
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = DEFAULT_INTERVAL,
     name: str | None = None,
+    **options: Any,
 ) -> None:
-    """Handler of ``<memcachedlock:lock>``: check now, patch when the actions run."""
-    from zope.configuration.exceptions import ConfigurationError
-
+    """Handler of ``<memcachedlock:lock>``: check everything now, patch when the actions run."""
     try:
-        check_options(timeout, interval, None, {})
+        patch.decorator(kind, key, options)
         patch.check_lock_name(name)
-        patch.decorator_for(kind)
+        patch.find_method(class_, method)
     except MemcachedLockError as exc:
         raise ConfigurationError(str(exc)) from exc
-    if not callable(key):
-        raise ConfigurationError("key %r is not callable" % (key,))
     _context.action(
         discriminator=("unimr.memcachedlock:lock", class_, method),
         callable=patch.lock_method,
-        args=(class_, method, key, kind, timeout, interval, name),
+        args=(class_, method, key, kind, name),
+        kw=options,
     )
 
 

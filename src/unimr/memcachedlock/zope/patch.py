@@ -15,7 +15,10 @@ catalog patch needs this, because ``catalog_object`` and
 deadlock two clients that take them in opposite orders.
 
 Every patch is recorded and can be undone with :func:`unlock_method` or
-:func:`undo_all` (also run by ``zope.testing.cleanup.cleanUp``).
+:func:`undo_all` (also run by ``zope.testing.cleanup.cleanUp``).  Undoing
+never drops a patch another add-on put on top of ours: if the class no longer
+holds our wrapper, the wrapper stays where it is (the other patch calls it)
+and only stops locking; if it does, the method it replaced is put back.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from typing import Any, Callable
 
 from .. import decorators
 from ..errors import ConfigurationError
-from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class Patch:
     wrapper: Callable
     kind: str
     name: str | None
+    options: dict[str, Any]
+    #: ``calls[0]`` is what the wrapper runs: the locked method, or ``original`` once undone.
+    calls: list[Callable]
 
 
 _patches: dict[tuple[type, str], Patch] = {}
@@ -96,7 +101,8 @@ def _named(original: Callable, name: str) -> Callable:
     return call
 
 
-def _find(cls: type, method: str) -> tuple[Callable, bool]:
+def find_method(cls: type, method: str) -> tuple[Callable, bool]:
+    """``cls.<method>`` and whether ``cls`` defines it itself; ConfigurationError naming what is wrong."""
     if not isinstance(cls, type):
         raise ConfigurationError("cannot lock a method of %r: it is not a class" % (cls,))
     if not isinstance(method, str) or not method.isidentifier():
@@ -113,37 +119,54 @@ def _find(cls: type, method: str) -> tuple[Callable, bool]:
     return original, own
 
 
+def decorator(kind: str, get_key: Callable, options: dict[str, Any]) -> Callable[[Callable], Callable]:
+    """The ``kind`` decorator for ``get_key`` with ``options``; errors name the bad value.
+
+    The options are the decorator's keywords (``timeout``, ``interval``,
+    ``wait``, ...), checked by the decorator itself, so every option it
+    accepts is accepted here and nothing else.
+    """
+    if not callable(get_key):
+        raise ConfigurationError("key function %r is not callable" % (get_key,))
+    factory = decorator_for(kind)
+    try:
+        return factory(get_key, **options)
+    except TypeError as exc:  # an option the decorator does not take
+        raise ConfigurationError("%s lock: %s" % (kind, exc)) from None
+
+
 def lock_method(
     cls: type,
     method: str,
     get_key: Callable,
     kind: str = "zlock",
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = DEFAULT_INTERVAL,
     name: str | None = None,
+    **options: Any,
 ) -> Patch:
     """Replace ``cls.<method>`` by a version that holds a ``kind`` lock while it runs.
 
-    ``get_key(fun, self, *args, **kw)`` names what is protected.  Locking a
-    method that is already locked is a ConfigurationError: undo it first.
+    ``get_key(fun, self, *args, **kw)`` names what is protected; ``options``
+    are the decorator's keywords.  Locking a method that is already locked is
+    a ConfigurationError: undo it first.
     """
-    if not callable(get_key):
-        raise ConfigurationError("get_key %r for %s is not callable" % (get_key, method))
-    factory = decorator_for(kind)
+    decorate = decorator(kind, get_key, options)
     name = check_lock_name(name)
-    decorate = factory(get_key, timeout=timeout, interval=interval)
     with _guard:
         if (cls, method) in _patches:
             raise ConfigurationError(
                 "%s.%s.%s is already locked; undo that patch first" % (cls.__module__, cls.__qualname__, method)
             )
-        original, own = _find(cls, method)
+        original, own = find_method(cls, method)
         target = _named(original, name) if name else original
-        wrapper = decorate(target)
+        calls = [decorate(target)]
+
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            return calls[0](*args, **kw)
+
         functools.update_wrapper(wrapper, original)
         wrapper.__wrapped__ = original
         setattr(cls, method, wrapper)
-        patch = Patch(cls, method, original, own, wrapper, kind, name)
+        patch = Patch(cls, method, original, own, wrapper, kind, name, dict(options), calls)
         _patches[(cls, method)] = patch
     logger.info("%s.%s.%s now runs under a %s (lock name %s)", cls.__module__, cls.__qualname__,
                 method, kind, name or "%s.%s" % (original.__module__, original.__qualname__))
@@ -151,16 +174,29 @@ def lock_method(
 
 
 def unlock_method(cls: type, method: str) -> bool:
-    """Put back the method ``lock_method`` replaced; False if it was not locked."""
+    """Stop locking ``cls.<method>``; False if it was not locked.
+
+    If the class still holds our wrapper, the method it replaced is put back.
+    If another patch replaced our wrapper since (and so calls it), our wrapper
+    stays in place and only stops locking: removing it would drop that patch.
+    """
     with _guard:
         patch = _patches.pop((cls, method), None)
         if patch is None:
             return False
-        if patch.own:
-            setattr(cls, method, patch.original)
-        else:
-            delattr(cls, method)
-    logger.info("%s.%s.%s is no longer locked", cls.__module__, cls.__qualname__, method)
+        patch.calls[0] = patch.original
+        current = cls.__dict__.get(method)
+        if current is patch.wrapper:
+            if patch.own:
+                setattr(cls, method, patch.original)
+            else:
+                delattr(cls, method)
+    if current is patch.wrapper:
+        logger.info("%s.%s.%s is no longer locked", cls.__module__, cls.__qualname__, method)
+    else:
+        logger.info("%s.%s.%s is no longer locked; another patch (%s) replaced ours since, so ours "
+                    "stays beneath it and calls the original unlocked", cls.__module__, cls.__qualname__,
+                    method, getattr(current, "__qualname__", type(current).__name__))
     return True
 
 

@@ -1,0 +1,85 @@
+"""docs/zope.rst's ``memcachedlock show`` example, run against the lock a patched catalog_object takes.
+
+Real memcached, a real ZCatalog at ``/plone/portal_catalog`` in a real ZODB,
+catalog.zcml loaded with zope.configuration, and the installed console
+script run as a user would while ``catalog_object``'s transaction holds the
+lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import transaction
+import ZODB
+from OFS.Application import Application
+from OFS.Folder import Folder
+from OFS.SimpleItem import SimpleItem
+from Products.ZCatalog.ZCatalog import ZCatalog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
+
+
+def documented_show() -> tuple[list[str], dict[str, str]]:
+    """The ``$ memcachedlock show ...`` command in docs/zope.rst and the fields it prints there."""
+    with open(os.path.join(ROOT, "docs", "zope.rst"), encoding="utf-8") as file:
+        lines = file.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("$ memcachedlock show "))
+    command = shlex.split(lines[start].strip()[2:])
+    fields = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        field, _, value = line.strip().partition(" ")
+        fields[field] = value.strip()
+    return command, fields
+
+
+@pytest.fixture
+def catalog_site(catalog_patch):
+    """/plone/portal_catalog in a real ZODB, with catalog.zcml loaded."""
+    db = ZODB.DB(None)
+    conn = db.open()
+    with transaction.manager:
+        app = conn.root()["Application"] = Application()
+        app._setObject("plone", Folder("plone"), suppress_events=True)
+        app.plone._setObject("portal_catalog", ZCatalog("portal_catalog"), suppress_events=True)
+    yield conn.root()["Application"].plone
+    transaction.abort()
+    conn.close()
+    db.close()
+
+
+def fields_of(output: str) -> dict[str, str]:
+    return dict(line.split(None, 1) for line in output.splitlines())
+
+
+def run_show(memcached, command: list[str]) -> subprocess.CompletedProcess:
+    assert command[:2] == ["memcachedlock", "show"], command
+    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
+    return subprocess.run([SCRIPT, *command[1:]], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
+    command, fields = documented_show()
+    assert fields["key"] == "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
+    transaction.begin()
+    catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
+    shown = run_show(memcached, command)
+    assert shown.returncode == 0, shown.stderr
+    printed = fields_of(shown.stdout)
+    assert printed["key"] == fields["key"]
+    assert printed["store"] == fields["store"] == "memcached"
+    assert printed["thread"].startswith("MainThread") and printed["pid"] == str(os.getpid())
+    by_name = run_show(memcached, ["memcachedlock", "show", fields["key"]])  # the name as `list` prints it
+    assert by_name.returncode == 0, by_name.stderr
+    assert fields_of(by_name.stdout)["token"] == printed["token"]
+    transaction.commit()
+    after = run_show(memcached, command)
+    assert after.returncode == 1 and "is not locked" in after.stdout
