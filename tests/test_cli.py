@@ -105,10 +105,12 @@ def test_list_shows_holders_in_memcached(memcached, holder):
         assert lines[0].split() == ["KEY", "HOLDER", "AGE", "TTL", "LEFT", "STORE"]
         catalog = next(line for line in lines if line.startswith("site:catalog "))
         assert "pid %d thread MainThread" % os.getpid() in catalog and "memcached" in catalog
-        assert any("site:%2Fplone%2Fportal_catalog%20with%20space" in line
+        assert any(line.startswith("site:/plone/portal_catalog with space ")
                    and "pid %d" % other.proc.pid in line for line in lines)
         code, text = run("list", "--json")
         entries = {entry["name"]: entry for entry in json.loads(text)}
+        assert entries["site:%2Fplone%2Fportal_catalog%20with%20space"]["key"] == \
+            "site:/plone/portal_catalog with space"
         entry = entries["site:catalog"]
         assert entry["pid"] == os.getpid() and entry["host"] == socket.gethostname()
         assert 25 < entry["ttl_left"] <= 30 and 0 <= entry["age"] < 5
@@ -141,18 +143,20 @@ def test_list_file_store_from_the_lock_directory(lock_dir, holder, monkeypatch):
     assert run("list") == (0, "no locks held\n")
 
 
-def test_show_by_listed_name_and_by_key(memcached, holder):
+def test_show_by_key_or_by_stored_name(memcached, holder):
     other = holder("site:/a b")
     try:
-        for key in ("site:%2Fa%20b", "site:/a b"):
-            code, text = run("show", key)
+        for argv in (("site:/a b",), ("--name", "site:%2Fa%20b")):
+            code, text = run("show", *argv)
             assert code == 0, text
             fields = dict(line.split(None, 1) for line in text.splitlines())
-            assert fields["key"] == "site:%2Fa%20b"
+            assert fields["key"] == "site:/a b"
             assert fields["pid"] == str(other.proc.pid)
             assert fields["store"] == "memcached"
         code, text = run("show", "site:/a b", "--json")
         assert json.loads(text)["pid"] == other.proc.pid
+        code, text = run("show", "site:%2Fa%20b")
+        assert (code, text) == (1, "site:%2Fa%20b is not locked\n"), "a key is taken literally"
     finally:
         other.release()
     code, text = run("show", "site:/a b")
