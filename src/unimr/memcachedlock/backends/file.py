@@ -342,6 +342,8 @@ class FileBackend(Backend):
         holders = []
         try:
             entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return holders
         except OSError as exc:
             raise BackendUnavailable("cannot list lock directory %s: %s" % (self.directory, exc)) from exc
         for entry in entries:

@@ -1,0 +1,254 @@
+"""The command against a hostile or broken world (issue 10 items 6-7, issue 11 items 6-8).
+
+``break`` must not remove a lock that changed hands after its prompt, keys
+are taken literally, every error is one line with its documented exit code,
+and whatever a store or the environment holds is printed escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from servers import free_port
+from unimr.memcachedlock import cli
+from unimr.memcachedlock.keys import lock_name
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
+
+HOLD = """
+import sys, threading, time
+from unimr.memcachedlock.locks import Lock
+threading.current_thread().name = sys.argv[2]
+lock = Lock(sys.argv[1], timeout=30)
+assert lock.acquire(timeout=5)
+print("held", flush=True)
+sys.stdin.readline()
+lease = lock.lease
+lock.release()
+print("lost" if lease.lost else "released", flush=True)
+"""
+
+
+class Holder:
+    """A lock held by another process (thread named ``thread``) until ``release()``."""
+
+    def __init__(self, key: str, thread: str = "worker") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, key, thread], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self) -> str:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        self.proc.wait(10)
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def holder():
+    made: list[Holder] = []
+
+    def make(key: str, thread: str = "worker") -> Holder:
+        made.append(Holder(key, thread))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def run(*argv: str) -> tuple[int, str]:
+    import io
+
+    out = io.StringIO()
+    code = cli.main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def script(*argv: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([SCRIPT, *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=60, env=env, cwd=cwd)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture(params=["memcached", "file", "fallback"])
+def any_store(request, memcached, lock_dir, monkeypatch):
+    """Each store kind, with the lock directory private to the test."""
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
+    return request.param
+
+
+# --------------------------------------------------------------------------- break
+
+
+def test_break_leaves_a_lock_that_changed_hands_after_the_prompt(any_store, holder):
+    """A held the lock when the prompt showed it; B holds it when the user says y: B keeps it."""
+    import pty
+
+    first = holder("site:turn")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([SCRIPT, "break", "site:turn"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    try:
+        prompt = b""
+        deadline = time.monotonic() + 30
+        while b"[y/N]" not in prompt:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "no question within 30s: %r" % prompt
+            chunk = os.read(proc.stderr.fileno(), 1024)
+            assert chunk, "ended without asking: %r" % prompt
+            prompt += chunk
+        assert b"pid %d" % first.proc.pid in prompt
+        assert first.release() == "released"
+        second = holder("site:turn")
+        os.write(master, b"y\n")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert "changed hands meanwhile: not broken" in out.decode()
+    code, text = run("show", "site:turn")
+    assert code == 0 and "pid %d" % second.proc.pid in text
+    assert second.release() == "released", "the new holder's lock must not have been broken"
+
+
+def test_break_takes_the_key_literally(any_store, holder):
+    slash = holder("a/b")
+    literal = holder("a%2Fb")
+    proc = script("break", "--yes", "a%2Fb")
+    assert proc.returncode == 0, proc.stderr
+    assert "broke a%2Fb (was held by" in proc.stdout and "pid %d" % literal.proc.pid in proc.stdout
+    assert literal.release() == "lost"
+    assert run("show", "a/b")[0] == 0
+    assert slash.release() == "released"
+
+
+def test_a_key_that_is_not_text_is_listed_and_taken_as_a_name(memcached, holder):
+    other = holder("bad\x01key")
+    name = lock_name("bad\x01key")
+    code, text = run("list")
+    assert code == 0 and ("--name %s " % name) in text
+    assert run("show", "--name", name)[0] == 0
+    proc = script("break", "--yes", "--name", name)
+    assert proc.returncode == 0, proc.stderr
+    assert other.release() == "lost"
+    proc = script("show", "--name", "no spaces please")
+    assert proc.returncode == 2 and "not a lock name" in one_line(proc)
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+
+def test_a_non_ascii_digit_in_the_port_is_a_one_line_configuration_error():
+    env = dict(os.environ, MEMCACHEDLOCK_SERVERS="127.0.0.1:1\u00b2")
+    proc = script("list", env=env)
+    assert proc.returncode == 2
+    assert one_line(proc).startswith("memcachedlock list: configuration error: bad port '1\u00b2'")
+
+
+def test_stats_on_a_snapshot_with_string_fields(tmp_path):
+    snap = {"format": 1, "host": "h", "pid": 1, "time": "now",
+            "prefixes": {"app.f": {"counters": {"acquisitions": "12"}, "waits": ["a"], "holds": None}}}
+    (tmp_path / "h-1.json").write_text(json.dumps(snap))
+    proc = script("stats", "--dir", str(tmp_path))
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "app.f" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [("show", "site:foo"), ("break", "--yes", "site:foo")])
+def test_show_and_break_with_memcached_down_say_the_store_is_unreachable(argv, lock_dir):
+    """The default (fallback) store, memcached down, nothing in the lock directory: unknown, rc 3."""
+    env = dict(os.environ, MEMCACHEDLOCK_SERVERS="127.0.0.1:%d" % free_port())
+    proc = script(*argv, env=env)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    assert one_line(proc).startswith("memcachedlock %s: lock store unreachable: memcached 127.0.0.1:" % argv[0])
+
+
+def test_show_with_memcached_down_finds_a_lock_taken_in_the_lock_directory(lock_dir, holder, monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
+    other = holder("site:outage")
+    env = dict(os.environ, MEMCACHEDLOCK_BACKEND="fallback", MEMCACHEDLOCK_SERVERS="127.0.0.1:%d" % free_port())
+    proc = script("show", "site:outage", env=env)
+    assert proc.returncode == 0 and "pid %d" % other.proc.pid in proc.stdout
+    assert "showing the lock directory only" in one_line(proc)
+    other.release()
+
+
+def test_list_never_creates_the_lock_directory(tmp_path):
+    proc = script("list", "--backend", "file", "--dir", "relative/dir", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "no locks held\n"), proc.stderr
+    assert not (tmp_path / "relative").exists()
+    proc = script("show", "k", "--backend", "file", "--dir", str(tmp_path / "absent"))
+    assert proc.returncode == 1 and not (tmp_path / "absent").exists()
+
+
+# --------------------------------------------------------------------------- the sanitiser
+
+
+def test_clean_escapes_control_and_format_characters():
+    assert cli.clean("plain text, ünïcode") == "plain text, ünïcode"
+    assert cli.clean("a\x1b[31mb\x07\n\x9b\u202e") == "a\\x1b[31mb\\x07\\x0a\\x9b\\u202e"
+
+
+def test_thread_names_and_planted_values_are_printed_escaped(memcached, holder):
+    from pymemcache.client.base import Client
+
+    other = holder("site:painted", thread="evil\x1b]0;owned\x07")
+    client = Client(("127.0.0.1", memcached.port), default_noreply=False)
+    client.set("memcachedlock:site:planted",
+               b"mcl1 0123456789abcdef host%%1B%%5B2J 1 2 t%%1B%%5B31m %.3f %.3f" % (time.time(), time.time() + 30))
+    try:
+        for argv in (("list",), ("show", "site:painted"), ("show", "site:planted")):
+            proc = script(*argv)
+            assert proc.returncode == 0, proc.stderr
+            assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+        assert "evil\\x1b]0;owned\\x07" in script("list").stdout
+        shown = script("show", "site:planted").stdout
+        assert "host\\x1b[2J" in shown and "t\\x1b[31m" in shown
+        listed = json.loads(script("list", "--json").stdout)
+        assert any(entry["host"] == "host\x1b[2J" for entry in listed)
+        raw = script("list", "--json").stdout
+        assert "\x1b" not in raw
+    finally:
+        other.release()
+
+
+def test_stats_prints_prefixes_escaped(tmp_path):
+    snap = {"format": 1, "host": "h", "pid": 1, "time": time.time(),
+            "prefixes": {"evil\x1b[2J": {"counters": {"acquisitions": 3}, "waits": [0.1], "holds": [0.2]}}}
+    (tmp_path / "h-1.json").write_text(json.dumps(snap))
+    proc = script("stats", "--dir", str(tmp_path))
+    assert proc.returncode == 0
+    assert "\x1b" not in proc.stdout and "evil\\x1b[2J" in proc.stdout
+
+
+def test_demo_error_has_one_prefix(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_")}
+    env.update(PATH="/nonexistent", TMPDIR=str(tmp_path))
+    proc = script("demo", "--backend", "memcached", env=env)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("memcachedlock demo: --backend memcached") and "demo: demo:" not in last
