@@ -252,3 +252,51 @@ def test_demo_error_has_one_prefix(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("memcachedlock demo: --backend memcached") and "demo: demo:" not in last
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@pytest.mark.parametrize("argv, code, says", [
+    (("--servers", "127.0.0.1:%d" % free_port()), 3, "lock store unreachable: memcached 127.0.0.1:"),
+    (("--servers", "bad:port"), 2, "configuration error: bad port 'port' in memcached server 'bad:port'"),
+    (("-n", "0"), 2, "argument -n: '0' must be at least 1"),
+    (("--rounds", "0"), 2, "argument --rounds: '0' must be at least 1"),
+    (("--duration", "nan"), 2, "argument --duration: 'nan' must be above 0"),
+])
+def test_bench_errors_are_one_line_with_their_exit_code(argv, code, says):
+    proc = script("bench", "latency", *argv)
+    assert proc.returncode == code, proc.stderr
+    assert one_line(proc).startswith("memcachedlock bench: " + says)
+
+
+def test_bench_without_memcached_on_path_is_one_line(tmp_path):
+    proc = script("bench", "latency", env=dict(os.environ, PATH=str(tmp_path)))
+    assert proc.returncode == 3
+    assert "memcached is not installed" in one_line(proc)
+
+
+def test_bench_reports_the_spread_over_rounds_and_judges_only_with_check(memcached):
+    proc = script("bench", "latency", "-n", "50", "--rounds", "3", "--servers", memcached.address)
+    assert proc.returncode == 0, proc.stderr
+    assert "(min / median / max over rounds)" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| memcachedlock Lock (memcached)"))
+    low, median, high = (float(x) for x in row.split("|")[2].split(" / "))
+    assert low <= median <= high
+    assert "goals" not in proc.stdout
+    proc = script("bench", "latency", "-n", "50", "--rounds", "1", "--servers", memcached.address,
+                  "--check", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == (1 if data["missed_goals"] else 0)
+    assert len(data["latency"]["ratio_rounds"]) == 1
+
+
+def test_missed_goals_name_each_figure():
+    from unimr.memcachedlock.bench import missed_goals
+
+    fast = {"p50_ms": 0.3, "alternation": 1.0}
+    assert missed_goals({"latency": {"ratio": 1.2}, "handoff": [{}, fast, fast]}) == []
+    slow = {"p50_ms": 3.0, "alternation": 0.5}
+    assert missed_goals({"latency": {"ratio": 1.85}, "handoff": [{}, slow, fast]}) == [
+        "latency ratio 1.85 > 1.6", "handoff between processes p50 3.00 ms > 2 ms",
+        "alternation between processes 50% < 90%"]
