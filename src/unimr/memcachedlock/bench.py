@@ -466,28 +466,6 @@ def missed_goals(report: dict) -> list[str]:
     return missed
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError("%r must be at least %d" % (text, minimum))
-        return value
-    return parse
-
-
-def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError("%r must be above 0 and at most 600 seconds" % text)
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit 2) instead of argparse's usage block."""
 
@@ -531,16 +509,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from pymemcache.exceptions import MemcacheError
 
+    from .cli import _positive_int, _seconds_arg
     from .errors import BackendUnavailable
 
     parser = _Parser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=("latency", "handoff", "waiting", "all"))
     parser.add_argument("--servers", help="host:port of a memcached to use (default: start a private one)")
-    parser.add_argument("-n", type=_count(1), default=2000, help="pairs per latency round (default %(default)s)")
-    parser.add_argument("--rounds", type=_count(1), default=5, help="latency rounds (default %(default)s)")
-    parser.add_argument("--duration", type=_duration, default=0.4, help="seconds of handoff turns")
-    parser.add_argument("--hold", type=_duration, default=0.005, help="seconds a worker holds the lock")
-    parser.add_argument("--wait", type=_duration, default=2.0, help="seconds the waiters wait")
+    parser.add_argument("-n", type=_positive_int, default=2000, help="pairs per latency round (default %(default)s)")
+    parser.add_argument("--rounds", type=_positive_int, default=5, help="latency rounds (default %(default)s)")
+    parser.add_argument("--duration", type=_seconds_arg, default=0.4, help="seconds of handoff turns")
+    parser.add_argument("--hold", type=_seconds_arg, default=0.005, help="seconds a worker holds the lock")
+    parser.add_argument("--wait", type=_seconds_arg, default=2.0, help="seconds the waiters wait")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a goal is missed (latency ratio <= 1.6, handoff p50 <= 2 ms between "
                              "processes and <= 0.5 ms between threads, alternation >= 90%%)")

@@ -574,8 +574,8 @@ def _seconds_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("%r must be above 0" % text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("%r must be a finite number above 0" % text)
     return value
 
 
