@@ -103,6 +103,7 @@ def test_configure_in_code_and_backend_is_built_once(memcached):
     ("memcached://127.0.0.1:11211", "without a URL scheme"),
     ("127.0.0.1:1\u00b2", "bad port '1\u00b2'"),
     ("host:1:2", "more than one ':'"),
+    ("evil\x1b[2J:11211", "control characters"),
 ])
 def test_common_server_list_mistakes_say_what_is_wrong(value, says):
     """Issue 11 item 7 / issue 10 item 7: the message names the value and the real mistake."""

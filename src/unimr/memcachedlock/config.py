@@ -78,6 +78,8 @@ def parse_server(entry: str) -> ServerAddress:
         raise ConfigurationError(
             "bad memcached server %r: it contains whitespace; separate servers with commas "
             "(a:11211,b:11211)" % entry)
+    if not text.isprintable():
+        raise ConfigurationError("bad memcached server %r: it contains control characters" % entry)
     if "://" in text:
         raise ConfigurationError(
             "bad memcached server %r: give host:port without a URL scheme (%r is not understood)"
