@@ -6,12 +6,13 @@ Every subcommand prints a human-readable table by default and JSON with
 0  success (``check``: no problem found)
 1  the answer is "no": a problem found (``check``), lock not held (``show``,
    ``break``), a lock that changed hands before ``break`` could remove it,
-   no snapshots (``stats``), an update lost or the demo could not run
-   (``demo``), an unexpected error
-2  bad usage or configuration (a bad ``MEMCACHEDLOCK_*`` value, a refused
-   ``break`` without ``--yes`` and without a terminal)
+   no snapshots (``stats``), a goal missed (``bench --check``), an update
+   lost or the demo could not run (``demo``), an unexpected error
+2  bad usage or configuration (a bad option or ``MEMCACHEDLOCK_*`` value, a
+   lock directory others can write, a refused ``break`` without ``--yes`` and
+   without a terminal)
 3  the lock store cannot be reached (``show`` and ``break`` cannot tell
-   whether the lock is held)
+   whether the lock is held; ``bench`` has no memcached to measure)
 130 interrupted (Ctrl-C)
 
 Keys: ``show`` and ``break`` take the key exactly as the application locks
