@@ -27,18 +27,18 @@ setup(
     + (HERE / "CHANGES.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     author="unimr.memcachedlock developers",
-    license="ZPL-2.1",
+    license_expression="ZPL-2.1",
+    license_files=["LICENSE"],
     classifiers=[
         "Framework :: Zope",
         "Framework :: ZODB",
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Zope Public License",
     ],
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_namespace_packages(where="src", include=["unimr.*"]),
     include_package_data=True,
-    package_data={"unimr.memcachedlock": ["*.zcml"]},
+    package_data={"unimr.memcachedlock": ["*.zcml"], "unimr.memcachedlock.zope": ["*.zcml"]},
     zip_safe=False,
     install_requires=[
         "pymemcache>=4.0",
@@ -49,7 +49,7 @@ setup(
         "zope": ZOPE,
         "test": ZOPE
         + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
-           "plone.autoinclude"],
+           "plone.autoinclude", "build", "twine"],
     },
     entry_points={
         "console_scripts": [

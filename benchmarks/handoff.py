@@ -10,12 +10,12 @@ Exit status 0 if the handoff goals are met (p50 <= 2 ms between processes,
 
 import sys
 
-from unimr.memcachedlock.bench import main
+from unimr.memcachedlock.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--waiting" in argv:
         argv.remove("--waiting")
-        status = main(["handoff", *argv])
-        sys.exit(main(["waiting", *argv]) or status)
-    sys.exit(main(["handoff", *argv]))
+        status = main(["bench", "handoff", "--check", *argv])
+        sys.exit(main(["bench", "waiting", *argv]) or status)
+    sys.exit(main(["bench", "handoff", "--check", *argv]))

@@ -25,8 +25,10 @@ from unimr.memcachedlock.locks import Lock
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
 
 HOLD = """
-import sys, time
+import sys, threading, time
 from unimr.memcachedlock.locks import Lock
+if len(sys.argv) > 2:
+    threading.current_thread().name = sys.argv[2]
 lock = Lock(sys.argv[1], timeout=30)
 assert lock.acquire(timeout=5)
 print("held", flush=True)
@@ -43,15 +45,28 @@ def run(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def script(*argv: str, stdin=subprocess.DEVNULL, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([SCRIPT, *argv], capture_output=True, text=True, stdin=stdin, timeout=timeout)
+def script(*argv: str, stdin=subprocess.DEVNULL, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([SCRIPT, *argv], capture_output=True, text=True, stdin=stdin, timeout=timeout, **kw)
+
+
+def read_question(proc: subprocess.Popen, timeout: float = 30) -> bytes:
+    """What ``proc`` wrote on stderr up to its ``[y/N]`` question."""
+    prompt = b""
+    deadline = time.monotonic() + timeout
+    while b"[y/N]" not in prompt:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "no question within %ds: %r" % (timeout, prompt)
+        chunk = os.read(proc.stderr.fileno(), 1024)
+        assert chunk, "ended without asking: %r" % prompt
+        prompt += chunk
+    return prompt
 
 
 class Holder:
-    """A lock held by another process until ``release()``."""
+    """A lock held by another process (its thread named ``thread``) until ``release()``."""
 
-    def __init__(self, key: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, key], stdin=subprocess.PIPE,
+    def __init__(self, key: str, thread: str = "MainThread") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, key, thread], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "held"
 
@@ -72,8 +87,8 @@ class Holder:
 def holder():
     made = []
 
-    def make(key: str) -> Holder:
-        made.append(Holder(key))
+    def make(key: str, thread: str = "MainThread") -> Holder:
+        made.append(Holder(key, thread))
         return made[-1]
 
     yield make
@@ -105,10 +120,12 @@ def test_list_shows_holders_in_memcached(memcached, holder):
         assert lines[0].split() == ["KEY", "HOLDER", "AGE", "TTL", "LEFT", "STORE"]
         catalog = next(line for line in lines if line.startswith("site:catalog "))
         assert "pid %d thread MainThread" % os.getpid() in catalog and "memcached" in catalog
-        assert any("site:%2Fplone%2Fportal_catalog%20with%20space" in line
+        assert any(line.startswith("site:/plone/portal_catalog with space ")
                    and "pid %d" % other.proc.pid in line for line in lines)
         code, text = run("list", "--json")
         entries = {entry["name"]: entry for entry in json.loads(text)}
+        assert entries["site:%2Fplone%2Fportal_catalog%20with%20space"]["key"] == \
+            "site:/plone/portal_catalog with space"
         entry = entries["site:catalog"]
         assert entry["pid"] == os.getpid() and entry["host"] == socket.gethostname()
         assert 25 < entry["ttl_left"] <= 30 and 0 <= entry["age"] < 5
@@ -141,18 +158,20 @@ def test_list_file_store_from_the_lock_directory(lock_dir, holder, monkeypatch):
     assert run("list") == (0, "no locks held\n")
 
 
-def test_show_by_listed_name_and_by_key(memcached, holder):
+def test_show_by_key_or_by_stored_name(memcached, holder):
     other = holder("site:/a b")
     try:
-        for key in ("site:%2Fa%20b", "site:/a b"):
-            code, text = run("show", key)
+        for argv in (("site:/a b",), ("--name", "site:%2Fa%20b")):
+            code, text = run("show", *argv)
             assert code == 0, text
             fields = dict(line.split(None, 1) for line in text.splitlines())
-            assert fields["key"] == "site:%2Fa%20b"
+            assert fields["key"] == "site:/a b"
             assert fields["pid"] == str(other.proc.pid)
             assert fields["store"] == "memcached"
         code, text = run("show", "site:/a b", "--json")
         assert json.loads(text)["pid"] == other.proc.pid
+        code, text = run("show", "site:%2Fa%20b")
+        assert (code, text) == (1, "site:%2Fa%20b is not locked\n"), "a key is taken literally"
     finally:
         other.release()
     code, text = run("show", "site:/a b")
@@ -200,14 +219,7 @@ def test_break_on_a_terminal_asks_first(memcached, holder):
                                          "--backend", "memcached"], stdin=slave, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE)
                 os.close(slave)
-                prompt = b""
-                deadline = time.monotonic() + 30
-                while b"[y/N]" not in prompt:
-                    ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-                    assert ready, "no question within 30s: %r" % prompt
-                    chunk = os.read(proc.stderr.fileno(), 1024)
-                    assert chunk, "ended without asking: %r" % prompt
-                    prompt += chunk
+                prompt = read_question(proc)
                 assert b"Break lock site:ask held by" in prompt
                 os.write(master, answer)
                 out, err = proc.communicate(timeout=30)

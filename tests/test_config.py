@@ -95,3 +95,20 @@ def test_configure_in_code_and_backend_is_built_once(memcached):
     assert config.get_backend() is not backend
     with pytest.raises(ConfigurationError, match="sqlite"):
         config.configure(backend="sqlite")
+
+
+@pytest.mark.parametrize("value, says", [
+    ("127.0.0.1:11211;127.0.0.1:11212", "not ';'"),
+    ("127.0.0.1:11211 127.0.0.1:11212", "whitespace"),
+    ("memcached://127.0.0.1:11211", "without a URL scheme"),
+    ("127.0.0.1:1\u00b2", "bad port '1\u00b2'"),
+    ("host:1:2", "more than one ':'"),
+    ("evil\x1b[2J:11211", "control characters"),
+])
+def test_common_server_list_mistakes_say_what_is_wrong(value, says):
+    """Issue 11 item 7 / issue 10 item 7: the message names the value and the real mistake."""
+    with pytest.raises(ConfigurationError) as info:
+        parse_servers(value)
+    message = str(info.value)
+    assert says in message and "IPv6" not in message
+    assert repr(value) in message or repr(value.split(";")[0]) in message

@@ -87,6 +87,7 @@ def test_demo_with_nothing_configured_and_no_memcached_uses_the_file_store(tmp_p
     zlock = next(line for line in lines if line.startswith("zlock "))
     assert nolock.split()[2] == "12" and zlock.split()[1] == "12"  # commits
     assert "12/12" in nolock and "12/12" in zlock
+    assert "zlock retries: attempts zlock restarted before doing the work" in proc.stdout  # the legend
     assert "Traceback" not in proc.stderr
     assert elapsed < 60
     assert demo_dirs(tmp_path) == []
@@ -131,8 +132,18 @@ def test_demo_backend_memcached_without_any_memcached_fails_in_one_line(tmp_path
     proc = subprocess.run([SCRIPT, "demo", "--backend", "memcached"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("memcachedlock demo: demo: --backend memcached")
+    assert proc.stderr.strip().splitlines()[-1].startswith("memcachedlock demo: --backend memcached")
     assert "Traceback" not in proc.stderr
+    assert demo_dirs(tmp_path) == [] and leftovers(tmp_path) == []
+
+
+def test_demo_reports_bad_servers_before_starting_zeo(tmp_path):
+    env = clean_env(tmp_path, MEMCACHEDLOCK_SERVERS="memcached://127.0.0.1:11211")
+    proc = subprocess.run([SCRIPT, "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "memcachedlock demo: configuration error: bad memcached server 'memcached://127.0.0.1:11211': "
+        "give host:port without a URL scheme ('memcached://' is not understood)"]
     assert demo_dirs(tmp_path) == [] and leftovers(tmp_path) == []
 
 

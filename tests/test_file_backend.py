@@ -259,7 +259,8 @@ def test_unwritable_lock_dir_names_it():
     base = pathlib.Path(tempfile.mkdtemp(prefix="mcl-unwritable-"))
     os.chmod(base, 0o755)
     locked = base / "readonly"
-    locked.mkdir(mode=0o755)
+    locked.mkdir(mode=0o500)
+    os.chown(locked, 65534, 65534)
     try:
         _run_unwritable(locked)
     finally:

@@ -187,3 +187,31 @@ def test_forked_child_starts_empty():
     os.waitpid(pid, 0)
     assert json.loads(data) == {}
     assert metrics.snapshot()["app.f"]["acquisitions"] == 1
+
+
+def test_prefix_cardinality_is_bounded_and_snapshots_stay_small(tmp_path):
+    """100k keys with a varying part before the colon (issue 10, item 8): bounded records and file."""
+    keys = 100_000
+    for i in range(keys):
+        name = "doc-%d:edit" % i
+        metrics.record_acquire(name, 0.0001, False)
+        metrics.record_release(name, 0.002)
+    snap = metrics.snapshot()
+    assert len(snap) == metrics.MAX_PREFIXES + 1
+    assert snap[metrics.OTHER]["acquisitions"] == keys - metrics.MAX_PREFIXES
+    assert sum(data["acquisitions"] for data in snap.values()) == keys
+    path = metrics.write_snapshot(str(tmp_path))
+    assert os.path.getsize(path) < 1_500_000
+
+
+def test_merge_skips_fields_of_the_wrong_type(tmp_path):
+    """A snapshot with strings where numbers belong is read without a TypeError."""
+    bad = {"format": metrics.SNAPSHOT_FORMAT, "host": "h", "pid": 1, "time": "yesterday",
+           "prefixes": {"app.f": {"counters": {"acquisitions": "many", "timeouts": 2},
+                                  "waits": ["x", 0.5], "holds": "no"},
+                        "broken": "not a dict"}}
+    (tmp_path / "h-1.json").write_text(json.dumps(bad))
+    merged = metrics.merge(metrics.read_snapshots(str(tmp_path)))
+    assert merged["app.f"]["acquisitions"] == 0 and merged["app.f"]["timeouts"] == 2
+    assert merged["app.f"]["wait_p50"] == 0.5 and merged["app.f"]["hold_p50"] is None
+    assert "broken" not in merged

@@ -5,11 +5,27 @@ Every subcommand prints a human-readable table by default and JSON with
 
 0  success (``check``: no problem found)
 1  the answer is "no": a problem found (``check``), lock not held (``show``,
-   ``break``), no snapshots (``stats``), an update lost (``demo``)
-2  bad usage or configuration (a bad ``MEMCACHEDLOCK_*`` value, a refused
-   ``break`` without ``--yes`` and without a terminal)
-3  the lock store cannot be reached
+   ``break``), a lock that changed hands before ``break`` could remove it,
+   no snapshots (``stats``), a goal missed (``bench --check``), an update
+   lost or the demo could not run (``demo``), an unexpected error
+2  bad usage or configuration (a bad option or ``MEMCACHEDLOCK_*`` value, a
+   lock directory others can write, a refused ``break`` without ``--yes`` and
+   without a terminal)
+3  the lock store cannot be reached (``show`` and ``break`` cannot tell
+   whether the lock is held; ``bench`` has no memcached to measure)
 130 interrupted (Ctrl-C)
+
+Keys: ``show`` and ``break`` take the key exactly as the application locks
+it (``module.function:key`` for the decorators) and ``list`` shows it that
+way; the argument is never decoded.  A key that cannot be shown as text (a
+long key stored cut and hashed, control characters, non-UTF-8 bytes) is
+listed as ``--name NAME``, the stored lock name, which ``show`` and ``break``
+accept with ``--name``.
+
+Everything read from a store or the environment (host and thread names,
+keys, prefixes, tokens, error messages) is printed through :func:`clean`,
+which escapes control and format characters, so a planted value cannot drive
+the terminal.
 
 ``list``, ``show``, ``break`` and ``check`` read the same environment as the
 package (``MEMCACHEDLOCK_SERVERS``, ``MEMCACHEDLOCK_BACKEND``,
@@ -28,12 +44,14 @@ import re
 import socket
 import sys
 import time
+import unicodedata
 from typing import IO, Sequence
+from urllib.parse import unquote
 
 from .backends.memcached import server_command
 from .config import BACKEND_KINDS, ServerAddress, Settings
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from .info import Holder
+from .info import Holder, token_of
 from .keys import lock_name
 from .locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
 
@@ -45,7 +63,10 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-_NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{1,200}")
+#: Unicode categories escaped by ``clean``: controls, format (bidi overrides), separators, surrogates.
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+#: What a lock name (``keys.lock_name``) is made of.
+_NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{0,200}")
 
 
 class CommandError(Exception):
@@ -57,6 +78,29 @@ class CommandError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def clean(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters escaped as ``\\xNN``/``\\uNNNN``.
+
+    The one sanitiser for everything the command prints that it read from a
+    store or the environment.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        ("\\x%02x" % ord(c) if ord(c) < 0x100 else "\\u%04x" % ord(c) if ord(c) < 0x10000 else "\\U%08x" % ord(c))
+        if unicodedata.category(c) in _UNSAFE_CATEGORIES else c
+        for c in text
+    )
+
+
+class _CleanFormatter(logging.Formatter):
+    """Log lines on the terminal go through ``clean`` too (they quote keys and holders)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(clean(line) for line in super().format(record).split("\n"))
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -71,13 +115,21 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def make_store(settings: Settings):
-    from .backends import make_backend
+    """The store the settings name, for inspection: its lock directory is checked, never created."""
+    from .backends.fallback import FallbackBackend
+    from .backends.file import FileBackend
+    from .backends.memcached import MemcachedBackend
 
-    return make_backend(settings)
+    if settings.backend == "memcached":
+        return MemcachedBackend.from_settings(settings)
+    files = FileBackend(settings.lock_dir, create=False)
+    if settings.backend == "file":
+        return files
+    return FallbackBackend(MemcachedBackend.from_settings(settings), files)
 
 
 def describe_holder(holder: Holder) -> str:
-    return "%s pid %d thread %s" % (holder.host, holder.pid, holder.thread_name or holder.thread)
+    return clean("%s pid %d thread %s" % (holder.host, holder.pid, holder.thread_name or holder.thread))
 
 
 def seconds(value: float | None) -> str:
@@ -93,9 +145,9 @@ def seconds(value: float | None) -> str:
     return "%dh%02dm" % divmod(int(value) // 60, 60)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest cell; ``right`` lists right-aligned columns."""
-    rows = [list(map(str, header))] + [list(map(str, row)) for row in rows]
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest (cleaned) cell; ``right`` lists right-aligned columns."""
+    rows = [list(map(clean, header))] + [list(map(clean, row)) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
@@ -107,33 +159,89 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
 
 
 def print_json(data, out: IO[str]) -> None:
-    json.dump(data, out, indent=2, sort_keys=True)
+    """JSON with ASCII escapes: a control character read from a store cannot reach the terminal raw."""
+    json.dump(data, out, indent=2, sort_keys=True, ensure_ascii=True)
     out.write("\n")
 
 
-def candidate_names(key: str) -> list[str]:
-    """Lock names KEY may mean: the name as ``list`` shows it, then the name of the key."""
-    names = []
-    if _NAME.fullmatch(key):
-        names.append(key)
-    name = lock_name(key)
-    if name not in names:
-        names.append(name)
-    return names
+def key_of(name: str) -> str | None:
+    """The key a lock name stands for, if it can be shown as text and maps back to ``name``; else None."""
+    try:
+        key = unquote(name, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if not key.isprintable() or lock_name(key) != name:
+        return None
+    return key
 
 
-def find_holder(store, key: str) -> tuple[str, Holder | None]:
-    """The lock name KEY stands for and its holder (None if nobody holds it)."""
-    names = candidate_names(key)
-    for name in names:
-        holder = store.holder(name)
-        if holder is not None:
-            return name, holder
-    return names[-1], None
+def shown_key(name: str) -> str:
+    """How ``list`` and ``show`` print a lock: its key, or ``--name NAME`` when the key is not text."""
+    key = key_of(name)
+    return key if key is not None else "--name %s" % name
+
+
+def holder_json(holder: Holder) -> dict:
+    return dict(holder.as_dict(), key=key_of(holder.name))
+
+
+def target_name(args: argparse.Namespace) -> str:
+    """The lock name the command line means: ``lock_name(KEY)``, or NAME given with ``--name``."""
+    if args.name:
+        if args.key is not None:
+            raise CommandError("give either KEY or --name NAME, not both", EXIT_USAGE)
+        if not _NAME.fullmatch(args.name):
+            raise CommandError("--name %s is not a lock name as `list` shows it" % clean(args.name), EXIT_USAGE)
+        return args.name
+    if args.key is None:
+        raise CommandError("give the KEY (or --name NAME as `list` shows it)", EXIT_USAGE)
+    return lock_name(args.key)
+
+
+def find_holder(store, name: str) -> Holder | None:
+    """``name``'s holder in ``store``; BackendUnavailable when the answer cannot be known.
+
+    With the fallback store a lock held in the lock directory (taken during an
+    outage) is found even while memcached is down; otherwise an unreachable
+    memcached means "unknown", not "not locked".
+    """
+    if store.kind != "fallback":
+        return store.holder(name)
+    try:
+        found = store.primary.holder(name)
+    except BackendUnavailable as exc:
+        found = store.secondary.holder(name)
+        if found is None:
+            raise
+        print("memcachedlock: warning: %s; showing the lock directory only" % clean(exc), file=sys.stderr)
+    return found if found is not None else store.secondary.holder(name)
+
+
+def break_held(store, name: str, token: str) -> bool:
+    """Remove ``name``'s lock only while ``token``'s holder has it (compare-and-delete, every store)."""
+    if store.kind == "file":
+        return store.break_lock(name, token=token)
+    if store.kind == "fallback":
+        try:
+            broken = _break_in_memcached(store.primary, name, token)
+        except BackendUnavailable:
+            broken = False
+        return store.secondary.break_lock(name, token=token) or broken
+    return _break_in_memcached(store, name, token)
+
+
+def _break_in_memcached(store, name: str, token: str) -> bool:
+    """``gets`` then ``cas`` with exptime -1: removed only if the item still carries ``token``."""
+    server = store.server_for(name)
+    key = store.prefix + name
+    stored, cas = server.call("gets", key)
+    if stored is None or token_of(stored) != token:
+        return False
+    return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
 
 
 def holder_row(holder: Holder) -> list[str]:
-    return [holder.name, describe_holder(holder), seconds(holder.age), seconds(holder.ttl_left),
+    return [shown_key(holder.name), describe_holder(holder), seconds(holder.age), seconds(holder.ttl_left),
             holder.backend]
 
 
@@ -155,9 +263,9 @@ def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
             warnings.append("%s; showing the lock directory only" % exc)
     holders.sort(key=lambda h: h.acquired)
     for warning in warnings:
-        print("memcachedlock: warning: %s" % warning, file=sys.stderr)
+        print("memcachedlock: warning: %s" % clean(warning), file=sys.stderr)
     if args.json:
-        print_json([h.as_dict() for h in holders], out)
+        print_json([holder_json(h) for h in holders], out)
     elif holders:
         out.write(table(("KEY", "HOLDER", "AGE", "TTL LEFT", "STORE"),
                         [holder_row(h) for h in holders], right=(2, 3)) + "\n")
@@ -168,18 +276,19 @@ def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
 
 def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     store = make_store(load_settings(args))
-    name, holder = find_holder(store, args.key)
+    name = target_name(args)
+    holder = find_holder(store, name)
     if holder is None:
         if args.json:
-            print_json({"name": name, "held": False}, out)
+            print_json({"name": name, "key": key_of(name), "held": False}, out)
         else:
-            out.write("%s is not locked\n" % name)
+            out.write("%s is not locked\n" % clean(shown_key(name)))
         return EXIT_NO
     if args.json:
-        print_json(dict(holder.as_dict(), held=True), out)
+        print_json(dict(holder_json(holder), held=True), out)
         return EXIT_OK
     rows = [
-        ("key", holder.name),
+        ("key", shown_key(holder.name)),
         ("holder", describe_holder(holder)),
         ("host", holder.host),
         ("pid", str(holder.pid)),
@@ -190,41 +299,46 @@ def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
         ("store", holder.backend),
         ("token", holder.token),
     ]
-    out.write("\n".join("%-9s %s" % row for row in rows) + "\n")
+    out.write("\n".join("%-9s %s" % (label, clean(value)) for label, value in rows) + "\n")
     return EXIT_OK
 
 
 def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
     store = make_store(load_settings(args))
-    name, holder = find_holder(store, args.key)
+    name = target_name(args)
+    shown = clean(shown_key(name))
+    holder = find_holder(store, name)
     if holder is None:
-        out.write("%s is not locked: nothing to break\n" % name)
+        out.write("%s is not locked: nothing to break\n" % shown)
         return EXIT_NO
     who = describe_holder(holder)
     if not args.yes:
         if not sys.stdin.isatty():
             raise CommandError(
-                "refusing to break %s (held by %s): no terminal to confirm on; add --yes" % (name, who),
+                "refusing to break %s (held by %s): no terminal to confirm on; add --yes" % (shown, who),
                 EXIT_USAGE,
             )
         # The question goes to stderr so that it shows even when stdout is piped.
-        sys.stderr.write("Break lock %s held by %s for %s? [y/N] " % (name, who, seconds(holder.age)))
+        sys.stderr.write("Break lock %s held by %s for %s (token %s)? [y/N] "
+                         % (shown, who, seconds(holder.age), clean(holder.token)))
         sys.stderr.flush()
         answer = sys.stdin.readline()
         if answer.strip().lower() not in ("y", "yes"):
             out.write("not broken\n")
             return EXIT_NO
-    broken = store.break_lock(name)
-    logger.warning(
-        "lock %s held by %s (token %s, for %s) broken by %s@%s pid %d",
-        name, who, holder.token, seconds(holder.age), _user(), socket.gethostname(), os.getpid(),
-    )
+    broken = break_held(store, name, holder.token)
+    if broken:
+        logger.warning(
+            "lock %s held by %s (token %s, for %s) broken by %s@%s pid %d",
+            shown, who, holder.token, seconds(holder.age), _user(), socket.gethostname(), os.getpid(),
+        )
     if args.json:
-        print_json({"name": name, "broken": bool(broken), "holder": holder.as_dict()}, out)
+        print_json({"name": name, "key": key_of(name), "broken": bool(broken), "holder": holder_json(holder)}, out)
+    elif broken:
+        out.write("broke %s (was held by %s)\n" % (shown, who))
     else:
-        out.write("broke %s (was held by %s)\n" % (name, who) if broken
-                  else "%s was released meanwhile\n" % name)
-    return EXIT_OK
+        out.write("%s was released or changed hands meanwhile: not broken\n" % shown)
+    return EXIT_OK if broken else EXIT_NO
 
 
 def _user() -> str:
@@ -308,7 +422,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         if args.json:
             print_json(result, out)
         else:
-            out.write("configuration: PROBLEM: %s\n" % exc)
+            out.write("configuration: PROBLEM: %s\n" % clean(exc))
         return EXIT_USAGE
     result["configuration"] = {
         "backend": settings.backend, "servers": [str(s) for s in settings.servers],
@@ -340,8 +454,11 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         from .backends.file import prepare_lock_dir
 
         try:
-            prepare_lock_dir(settings.lock_dir)
-            lines.append("lock directory %s: writable" % settings.lock_dir)
+            state = "private"
+            if not os.path.lexists(prepare_lock_dir(settings.lock_dir, create=False)):
+                _check_creatable(settings.lock_dir)
+                state = "not there yet (created with mode 0700 on first use)"
+            lines.append("lock directory %s: %s" % (settings.lock_dir, state))
             result["lock_dir_ok"] = True
         except ConfigurationError as exc:
             lines.append("lock directory: PROBLEM: %s" % exc)
@@ -354,8 +471,18 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         print_json(result, out)
     else:
         lines.append("ok" if result["ok"] else "%d problem(s) found" % len(result["problems"]))
-        out.write("\n".join(lines) + "\n")
+        out.write("\n".join(clean(line) for line in lines) + "\n")
     return EXIT_OK if result["ok"] else EXIT_NO
+
+
+def _check_creatable(path: str) -> None:
+    """ConfigurationError unless the nearest existing ancestor of ``path`` is a writable directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigurationError("cannot create lock directory %r (MEMCACHEDLOCK_DIR): %r is not a writable "
+                                 "directory" % (path, parent))
 
 
 # --------------------------------------------------------------------------- stats
@@ -370,7 +497,7 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
     if not directory:
         raise CommandError("no metrics directory: give --dir or set MEMCACHEDLOCK_METRICS_DIR", EXIT_USAGE)
     if not os.path.isdir(directory):
-        raise CommandError("metrics directory %r does not exist" % directory, EXIT_NO)
+        raise CommandError("metrics directory %s does not exist" % directory, EXIT_NO)
     snapshots = metrics.read_snapshots(directory, args.max_age)
     merged = metrics.merge(snapshots)
     if args.json:
@@ -378,10 +505,11 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
         return EXIT_OK if snapshots else EXIT_NO
     if not snapshots:
         out.write("no metrics snapshots in %s (a process writes one every MEMCACHEDLOCK_METRICS_INTERVAL "
-                  "seconds once it has used a lock, and at exit)\n" % directory)
+                  "seconds once it has used a lock, and at exit)\n" % clean(directory))
         return EXIT_NO
     newest = max(s.get("time", 0) for s in snapshots)
-    out.write("%d snapshot(s) in %s, newest %s ago\n\n" % (len(snapshots), directory, seconds(time.time() - newest)))
+    out.write("%d snapshot(s) in %s, newest %s ago\n\n"
+              % (len(snapshots), clean(directory), seconds(time.time() - newest)))
     rows = []
     for prefix, data in sorted(merged.items()):
         rows.append([
@@ -405,7 +533,7 @@ def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
         return run_demo(args.clients, args.writes, args.work, store=args.backend, timeout=args.timeout,
                         as_json=args.json, out=out)
     except DemoError as exc:
-        raise CommandError("demo: %s" % exc, EXIT_NO) from None
+        raise CommandError(str(exc), EXIT_NO) from None
 
 
 def cmd_bench(args: argparse.Namespace, out: IO[str]) -> int:
@@ -447,8 +575,8 @@ def _seconds_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("%r must be above 0" % text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("%r must be a finite number above 0" % text)
     return value
 
 
@@ -498,14 +626,20 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", parents=[store], help="one lock and its holder",
-                          description="Show who holds one lock.  Exit 1 if nobody does.")
-    show.add_argument("key", help="the lock's name as `list` shows it, or the key")
+                          description="Show who holds one lock.  Exit 1 if nobody does, 3 if the store "
+                                      "cannot be reached (then nobody can tell).")
+    show.add_argument("key", nargs="?", help="the key as the application locks it, taken literally")
+    show.add_argument("--name", help="the stored lock name instead, as `list` shows `--name NAME`")
     show.set_defaults(func=cmd_show)
 
     breaking = sub.add_parser("break", parents=[store], help="force-release a lock",
                               description="Remove a lock whoever holds it, after confirmation on the "
-                                          "terminal unless --yes.  Logs who broke it.")
-    breaking.add_argument("key", help="the lock's name as `list` shows it, or the key")
+                                          "terminal unless --yes, and only while the holder shown still "
+                                          "holds it (compare-and-delete on its token).  Logs who broke it.  "
+                                          "Exit 1 if it was not held or changed hands, 3 if the store "
+                                          "cannot be reached.")
+    breaking.add_argument("key", nargs="?", help="the key as the application locks it, taken literally")
+    breaking.add_argument("--name", help="the stored lock name instead, as `list` shows `--name NAME`")
     breaking.add_argument("-y", "--yes", action="store_true", help="do not ask")
     breaking.set_defaults(func=cmd_break)
 
@@ -543,29 +677,45 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         args.bench_args = argv[position + 1:]
     else:
         args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     try:
         return args.func(args, out)
     except CommandError as exc:
-        print("memcachedlock %s: %s" % (args.command, exc), file=sys.stderr)
-        return exc.code
+        code, message = exc.code, str(exc)
     except ConfigurationError as exc:
-        print("memcachedlock %s: configuration error: %s" % (args.command, exc), file=sys.stderr)
-        return EXIT_USAGE
+        code, message = EXIT_USAGE, "configuration error: %s" % exc
     except BackendUnavailable as exc:
-        print("memcachedlock %s: lock store unreachable: %s" % (args.command, exc), file=sys.stderr)
-        return EXIT_UNREACHABLE
+        code, message = EXIT_UNREACHABLE, "lock store unreachable: %s" % exc
     except MemcachedLockError as exc:
-        print("memcachedlock %s: %s" % (args.command, exc), file=sys.stderr)
-        return EXIT_NO
+        code, message = EXIT_NO, str(exc)
     except KeyboardInterrupt:
-        print("memcachedlock %s: interrupted" % args.command, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code, message = EXIT_INTERRUPTED, "interrupted"
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:
+        logger.debug("unexpected error", exc_info=True)
+        code, message = EXIT_NO, "unexpected error %s: %s (run with -v for the traceback)" % (
+            type(exc).__name__, exc)
+    print("memcachedlock %s: %s" % (args.command, clean(message)), file=sys.stderr)
+    return code
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log lines through ``clean``; the stores' own warnings only with ``-v``.
+
+    The command reports a store's failure itself, in one line with its exit
+    code; an outage warning logged on the way would be a second, raw line.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CleanFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(lambda record: record.levelno >= logging.ERROR
+                          or not record.name.startswith("unimr.memcachedlock.backends"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -55,11 +55,35 @@ class ServerAddress:
         return "%s:%d" % (self.host, self.port)
 
 
+def _looks_like_ipv6(text: str) -> bool:
+    """True if ``text`` is an IPv6 address, perhaps with a port glued on (``::1:11211``)."""
+    for candidate in (text, text.rpartition(":")[0]):
+        try:
+            ipaddress.IPv6Address(candidate)
+            return True
+        except ValueError:
+            pass
+    return False
+
+
 def parse_server(entry: str) -> ServerAddress:
     """Parse one entry of ``MEMCACHEDLOCK_SERVERS``; ConfigurationError names it if bad."""
     text = entry.strip()
     if not text:
         raise ConfigurationError("empty memcached server entry in %r" % entry)
+    if ";" in text:
+        raise ConfigurationError(
+            "bad memcached server %r: separate servers with commas, not ';' (a:11211,b:11211)" % entry)
+    if not text.startswith(("/", "unix:")) and any(c.isspace() for c in text):
+        raise ConfigurationError(
+            "bad memcached server %r: it contains whitespace; separate servers with commas "
+            "(a:11211,b:11211)" % entry)
+    if not text.isprintable():
+        raise ConfigurationError("bad memcached server %r: it contains control characters" % entry)
+    if "://" in text:
+        raise ConfigurationError(
+            "bad memcached server %r: give host:port without a URL scheme (%r is not understood)"
+            % (entry, text.split("://", 1)[0] + "://"))
     if text.startswith("unix:"):
         text = text[5:]
         if not text.startswith("/"):
@@ -79,16 +103,18 @@ def parse_server(entry: str) -> ServerAddress:
         port_text = rest[1:] if rest else str(DEFAULT_PORT)
     else:
         if text.count(":") > 1:
-            raise ConfigurationError(
-                "bad memcached server %r: put an IPv6 address in brackets, [::1]:11211" % entry
-            )
+            if _looks_like_ipv6(text):
+                raise ConfigurationError(
+                    "bad memcached server %r: put an IPv6 address in brackets, [::1]:11211" % entry
+                )
+            raise ConfigurationError("bad memcached server %r: more than one ':' (write host:port)" % entry)
         host, _, port_text = text.partition(":")
         if not port_text and text.endswith(":"):
             raise ConfigurationError("memcached server %r has an empty port" % entry)
         port_text = port_text or str(DEFAULT_PORT)
         if not host or any(c.isspace() for c in host) or "/" in host:
             raise ConfigurationError("bad host in memcached server %r" % entry)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigurationError(
             "bad port %r in memcached server %r (1-65535)" % (port_text, entry)
         )

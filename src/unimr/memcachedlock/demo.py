@@ -542,11 +542,12 @@ class Demo:
 
     def run(self) -> list[PhaseResult]:
         """The whole demo: servers, store, both runs, final counts."""
+        # The store first: a bad MEMCACHEDLOCK_SERVERS is reported before anything starts.
+        store = self.choose_store()
+        logger.debug("demo clients get %s", store.env)
         self.say("Starting a ZEO server on a temporary FileStorage...")
         self.start_zeo()
         self.say("ZEO server: 127.0.0.1:%d (%s)" % (self.zeo_port, os.path.join(self.tmp, "Data.fs")))
-        store = self.choose_store()
-        logger.debug("demo clients get %s", store.env)
         self.say("Lock store: %s" % store.description)
         self.create_objects()
         self.say(
@@ -625,6 +626,14 @@ def format_table(results: list[PhaseResult]) -> str:
     return "\n".join(lines)
 
 
+#: Printed under the table: what its columns count.
+LEGEND = (
+    "conflicts: attempts lost to a ConflictError after doing the work; zlock retries: attempts zlock "
+    "restarted before doing the work (LockBusy) because another client held the lock or this client's "
+    "view predated its last commit; wasted: executions of the work that did not commit."
+)
+
+
 def summary(results: list[PhaseResult]) -> str:
     """One or two sentences reading the table."""
     plain, locked = results[0], results[-1]
@@ -691,7 +700,7 @@ def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_
         }, out, indent=2)
         out.write("\n")
     else:
-        out.write("\n" + format_table(results) + "\n\n" + summary(results) + "\n")
+        out.write("\n" + format_table(results) + "\n\n" + LEGEND + "\n\n" + summary(results) + "\n")
     out.flush()
     return 0 if all(r.nothing_lost for r in results) else 1
 

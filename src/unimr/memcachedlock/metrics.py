@@ -8,6 +8,13 @@ retries, timeouts, fallbacks to the file store and lost leases, and keeps the
 last :data:`SAMPLES` wait and hold times for their p50/p99.  Recording is one
 dict update under a lock: cheap enough for every acquisition.
 
+The number of records is bounded: the first :data:`MAX_PREFIXES` prefixes a
+process sees get a record each; later ones, like names without a colon, count
+under ``(other)``.  Keys that put a varying part before the first colon
+(``doc-1:edit``, ``doc-2:edit``...) so cost at most ``MAX_PREFIXES + 1``
+records (about 64 KB each with full samples) and a snapshot file stays under
+about 1.5 MB, however many keys a process locks.
+
 Reading them
 ------------
 In the process: :func:`snapshot` (counters and percentiles by prefix) and
@@ -46,6 +53,9 @@ DEFAULT_INTERVAL = 60.0
 COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
             "busy_retries", "timeouts", "fallbacks", "lost")
 SNAPSHOT_FORMAT = 1
+#: Prefixes with a record of their own per process; the rest count under OTHER.
+MAX_PREFIXES = 64
+OTHER = "(other)"
 
 _lock = threading.Lock()
 
@@ -71,15 +81,19 @@ _settings_cache: tuple[str, float] | None = None
 def prefix_of(name: str) -> str:
     """The part of a lock name before its first colon; ``(other)`` if it has none."""
     head, sep, _ = name.partition(":")
-    return head if sep else "(other)"
+    return head if sep else OTHER
 
 
 def _entry(name: str) -> _Prefix:
-    """The prefix's record; call with ``_lock`` held."""
+    """The prefix's record (OTHER's once MAX_PREFIXES prefixes have one); call with ``_lock`` held."""
     prefix = prefix_of(name)
     entry = _prefixes.get(prefix)
     if entry is None:
-        entry = _prefixes[prefix] = _Prefix()
+        if len(_prefixes) >= MAX_PREFIXES + (OTHER in _prefixes):
+            prefix = OTHER
+            entry = _prefixes.get(OTHER)
+        if entry is None:
+            entry = _prefixes[prefix] = _Prefix()
     return entry
 
 
@@ -167,7 +181,8 @@ def report() -> dict:
     """This process's metrics with their raw samples: what a snapshot file holds."""
     with _lock:
         prefixes = {
-            prefix: {"counters": dict(e.counters), "waits": list(e.waits), "holds": list(e.holds)}
+            prefix: {"counters": dict(e.counters), "waits": [round(x, 6) for x in e.waits],
+                     "holds": [round(x, 6) for x in e.holds]}
             for prefix, e in _prefixes.items()
         }
     return {
@@ -361,7 +376,9 @@ def read_snapshots(directory: str, max_age: float | None = None) -> list[dict]:
         if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
             logger.warning("skipping %s: not a memcachedlock metrics snapshot", path)
             continue
-        if max_age is not None and now - float(data.get("time", 0)) > max_age:
+        if not _numbers([data.get("time")]):
+            data["time"] = 0.0
+        if max_age is not None and now - data["time"] > max_age:
             continue
         data["path"] = path
         found.append(data)
@@ -369,17 +386,35 @@ def read_snapshots(directory: str, max_age: float | None = None) -> list[dict]:
     return found
 
 
+def _numbers(values) -> list[float]:
+    """The finite numbers in a snapshot's list; anything else (a planted string) is dropped."""
+    if not isinstance(values, list):
+        return []
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
 def merge(snapshots: Iterable[dict]) -> dict[str, dict[str, float | None]]:
-    """Counters summed and percentiles over all samples, by prefix, plus ``processes``."""
+    """Counters summed and percentiles over all samples, by prefix, plus ``processes``.
+
+    A snapshot is read from a shared directory: fields of the wrong type are skipped.
+    """
     merged: dict[str, tuple[dict[str, float], list[float], list[float], set]] = {}
     for snap in snapshots:
-        for prefix, data in snap.get("prefixes", {}).items():
-            counters, waits, holds, procs = merged.setdefault(prefix, ({}, [], [], set()))
-            for field, value in data.get("counters", {}).items():
-                _add(counters, field, value)
-            waits.extend(data.get("waits", ()))
-            holds.extend(data.get("holds", ()))
-            procs.add((snap.get("host"), snap.get("pid")))
+        prefixes = snap.get("prefixes")
+        if not isinstance(prefixes, dict):
+            continue
+        for prefix, data in prefixes.items():
+            if not isinstance(data, dict):
+                continue
+            counters, waits, holds, procs = merged.setdefault(str(prefix), ({}, [], [], set()))
+            found = data.get("counters")
+            for field, value in (found.items() if isinstance(found, dict) else ()):
+                if field in COUNTERS and _numbers([value]):
+                    _add(counters, field, float(value))
+            waits.extend(_numbers(data.get("waits")))
+            holds.extend(_numbers(data.get("holds")))
+            procs.add((str(snap.get("host")), str(snap.get("pid"))))
     result = {}
     for prefix, (counters, waits, holds, procs) in merged.items():
         result[prefix] = summarize(counters, waits, holds)

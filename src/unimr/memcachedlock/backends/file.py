@@ -24,22 +24,33 @@ death or ``break_lock`` frees it.  Stealing a live holder's flock is not
 possible, and guessing that it is stuck would risk two writers.
 
 The directory (``Settings.lock_dir``) is created with mode 0700 if missing.
-A directory that cannot be created or written is a ConfigurationError raised
-when the store is built, i.e. on the first use of a lock; if it disappears
-or fills up later, ``acquire`` raises BackendUnavailable.
+Whoever can write into it can remove lock files under a live holder or
+plant FIFOs and symlinks, so it must be private: a real directory (not a
+symlink), owned by this uid, not writable by group or others.  Anything else
+is a ConfigurationError raised when the store is built (on the first use of a
+lock) that names the directory and the fix; if the directory disappears or
+fills up later, ``acquire`` raises BackendUnavailable.
+
+Inside it the store trusts nothing it did not make.  Every file is opened with
+``O_NOFOLLOW | O_NONBLOCK`` and used only if ``fstat`` says it is a regular
+file, so a planted symlink is never followed and a planted FIFO never blocks.
+A file is removed only if it looks like one the store created: a regular file
+owned by this uid, with one link, holding a lock record (or nothing yet).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 import time
 
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
-from ..info import Holder, decode_value, encode_value, new_token, renewed_value
+from ..info import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease
 from .base import Backend
 
@@ -51,29 +62,87 @@ NOTE_TTL = 86400
 #: Attempts to lock a path whose file is being removed and recreated by others.
 _REOPEN_ATTEMPTS = 8
 
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
-def prepare_lock_dir(path: str) -> str:
-    """Create ``path`` (mode 0700) if needed and check it is a writable directory.
+class NotRegularFile(BackendUnavailable):
+    """A path in the lock directory is not a regular file (a FIFO, a device, a directory)."""
 
-    Returns the absolute path; raises ConfigurationError naming the directory.
+
+def check_lock_dir(path: str) -> None:
+    """Refuse a lock directory others could tamper with; ConfigurationError names it and the fix.
+
+    It must be a directory, not a symlink, owned by this uid and not writable
+    by group or others.
     """
-    path = os.path.abspath(path)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
     except OSError as exc:
         raise ConfigurationError(
-            "cannot create lock directory %r (MEMCACHEDLOCK_DIR): %s" % (path, exc.strerror or exc)
-        ) from exc
-    if not os.path.isdir(path):
+            "cannot use lock directory %r (MEMCACHEDLOCK_DIR): %s" % (path, exc.strerror or exc)) from exc
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigurationError(
+            "lock directory %r (MEMCACHEDLOCK_DIR) is a symlink: point MEMCACHEDLOCK_DIR at the real "
+            "directory" % path)
+    if not stat.S_ISDIR(info.st_mode):
         raise ConfigurationError("lock directory %r (MEMCACHEDLOCK_DIR) is not a directory" % path)
-    if not os.access(path, os.W_OK | os.X_OK):
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise ConfigurationError(
+            "lock directory %r (MEMCACHEDLOCK_DIR) belongs to uid %d, not to this process's uid %d: "
+            "another user could remove lock files under a live holder; remove it or set "
+            "MEMCACHEDLOCK_DIR to a directory of your own" % (path, info.st_uid, uid))
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            "lock directory %r (MEMCACHEDLOCK_DIR) is writable by group or others (mode %04o): "
+            "run chmod go-w %s" % (path, stat.S_IMODE(info.st_mode), path))
+
+
+def prepare_lock_dir(path: str, create: bool = True) -> str:
+    """Create ``path`` (mode 0700) if needed and check it is private and writable.
+
+    Returns the absolute path; raises ConfigurationError naming the directory.
+    With ``create=False`` a missing directory is left missing (nothing is
+    locked there) and an existing one is checked.
+    """
+    path = os.path.abspath(path)
+    if not os.path.lexists(path):
+        if not create:
+            return path
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                "cannot create lock directory %r (MEMCACHEDLOCK_DIR): %s" % (path, exc.strerror or exc)
+            ) from exc
+    check_lock_dir(path)
+    if create and not os.access(path, os.W_OK | os.X_OK):
         raise ConfigurationError(
             "lock directory %r (MEMCACHEDLOCK_DIR) is not writable by uid %d" % (path, os.geteuid())
         )
     return path
+
+
+def _open_regular(path: str, flags: int, mode: int = 0o600) -> int:
+    """Open ``path`` without following a symlink or blocking; NotRegularFile unless it is a regular file."""
+    fd = os.open(path, flags, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile("%s is not a regular file: the lock store does not use it; remove it" % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _made_by_us(fd: int) -> bool:
+    """True if the open file looks like one the store created (so it may remove it)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        return False
+    head = os.pread(fd, len(MAGIC) + 1, 0)
+    return head in (b"", MAGIC + b" ")
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -151,8 +220,9 @@ class FileBackend(Backend):
 
     kind = "file"
 
-    def __init__(self, directory: str) -> None:
-        self.directory = prepare_lock_dir(directory)
+    def __init__(self, directory: str, create: bool = True) -> None:
+        """``create=False`` (for inspection: ``list``, ``show``, ``break``) never makes the directory."""
+        self.directory = prepare_lock_dir(directory, create)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FileBackend":
@@ -170,14 +240,18 @@ class FileBackend(Backend):
 
     def _open(self, path: str) -> int:
         try:
-            return os.open(path, _OPEN_FLAGS, 0o600)
+            return _open_regular(path, _OPEN_FLAGS)
         except FileNotFoundError:
-            # The directory was removed under us: make it again, once.
+            # The directory was removed under us: make it again (checked), once.
             try:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-                return os.open(path, _OPEN_FLAGS, 0o600)
+                prepare_lock_dir(self.directory)
+                return _open_regular(path, _OPEN_FLAGS)
+            except ConfigurationError as exc:
+                raise BackendUnavailable(str(exc)) from exc
             except OSError as exc:
                 raise BackendUnavailable("cannot open lock file %s: %s" % (path, exc)) from exc
+        except NotRegularFile:
+            raise
         except OSError as exc:
             raise BackendUnavailable("cannot open lock file %s: %s" % (path, exc)) from exc
 
@@ -215,20 +289,27 @@ class FileBackend(Backend):
         """The holder recorded in ``path`` if its flock is held now; else None.
 
         With ``clean``, a file nobody holds (left by a crashed process) is
-        removed, under its flock and only if the path still names it.
+        removed, under its flock, only if the path still names it and the
+        store made it.  Symlinks and non-regular files are skipped with a warning.
         """
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = _open_regular(path, _READ_FLAGS)
         except FileNotFoundError:
             return None
+        except NotRegularFile as exc:
+            logger.warning("skipping %s", exc)
+            return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                logger.warning("skipping lock file %s: it is a symlink; remove it", path)
+                return None
             raise BackendUnavailable("cannot read lock file %s: %s" % (path, exc)) from exc
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if clean else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
                 return self._read_holder(fd, name)
-            if clean and _same_file(fd, path):
+            if clean and _same_file(fd, path) and _made_by_us(fd):
                 logger.debug("removing stale lock file %s", path)
                 os.unlink(path)
             return None
@@ -261,6 +342,8 @@ class FileBackend(Backend):
         holders = []
         try:
             entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return holders
         except OSError as exc:
             raise BackendUnavailable("cannot list lock directory %s: %s" % (self.directory, exc)) from exc
         for entry in entries:
@@ -273,17 +356,22 @@ class FileBackend(Backend):
         holders.sort(key=lambda h: h.acquired)
         return holders
 
-    def break_lock(self, name: str) -> bool:
-        """Remove ``name``'s lock file whoever holds it; True if somebody held it.
+    def break_lock(self, name: str, token: str | None = None) -> bool:
+        """Remove ``name``'s lock file; True if it was removed while somebody held it.
 
-        The holder keeps a flock on a file nobody can open any more; its
-        renewal and release find the path changed and report the lock lost.
+        With ``token``, only if the file still records that holder's token
+        (compare-and-delete): a lock released and taken again since the
+        caller looked is left alone.  The holder keeps a flock on a file
+        nobody can open any more; its renewal and release find the path
+        changed and report the lock lost.  Only files the store made are removed.
         """
         path = self.path_for(name)
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = _open_regular(path, _READ_FLAGS)
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise BackendUnavailable("cannot open lock file %s: %s" % (path, exc)) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,9 +379,14 @@ class FileBackend(Backend):
                 held = True
             else:
                 held = False
-            if _same_file(fd, path):
+            if token is not None:
+                recorded = decode_value(name, os.pread(fd, 4096, 0))
+                if not held or recorded is None or recorded.token != token:
+                    return False
+            if _same_file(fd, path) and _made_by_us(fd):
                 os.unlink(path)
-            return held
+                return held
+            return False
         finally:
             os.close(fd)
 
@@ -301,23 +394,38 @@ class FileBackend(Backend):
         return self.path_for(name)[: -len(LOCK_SUFFIX)] + NOTE_SUFFIX
 
     def get_note(self, name: str) -> bytes | None:
+        """The note, if it is a regular file written in the last NOTE_TTL seconds (never a symlink's target)."""
         path = self._note_path(name)
         try:
-            with open(path, "rb") as f:
-                if time.time() - os.fstat(f.fileno()).st_mtime > NOTE_TTL:
-                    return None
-                return f.read()
+            fd = _open_regular(path, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
+        try:
+            if time.time() - os.fstat(fd).st_mtime > NOTE_TTL:
+                return None
+            return os.pread(fd, 65536, 0)
+        except OSError as exc:
+            raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
+        finally:
+            os.close(fd)
 
     def remove_note(self, name: str) -> None:
-        """Forget ``name``'s note (the fallback store does when memcached has a newer one)."""
+        """Forget ``name``'s note (the fallback store does when memcached has a newer one).
+
+        Only a note the store wrote (a regular file of this uid) is removed.
+        """
+        path = self._note_path(name)
         try:
-            os.unlink(self._note_path(name))
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                raise NotRegularFile("note %s was not written by the lock store: remove it" % path)
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except NotRegularFile:
+            raise
         except OSError as exc:
             raise BackendUnavailable("cannot remove note of %s: %s" % (name, exc)) from exc
 
@@ -331,7 +439,10 @@ class FileBackend(Backend):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                try:
+                    prepare_lock_dir(self.directory)
+                except ConfigurationError as exc:
+                    raise BackendUnavailable(str(exc)) from exc
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, value)
