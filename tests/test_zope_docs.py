@@ -68,7 +68,7 @@ def run_show(memcached, command: list[str]) -> subprocess.CompletedProcess:
 
 def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
     command, fields = documented_show()
-    assert fields["key"] == "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
+    assert fields["key"] == "Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog"
     transaction.begin()
     catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
     shown = run_show(memcached, command)
@@ -77,7 +77,8 @@ def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memca
     assert printed["key"] == fields["key"]
     assert printed["store"] == fields["store"] == "memcached"
     assert printed["thread"].startswith("MainThread") and printed["pid"] == str(os.getpid())
-    by_name = run_show(memcached, ["memcachedlock", "show", fields["key"]])  # the name as `list` prints it
+    stored = "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
+    by_name = run_show(memcached, ["memcachedlock", "show", "--name", stored])  # the stored lock name
     assert by_name.returncode == 0, by_name.stderr
     assert fields_of(by_name.stdout)["token"] == printed["token"]
     transaction.commit()
