@@ -49,7 +49,7 @@ setup(
         "zope": ZOPE,
         "test": ZOPE
         + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
-           "plone.autoinclude", "build", "twine"],
+           "plone.autoinclude", "build", "twine", "sphinx"],
     },
     entry_points={
         "console_scripts": [

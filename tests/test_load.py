@@ -43,7 +43,7 @@ def test_load_mutual_exclusion(backend, memcached_server, lock_dir):
 def test_load_through_an_outage(private_memcached, lock_dir):
     """memcached is killed and restarted in the middle of the load: nothing is lost,
     no caller sees an error.  (Overlaps between processes are possible in the
-    seconds around the outage, see docs/README-backends.rst; ZODB's conflict
+    seconds around the outage, see docs/stores.rst; ZODB's conflict
     detection is the guard there, so this run uses one process.)"""
     import threading
     import time

@@ -1,6 +1,6 @@
 """The memcached lock store, on pymemcache.
 
-Safety rests on three memcached facts (see FACTS.md): ``add`` is atomic, so
+Safety rests on three memcached facts (docs/stores.rst): ``add`` is atomic, so
 exactly one of several writers takes a free key; ``gets`` followed by ``cas``
 with exptime -1 deletes (or renews) an item only if nobody changed it in
 between; and the stored value carries our random token, so a release after
