@@ -47,7 +47,8 @@ setup(
     extras_require={
         "zope": ZOPE,
         "test": ZOPE
-        + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog"],
+        + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
+           "Products.CMFCore", "RelStorage[sqlite3]"],
     },
     entry_points={
         "console_scripts": [
