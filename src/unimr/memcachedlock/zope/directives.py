@@ -63,6 +63,13 @@ class ILockDirective(Interface):
         default=DEFAULT_INTERVAL,
         required=False,
     )
+    policy = Choice(
+        title="zlock policy",
+        description="always (lock each call until the transaction ends) or on-conflict (optimistic: "
+        "lock at commit, and lock the whole retry after a ConflictError).",
+        values=("always", "on-conflict"),
+        required=False,
+    )
     name = TextLine(
         title="Lock name",
         description="Dotted name shared by methods that must exclude each other (default: the method's own).",
@@ -83,6 +90,7 @@ def lock(
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = DEFAULT_INTERVAL,
     name: str | None = None,
+    policy: str | None = None,
 ) -> None:
     """Handler of ``<memcachedlock:lock>``: check now, patch when the actions run."""
     from zope.configuration.exceptions import ConfigurationError
@@ -91,6 +99,7 @@ def lock(
         check_options(timeout, interval, None, {})
         patch.check_lock_name(name)
         patch.decorator_for(kind)
+        patch.check_policy(kind, policy)
     except MemcachedLockError as exc:
         raise ConfigurationError(str(exc)) from exc
     if not callable(key):
@@ -98,7 +107,7 @@ def lock(
     _context.action(
         discriminator=("unimr.memcachedlock:lock", class_, method),
         callable=patch.lock_method,
-        args=(class_, method, key, kind, timeout, interval, name),
+        args=(class_, method, key, kind, timeout, interval, name, policy),
     )
 
 

@@ -68,6 +68,17 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
 
+def check_policy(kind: str, policy: str | None) -> dict:
+    """The decorator keywords for ``policy``: only zlock has one."""
+    if policy is None:
+        return {}
+    if kind != "zlock":
+        raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
+    from ..zlock import check_policy as check_zlock_policy
+
+    return {"policy": check_zlock_policy(policy)}
+
+
 def check_lock_name(name: str | None) -> str | None:
     """A shared lock name must be a dotted Python-style name (it becomes part of every key)."""
     if name is None:
@@ -121,17 +132,20 @@ def lock_method(
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = DEFAULT_INTERVAL,
     name: str | None = None,
+    policy: str | None = None,
 ) -> Patch:
     """Replace ``cls.<method>`` by a version that holds a ``kind`` lock while it runs.
 
-    ``get_key(fun, self, *args, **kw)`` names what is protected.  Locking a
-    method that is already locked is a ConfigurationError: undo it first.
+    ``get_key(fun, self, *args, **kw)`` names what is protected; ``policy``
+    (zlock only: ``always`` or ``on-conflict``) says when the lock is taken.
+    Locking a method that is already locked is a ConfigurationError: undo it first.
     """
     if not callable(get_key):
         raise ConfigurationError("get_key %r for %s is not callable" % (get_key, method))
     factory = decorator_for(kind)
     name = check_lock_name(name)
-    decorate = factory(get_key, timeout=timeout, interval=interval)
+    options = check_policy(kind, policy)
+    decorate = factory(get_key, timeout=timeout, interval=interval, **options)
     with _guard:
         if (cls, method) in _patches:
             raise ConfigurationError(

@@ -1,14 +1,20 @@
-"""Retry a request that failed with ``LockBusy`` at once, without Zope's back-off.
+"""Retry at once when the retry will hold a zlock, without Zope's back-off.
 
 Zope's WSGI publisher retries a ``TransientError`` (every ConflictError) and
 calls ``request.delay_retry()`` first, which sleeps a random 0-1 s, then 0-2 s
-and 0-4 s: the back-off spreads clients that collided by chance.  A
-``LockBusy`` is different: zlock has already waited for the lock and keeps it
-reserved for this thread's retry, so sleeping would only hold the lock idle
-(and could let the reservation lapse).  The patched ``delay_retry`` looks at
-the exception being handled (``publish_module`` calls it inside its
-``except TransientError:`` block) and returns at once for ``LockBusy``;
-every other exception keeps Zope's delay.
+and 0-4 s: the back-off spreads clients that collided by chance.  The patched
+``delay_retry`` looks at the exception being handled (``publish_module``
+calls it inside its ``except TransientError:`` block) and skips the sleep
+
+- after a ``LockBusy`` whose lock is reserved for this thread's retry
+  (sleeping would only hold the lock idle and could let it lapse), and
+- after any other ConflictError when zlock has marked a lock for this
+  thread's next transaction (policy ``on-conflict``): the retry takes the
+  lock when it begins, which spreads the clients better than a random sleep.
+
+Every other exception keeps Zope's delay, in particular a ``LockBusy``
+raised because the lock could not be had within the bounded wait (a long
+holder: backing off is right then).
 """
 
 from __future__ import annotations
@@ -30,10 +36,23 @@ def _lock_busy_class() -> type:
     return LockBusy
 
 
+def retry_at_once(exc: BaseException | None) -> bool:
+    """True if the retry after ``exc`` will hold a zlock, so Zope's random back-off is skipped."""
+    if exc is None:
+        return False
+    if isinstance(exc, _lock_busy_class()):
+        return bool(getattr(exc, "reserved", False))
+    from ZODB.POSException import ConflictError
+
+    from ..zlock import retry_will_lock
+
+    return isinstance(exc, ConflictError) and retry_will_lock()
+
+
 def delay_retry(self) -> None:
-    """No delay after LockBusy; Zope's random back-off after any other conflict."""
+    """No delay when the retry will hold a zlock; Zope's random back-off otherwise."""
     exc = sys.exc_info()[1]
-    if exc is not None and isinstance(exc, _lock_busy_class()):
+    if retry_at_once(exc):
         logger.debug("retrying %s at once after %s", self.get("PATH_INFO", "?"), exc)
         return None
     original = _original
@@ -53,7 +72,7 @@ def install() -> bool:
             return False
         _original = HTTPRequest.__dict__["delay_retry"]
         HTTPRequest.delay_retry = delay_retry
-    logger.info("Zope's publisher retries LockBusy at once (other conflicts keep their back-off)")
+    logger.info("Zope's publisher retries at once when the retry holds a zlock (other conflicts keep their back-off)")
     return True
 
 
