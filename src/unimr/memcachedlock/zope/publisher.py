@@ -20,6 +20,7 @@ holder: backing off is right then).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import Callable
@@ -27,6 +28,7 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 _guard = threading.Lock()
+SKIP_AFTER_CONFLICT = os.environ.get("MCL_SKIP", "1") == "1"
 _original: Callable | None = None
 
 
@@ -42,11 +44,13 @@ def retry_at_once(exc: BaseException | None) -> bool:
         return False
     if isinstance(exc, _lock_busy_class()):
         return bool(getattr(exc, "reserved", False))
-    from ZODB.POSException import ConflictError
+    if SKIP_AFTER_CONFLICT:
+        from ZODB.POSException import ConflictError
 
-    from ..zlock import retry_will_lock
+        from ..zlock import retry_will_lock
 
-    return isinstance(exc, ConflictError) and retry_will_lock()
+        return isinstance(exc, ConflictError) and retry_will_lock()
+    return False
 
 
 def delay_retry(self) -> None:
