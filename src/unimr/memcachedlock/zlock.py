@@ -727,15 +727,17 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
             stale = _stale(connections, entry.note)
             if stale:
                 _catch_up(stale)
+            last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
         else:
             stale = [] if adopted or _fresh_after_ping(connections) else [None]
+            last = ""
         if stale:
             _reserve(entry, txn, name)
             metrics.record_busy(name)
             raise LockBusy(
-                message="lock %r is busy: the transaction's view predates the last commit made under it; "
+                message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
                 "retry (lock reserved, waited %.3fs%s)"
-                % (key, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+                % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
                 key=key, reserved=True,
             )
         _hold(txn, name, entry)
