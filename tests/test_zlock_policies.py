@@ -264,6 +264,32 @@ def test_a_conflict_marks_the_key_and_the_retry_holds_the_lock_from_begin(memcac
     db.close()
 
 
+def test_on_conflict_called_from_a_before_commit_hook_still_commits_under_the_lock(memcached):
+    """CMFCore's queue calls catalog_object from a before-commit hook: zlock's own
+    hook, added from inside it, still runs before the two-phase commit."""
+    from unimr.memcachedlock import get_backend
+
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    seen: list = []
+
+    def queue_hook() -> None:
+        conn.root()["counter"]["value"] += 1
+        assert lock_for_transaction(HOT, policy="on-conflict") is True
+        seen.append(get_backend().holder(lock_name(HOT)))
+        transaction.get().addBeforeCommitHook(lambda: seen.append(get_backend().holder(lock_name(HOT))))
+
+    transaction.begin()
+    transaction.get().addBeforeCommitHook(queue_hook)
+    transaction.commit()
+    assert seen[0] is None and seen[1] is not None and seen[1].thread == threading.get_ident()
+    assert get_backend().holder(lock_name(HOT)) is None
+    assert read_counter(db) == 1
+    conn.close()
+    db.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["always", "on-conflict"])
 def test_cmfcore_indexing_queue(memcached, policy):
