@@ -23,6 +23,7 @@ from zope.schema import Choice, Float, TextLine
 from ..decorators import check_options
 from ..errors import MemcachedLockError
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+from ..zlock import POLICIES
 from . import patch, publisher
 
 
@@ -67,7 +68,7 @@ class ILockDirective(Interface):
         title="zlock policy",
         description="always (lock each call until the transaction ends) or on-conflict (optimistic: "
         "lock at commit, and lock the whole retry after a ConflictError).",
-        values=("always", "on-conflict"),
+        values=POLICIES,
         required=False,
     )
     name = TextLine(
