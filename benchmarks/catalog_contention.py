@@ -183,7 +183,7 @@ def run_worker(args: argparse.Namespace) -> None:
     db = ZEO.DB(("127.0.0.1", args.zeo_port))
     conn = db.open()
     tm = transaction.manager
-    counts = {"runs": 0, "commits": 0, "busy": 0, "conflicts": 0, "failed": 0, "slept": 0.0}
+    counts = {"runs": 0, "commits": 0, "busy": 0, "conflicts": 0, "failed": 0, "slept": 0.0, "most_tries": 0}
     queue = None
     if args.path == "cmfcore":
         from Products.CMFCore.indexing import getQueue
@@ -207,6 +207,7 @@ def run_worker(args: argparse.Namespace) -> None:
                     counts["runs"] += 1
                 tm.commit()
                 counts["commits"] += 1
+                counts["most_tries"] = max(counts["most_tries"], retry_count + 1)
                 break
             except ConflictError as exc:  # LockBusy is one too
                 tm.abort()
@@ -284,6 +285,7 @@ def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str 
     total = {key: sum(r[key] for r in results) for key in ("runs", "commits", "busy", "conflicts", "failed", "slept")}
     expected = {"c%d-d%d" % (c, n) for c in range(clients) for n in range(docs)}
     committed = total["commits"]
+    total["most_tries"] = max(r["most_tries"] for r in results)
     total.update(
         mode=policy, shape=shape, path=path, clients=clients, docs=docs, work_ms=work_ms, size=size, wall=wall,
         wasted=total["runs"] - committed,

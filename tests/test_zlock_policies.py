@@ -298,7 +298,7 @@ def test_cmfcore_indexing_queue(memcached, policy):
     assert result["commits"] == 24 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
     if policy == "on-conflict":
-        assert result["busy"] == 0, result
+        assert result["most_tries"] <= 2, result
 
 
 @pytest.mark.slow
@@ -307,5 +307,5 @@ def test_no_failed_request_with_eight_clients(memcached):
                                          immediate=True)
     assert result["commits"] == 80 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
-    # Only first attempts conflict: a retry holds the lock from its begin.
-    assert result["busy"] == 0 and result["conflicts"] <= 80, result
+    # Only first attempts conflict: a retry holds the lock from its begin and commits.
+    assert result["most_tries"] <= 2, result
