@@ -309,3 +309,15 @@ def test_no_failed_request_with_eight_clients(memcached):
     assert result["lost"] == 0 and result["miscounted"] == 0, result
     # Only first attempts conflict: a retry holds the lock from its begin and commits.
     assert result["most_tries"] <= 2, result
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_txn_wait_is_named(monkeypatch, value):
+    from unimr.memcachedlock.errors import ConfigurationError
+    from unimr.memcachedlock.zlock import txn_wait
+
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", value)
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_TXN_WAIT=%r" % value):
+        txn_wait()
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "2.5")
+    assert txn_wait() == 2.5
