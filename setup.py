@@ -49,7 +49,8 @@ setup(
         "zope": ZOPE,
         "test": ZOPE
         + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
-           "plone.autoinclude", "build", "twine", "sphinx"],
+           "plone.autoinclude", "build", "twine", "sphinx",
+           "Products.CMFCore", "RelStorage[sqlite3]"],
     },
     entry_points={
         "console_scripts": [

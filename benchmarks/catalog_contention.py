@@ -1,27 +1,41 @@
-"""Catalog contention: K ZEO clients catalog documents into one ZCatalog.
+"""Catalog contention: K ZEO clients catalog documents into one ZCatalog, unpatched and patched.
 
 Every client is a separate process with its own ZEO connection (default
 ``server_sync`` off, as a Zope instance has).  Each "request" does W ms of
-CPU work of its own (standing for rendering, workflow, text extraction...),
-then calls ``ZCatalog.catalog_object`` for a new document and commits; a
-ConflictError -- and with the patch, zlock's ``LockBusy`` -- is retried at
-once like ``transaction.manager.attempts()`` does.  Two modes, run
-alternately on a fresh ZEO server each time:
+CPU work of its own (rendering, workflow, text extraction...), then catalogs
+one new document and commits.  What is modelled of Zope's publisher
+(``ZPublisher.WSGIPublisher.publish_module``, default ``max-conflict-retries``
+3): at most 4 tries per request; a request whose 4th try fails is counted as
+*failed* (the user would get an error page); between tries the transaction is
+aborted and ``HTTPRequest.delay_retry`` sleeps ``random.uniform(0, 2 **
+retry_count)`` seconds (up to 1, 2, 4 s) -- with the patch, the publisher
+patch of ``catalog.zcml`` skips that sleep when the retry will hold the lock
+(:func:`unimr.memcachedlock.zope.publisher.retry_at_once`).  ``--immediate``
+retries without any sleep instead (how the issue's first figures were taken).
 
-``unpatched``
-    Zope as shipped: ZCatalog's BTrees resolve most conflicts, the rest
-    throw the request's work away.
-``patched``
-    The clients load the source tree's top-level ``configure.zcml``, which
-    zlocks ``catalog_object``/``uncatalog_object`` per catalog.
+Catalogs: ``light`` (1 FieldIndex, no metadata) and ``heavy`` (9 FieldIndexes,
+a KeywordIndex and 9 metadata columns).  Two ways to reach the catalog:
 
-Printed per run: ``catalog_object`` runs wasted per commit (runs whose
-transaction did not commit), LockBusy and ConflictError retries per commit,
-lost entries (documents committed but missing from the catalog, or an entry
-count that differs), and wall time; at the end the ratio patched/unpatched.
+``plain``
+    the request calls ``ZCatalog.catalog_object`` itself;
+``cmfcore``
+    Plone's path: the request queues the document with Products.CMFCore's
+    indexing queue (``getQueue().index(doc)``); the queue's before-commit hook
+    calls an ``IIndexQueueProcessor`` that calls ``ZCatalog.catalog_object``,
+    i.e. inside ``commit()``.
 
-    .venv/bin/python benchmarks/catalog_contention.py --clients 4 --docs 25 --work-ms 2
-    .venv/bin/python benchmarks/catalog_contention.py --matrix      # several W and catalog sizes
+Modes, each on a fresh ZEO server: ``unpatched`` (Zope as shipped: ZCatalog's
+BTrees resolve most conflicts, the rest throw the request's work away) and
+``patched`` with each zlock policy (``on-conflict``, the default of the
+top-level ``configure.zcml``, and ``always``).
+
+Printed per run: wall time, ``catalog_object`` runs wasted per commit (runs
+whose transaction did not commit), ConflictError and LockBusy retries, failed
+requests, lost entries (documents committed but missing from the catalog, or
+an entry count that differs); then, per cell, the ratio patched/unpatched.
+
+    .venv/bin/python benchmarks/catalog_contention.py --clients 4 --work-ms 2
+    .venv/bin/python benchmarks/catalog_contention.py --matrix --repeat 3
 
 The lock store is a private memcached on a free loopback port (the
 ``memcached`` binary must be installed) unless ``--servers`` names one.
@@ -30,6 +44,7 @@ The lock store is a private memcached on a free loopback port (the
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -45,7 +60,14 @@ TESTS = os.path.join(ROOT, "tests")
 SITE_ZCML = os.path.join(ROOT, "configure.zcml")
 WORDS = ("zope", "zodb", "zeo", "catalog", "lock", "memcached", "plone", "index", "btree", "commit",
          "retry", "conflict", "view", "tid", "lease", "site")
-MAX_ATTEMPTS = 20
+#: Zope's default max-conflict-retries (3) plus the first try.
+TRIES = 4
+CATALOGS = ("light", "heavy")
+PATHS = ("plain", "cmfcore")
+POLICIES = ("on-conflict", "always")
+#: Attributes the heavy catalog indexes (FieldIndex each) and stores as metadata.
+HEAVY_FIELDS = ("id", "title", "number", "portal_type", "review_state", "creator", "language", "created",
+                "modified")
 
 
 class Document:
@@ -57,22 +79,32 @@ class Document:
         self.title = "Document %s" % uid
         self.subject = tuple(rnd.sample(WORDS, 3))
         self.number = number
+        self.portal_type = rnd.choice(("Document", "News Item", "Event", "File"))
+        self.review_state = rnd.choice(("private", "pending", "published"))
+        self.creator = "user%d" % rnd.randrange(20)
+        self.language = rnd.choice(("en", "de", "fr"))
+        self.created = 1_700_000_000 + number
+        self.modified = 1_700_000_000 + rnd.randrange(10**6)
+
+    def getPhysicalPath(self) -> tuple[str, ...]:  # noqa: N802 (Zope API)
+        return ("", "docs", self.id)
 
 
-def make_catalog(conn, size: int) -> None:
-    """Create ``root['catalog']`` with typical indexes and ``size`` existing entries."""
+def make_catalog(conn, size: int, shape: str = "heavy") -> None:
+    """Create ``root['catalog']`` (``light`` or ``heavy``) with ``size`` existing entries."""
     import transaction
     from Products.PluginIndexes.FieldIndex.FieldIndex import FieldIndex
     from Products.PluginIndexes.KeywordIndex.KeywordIndex import KeywordIndex
     from Products.ZCatalog.ZCatalog import ZCatalog
 
     catalog = ZCatalog("catalog")
-    catalog.addIndex("id", FieldIndex("id"))
-    catalog.addIndex("title", FieldIndex("title"))
-    catalog.addIndex("subject", KeywordIndex("subject"))
-    catalog.addIndex("number", FieldIndex("number"))
-    catalog.addColumn("title")
-    catalog.addColumn("number")
+    if shape == "light":
+        catalog.addIndex("id", FieldIndex("id"))
+    else:
+        for field in HEAVY_FIELDS:
+            catalog.addIndex(field, FieldIndex(field))
+            catalog.addColumn(field)
+        catalog.addIndex("subject", KeywordIndex("subject"))
     conn.root()["catalog"] = catalog
     transaction.commit()
     for start in range(0, size, 500):
@@ -88,53 +120,113 @@ def burn(work_ms: float) -> None:
         pass
 
 
+def apply_policy(policy: str) -> None:
+    """Load the site's configure.zcml; re-lock the catalog methods if ``policy`` is not its default."""
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from zope.configuration import xmlconfig
+
+    from unimr.memcachedlock.zope import catalog as catalog_keys
+    from unimr.memcachedlock.zope import patch
+
+    xmlconfig.file(SITE_ZCML)
+    if policy == "on-conflict":
+        return
+    for method in ("catalog_object", "uncatalog_object"):
+        patch.unlock_method(ZCatalog, method)
+        patch.lock_method(ZCatalog, method, catalog_keys.catalog_key, "zlock",
+                          name=catalog_keys.LOCK_NAME, policy=policy)
+
+
+def install_queue_processor(conn, counts: dict) -> None:
+    """Register an IIndexQueueProcessor that catalogs queued documents into ``root['catalog']``."""
+    from Products.CMFCore.interfaces import IIndexQueueProcessor
+    from Products.ZCatalog.ZCatalog import ZCatalog
+    from zope.component import provideUtility
+    from zope.interface import implementer
+
+    @implementer(IIndexQueueProcessor)
+    class BenchmarkProcessor:
+        def index(self, obj, attributes=None):
+            ZCatalog.catalog_object(conn.root()["catalog"], obj, obj.id)
+            counts["runs"] += 1
+
+        def reindex(self, obj, attributes=None, update_metadata=1):
+            self.index(obj, attributes)
+
+        def unindex(self, obj):
+            ZCatalog.uncatalog_object(conn.root()["catalog"], obj.id)
+
+        def begin(self):
+            pass
+
+        def commit(self):
+            pass
+
+        def abort(self):
+            pass
+
+    provideUtility(BenchmarkProcessor(), IIndexQueueProcessor, name="benchmark")
+
+
 def run_worker(args: argparse.Namespace) -> None:
-    """One ZEO client: wait for "go" on stdin, catalog ``docs`` documents, print JSON counts."""
+    """One ZEO client: wait for "go" on stdin, publish ``docs`` requests, print JSON counts."""
     import transaction
     import ZEO
     from ZODB.POSException import ConflictError
 
-    if args.patched:
-        from zope.configuration import xmlconfig
-
-        xmlconfig.file(SITE_ZCML)
     from unimr.memcachedlock.zlock import LockBusy
 
+    patched = args.policy != "unpatched"
+    if patched:
+        apply_policy(args.policy)
+        from unimr.memcachedlock.zope.publisher import retry_at_once
     db = ZEO.DB(("127.0.0.1", args.zeo_port))
     conn = db.open()
     tm = transaction.manager
+    counts = {"runs": 0, "commits": 0, "busy": 0, "conflicts": 0, "failed": 0, "slept": 0.0, "most_tries": 0}
+    queue = None
+    if args.path == "cmfcore":
+        from Products.CMFCore.indexing import getQueue
+
+        install_queue_processor(conn, counts)
+        queue = getQueue()
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.readline()
-    counts = {"runs": 0, "commits": 0, "busy": 0, "conflicts": 0, "failed": 0}
     started = time.monotonic()
     for n in range(args.docs):
         uid = "c%d-d%d" % (args.client, n)
-        for _attempt in range(MAX_ATTEMPTS):
+        for retry_count in range(TRIES):
             tm.begin()
             try:
                 catalog = conn.root()["catalog"]
                 burn(args.work_ms)
-                catalog.catalog_object(Document(uid, n), uid)
-                counts["runs"] += 1
+                if queue is not None:
+                    queue.index(Document(uid, n))
+                else:
+                    catalog.catalog_object(Document(uid, n), uid)
+                    counts["runs"] += 1
                 tm.commit()
                 counts["commits"] += 1
+                counts["most_tries"] = max(counts["most_tries"], retry_count + 1)
                 break
-            except LockBusy:
+            except ConflictError as exc:  # LockBusy is one too
                 tm.abort()
-                counts["busy"] += 1
-            except ConflictError:
-                tm.abort()
-                counts["conflicts"] += 1
-        else:
-            counts["failed"] += 1
+                counts["busy" if isinstance(exc, LockBusy) else "conflicts"] += 1
+                if retry_count == TRIES - 1:
+                    counts["failed"] += 1
+                elif not args.immediate and not (patched and retry_at_once(exc)):
+                    pause = random.uniform(0, 2 ** retry_count)  # HTTPRequest.delay_retry
+                    counts["slept"] += pause
+                    time.sleep(pause)
     counts["seconds"] = time.monotonic() - started
     conn.close()
     db.close()
     print(json.dumps(counts), flush=True)
 
 
-def run_once(clients: int, docs: int, work_ms: float, size: int, patched: bool, servers: str) -> dict[str, Any]:
-    """One measured run on a fresh ZEO server; returns the totals."""
+def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str = "on-conflict",
+             shape: str = "heavy", path: str = "plain", size: int = 0, immediate: bool = False) -> dict[str, Any]:
+    """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy."""
     import transaction
     import ZEO
 
@@ -146,13 +238,13 @@ def run_once(clients: int, docs: int, work_ms: float, size: int, patched: bool, 
     with ZEOServer() as zeo:
         db = ZEO.DB(zeo.address)
         conn = db.open()
-        make_catalog(conn, size)
+        make_catalog(conn, size, shape)
         conn.close()
         procs = [
             subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--worker", "--client", str(i),
-                 "--zeo-port", str(zeo.port), "--docs", str(docs), "--work-ms", str(work_ms)]
-                + (["--patched"] if patched else []),
+                 "--zeo-port", str(zeo.port), "--docs", str(docs), "--work-ms", str(work_ms),
+                 "--policy", policy, "--path", path] + (["--immediate"] if immediate else []),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=zeo.directory,
             )
             for i in range(clients)
@@ -190,16 +282,14 @@ def run_once(clients: int, docs: int, work_ms: float, size: int, patched: bool, 
         conn.close()
         transaction.abort()
         db.close()
-    total = {key: sum(r[key] for r in results) for key in ("runs", "commits", "busy", "conflicts", "failed")}
+    total = {key: sum(r[key] for r in results) for key in ("runs", "commits", "busy", "conflicts", "failed", "slept")}
     expected = {"c%d-d%d" % (c, n) for c in range(clients) for n in range(docs)}
     committed = total["commits"]
+    total["most_tries"] = max(r["most_tries"] for r in results)
     total.update(
-        mode="patched" if patched else "unpatched",
-        clients=clients, docs=docs, work_ms=work_ms, size=size, wall=wall,
+        mode=policy, shape=shape, path=path, clients=clients, docs=docs, work_ms=work_ms, size=size, wall=wall,
         wasted=total["runs"] - committed,
         wasted_per_commit=(total["runs"] - committed) / max(1, committed),
-        busy_per_commit=total["busy"] / max(1, committed),
-        conflicts_per_commit=total["conflicts"] / max(1, committed),
         lost=len(expected - uids) - total["failed"],
         miscounted=entries - size - len(expected & uids),
         entries=entries,
@@ -208,43 +298,69 @@ def run_once(clients: int, docs: int, work_ms: float, size: int, patched: bool, 
 
 
 def describe(result: dict[str, Any]) -> str:
-    return ("%(mode)-9s K=%(clients)d N=%(docs)d W=%(work_ms)gms size=%(size)d: "
-            "wasted %(wasted_per_commit).3f/commit (%(wasted)d of %(runs)d runs), "
-            "LockBusy %(busy_per_commit).3f/commit, conflicts %(conflicts_per_commit).3f/commit, "
-            "lost %(lost)d, miscounted %(miscounted)d, failed %(failed)d, wall %(wall).2fs" % result)
+    return ("%(mode)-11s %(shape)-5s %(path)-7s K=%(clients)d W=%(work_ms)gms: wall %(wall)6.2fs  "
+            "wasted %(wasted_per_commit).3f/commit (%(wasted)d)  conflicts %(conflicts)d  LockBusy %(busy)d  "
+            "failed %(failed)d  lost %(lost)d  miscounted %(miscounted)d  slept %(slept).1fs" % result)
 
 
-def compare(clients: int, docs: int, work_ms: float, size: int, repeat: int, servers: str) -> list[dict]:
-    """``repeat`` alternating pairs of runs; prints each run and the wall-time ratios."""
+def cell(clients: int, docs: int, work_ms: float, shape: str, path: str, modes: list[str], repeat: int,
+         servers: str, size: int, immediate: bool) -> list[dict]:
+    """``repeat`` rounds of every mode, alternating; prints each run and the ratios to unpatched."""
     results = []
-    ratios = []
     for _ in range(repeat):
-        pair = {}
-        for patched in (False, True):
-            result = run_once(clients, docs, work_ms, size, patched, servers)
+        row = {}
+        for mode in modes:
+            result = run_once(clients, docs, work_ms, servers, mode, shape, path, size, immediate)
             print(describe(result), flush=True)
             results.append(result)
-            pair[patched] = result
-        ratios.append(pair[True]["wall"] / pair[False]["wall"])
-        print("  ratio patched/unpatched wall: %.2f" % ratios[-1], flush=True)
-    if repeat > 1:
-        print("  ratios: %s (median %.2f)" % (", ".join("%.2f" % r for r in ratios), statistics.median(ratios)))
+            row[mode] = result
+        base = row.get("unpatched")
+        if base:
+            print("  ratio to unpatched: %s" % ", ".join(
+                "%s %.2fx" % (m, row[m]["wall"] / base["wall"]) for m in modes if m != "unpatched"), flush=True)
     return results
+
+
+def summary(results: list[dict], modes: list[str]) -> None:
+    """One line per cell and policy: every run's ratio, the failed/lost/wasted totals against unpatched."""
+    print("\n| catalog | path | K | W ms | policy | wall ratios (each run) | median | failed | lost | "
+          "wasted/commit (unpatched) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    key = lambda r: (r["shape"], r["path"], r["clients"], r["work_ms"])  # noqa: E731
+    for cell_key, group in itertools.groupby(sorted(results, key=key), key=key):
+        group = list(group)
+        base = [r for r in group if r["mode"] == "unpatched"]
+        for mode in modes:
+            if mode == "unpatched" or not base:
+                continue
+            runs = [r for r in group if r["mode"] == mode]
+            ratios = [r["wall"] / b["wall"] for r, b in zip(runs, base)]
+            print("| %s | %s | %d | %g | %s | %s | %.2f | %d (%d) | %d | %s (%s) |" % (
+                *cell_key, mode, ", ".join("%.2f" % x for x in ratios), statistics.median(ratios),
+                sum(r["failed"] for r in runs), sum(b["failed"] for b in base), sum(r["lost"] for r in runs),
+                ", ".join("%.3f" % r["wasted_per_commit"] for r in runs),
+                ", ".join("%.3f" % b["wasted_per_commit"] for b in base)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--docs", type=int, default=25, help="documents per client")
-    parser.add_argument("--work-ms", type=float, default=2.0, help="CPU work per request before catalog_object")
+    parser.add_argument("--docs", type=int, default=25, help="documents (requests) per client")
+    parser.add_argument("--work-ms", type=float, default=2.0, help="CPU work per request before cataloging")
+    parser.add_argument("--catalog", choices=CATALOGS, default="heavy")
+    parser.add_argument("--path", choices=PATHS, default="plain")
     parser.add_argument("--size", type=int, default=0, help="entries in the catalog before the run")
-    parser.add_argument("--repeat", type=int, default=1, help="alternating pairs of runs")
-    parser.add_argument("--matrix", action="store_true", help="W in 0, 2, 10, 20 ms and sizes 0, 2000")
+    parser.add_argument("--modes", default="unpatched,on-conflict,always",
+                        help="comma-separated: unpatched and/or zlock policies")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode")
+    parser.add_argument("--immediate", action="store_true", help="retry without Zope's back-off sleep")
+    parser.add_argument("--matrix", action="store_true",
+                        help="light/heavy x 4/8 clients x W 2/20 ms x plain/cmfcore")
     parser.add_argument("--servers", default=None, help="memcached servers (default: start one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--zeo-port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--patched", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--policy", default="unpatched", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         run_worker(args)
@@ -254,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--%s must be at least 1, not %r" % (name, getattr(args, name)))
     if args.work_ms < 0 or args.size < 0:
         parser.error("--work-ms and --size must not be negative")
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        if mode != "unpatched" and mode not in POLICIES:
+            parser.error("unknown mode %r: use unpatched, %s" % (mode, ", ".join(POLICIES)))
     server = None
     servers = args.servers
     if servers is None:
@@ -262,16 +382,19 @@ def main(argv: list[str] | None = None) -> int:
 
         server = MemcachedServer().start()
         servers = server.address
+    if args.matrix:
+        cells = list(itertools.product(CATALOGS, PATHS, (4, 8), (2.0, 20.0)))
+    else:
+        cells = [(args.catalog, args.path, args.clients, args.work_ms)]
+    results = []
     try:
-        if args.matrix:
-            for size in (0, 2000):
-                for work_ms in (0.0, 2.0, 10.0, 20.0):
-                    compare(args.clients, args.docs, work_ms, size, args.repeat, servers)
-        else:
-            compare(args.clients, args.docs, args.work_ms, args.size, args.repeat, servers)
+        for shape, path, clients, work_ms in cells:
+            results += cell(clients, args.docs, work_ms, shape, path, modes, args.repeat, servers, args.size,
+                            args.immediate)
     finally:
         if server is not None:
             server.kill()
+    summary(results, modes)
     return 0
 
 

@@ -6,7 +6,7 @@ increments a counter on one persistent object, retried by
 of one real ZEO server (default clients, ``server_sync`` off, unless noted):
 
 ``nolock``  the work runs on whatever view the transaction has; conflicts waste it.
-``zlock``   the work runs inside a ``@zlock`` function (memcached on loopback).
+``zlock``   the work runs inside a ``@zlock`` function, policy ``always`` (memcached on loopback).
 ``ideal``   an ``flock`` around the whole transaction with ``ZEO.DB(server_sync=True)``:
             the lock is taken before ``begin()`` and released after the commit.
 
@@ -66,7 +66,7 @@ def client(args: argparse.Namespace) -> None:
         counter = conn.root()[name]
         counter["value"] = counter["value"] + 1
 
-    locked_work = zlock(lambda fun: name, timeout=30, interval=0.05)(work)
+    locked_work = zlock(lambda fun: name, timeout=30, interval=0.05, policy="always")(work)
     print("ready", flush=True)
     sys.stdin.readline()
     manager = transaction.manager

@@ -215,6 +215,8 @@ def test_double_inclusion_is_harmless(memcached, clean, tmp_path):
     ({"timeout": "-1"}, "-1"),
     ({"interval": "0"}, "0"),
     ({"name": "not a name"}, "not a name"),
+    ({"kind": "zlock", "policy": "sometimes"}, "sometimes"),
+    ({"kind": "lock", "policy": "on-conflict"}, "on-conflict"),
 ])
 def test_bad_values_name_the_value(clean, attrs, word):
     kind = attrs.pop("kind", "lock")

@@ -9,7 +9,9 @@ test_zlock_zeo.py.
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
+import socket
 import threading
 import time
 
@@ -23,7 +25,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from overlap import OverlapLog
-from unimr.memcachedlock import InvalidArgument, LockTimeout, MemcachedLockError, get_backend, memcachedlock
+from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.zlock import LockBusy, decode_note, encode_note, lock_for_transaction, zlock
@@ -50,7 +52,9 @@ def holder(key=HOT):
 
 
 def note(db, key=HOT) -> bytes | None:
-    return decode_note(get_backend().get_note(lock_name(key))).get(db.database_name)
+    """The tid recorded with ``key`` for ``db``'s storage (keyed by its identity, not the db name)."""
+    ident = "local:%s:%d:%x" % (socket.gethostname(), os.getpid(), id(db.storage))
+    return decode_note(get_backend().get_note(lock_name(key))).get(ident)
 
 
 @pytest.fixture
@@ -416,15 +420,16 @@ def test_unclaimed_reservation_expires_without_another_transaction(db):
     mine.close()
 
 
-def test_wait_is_bounded_by_lock_timeout(db, conn):
+def test_wait_in_a_transaction_is_bounded_and_raises_lock_busy(db, conn):
     blocker = memcachedlock.lock_getter(HOT, timeout=30)
     blocker.acquire()
     try:
         transaction.begin()
         started = time.monotonic()
-        with pytest.raises(LockTimeout, match=HOT):
+        with pytest.raises(LockBusy, match=HOT) as info:
             lock_for_transaction(HOT, wait=0.3)
         assert time.monotonic() - started < 2
+        assert not info.value.reserved and "lease 30s" in str(info.value)
         transaction.abort()
     finally:
         blocker.release()
@@ -435,7 +440,7 @@ def test_notes_round_trip_and_foreign_notes_are_ignored():
     assert decode_note(encode_note(tids)) == tids
     assert decode_note(None) == {}
     assert decode_note(b"something else") == {}
-    assert decode_note(b"zlock1 main=zz x=0102") == {}
+    assert decode_note(b"zlock2 main=zz x=0102") == {}
 
 
 @pytest.fixture

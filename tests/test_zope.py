@@ -28,7 +28,7 @@ def retried(log: str, exc: str, path: str) -> int:
 
 
 @pytest.mark.slow
-def test_lock_busy_is_retried_at_once_other_conflicts_back_off(memcached, zeo_server):
+def test_reserved_lock_busy_is_retried_at_once_other_conflicts_back_off(memcached, zeo_server):
     with ZopeInstance(zeo_server.port, env=lock_env(memcached)) as zope:
         started = time.monotonic()
         busy = zope.json("/@@mcl-raise?kind=busy&times=3&token=b")["attempts"]
@@ -36,7 +36,7 @@ def test_lock_busy_is_retried_at_once_other_conflicts_back_off(memcached, zeo_se
         conflict = zope.json("/@@mcl-raise?kind=conflict&times=3&token=c")["attempts"]
         log = zope.read("event.log")
     assert len(busy) == 4 and len(conflict) == 4
-    # Three LockBusy retries without Zope's delay; three ConflictError retries sleep
+    # Three LockBusy retries (lock reserved for the retry) without Zope's delay; three ConflictError retries sleep
     # uniform(0,1) + uniform(0,2) + uniform(0,4) s: below 0.1 s with probability 2e-5.
     assert busy[-1] - busy[0] < 0.1, busy
     assert busy_took < 1.0
@@ -85,9 +85,9 @@ def test_concurrent_catalog_requests_in_two_zope_processes(memcached, zeo_server
     # Nothing lost, nothing twice.
     assert set(content["uids"]) == expected
     assert content["entries"] == len(expected)
-    # No wasted catalog_object runs: each ran once, in the transaction that committed.
-    assert runs == len(expected)
-    # The clients did contend, and Zope reported the cheap retries as it reports conflicts.
-    assert retried(logs, "LockBusy", "/@@mcl-index") >= 1, logs[-3000:]
-    assert retried(logs, "ConflictError", "/@@mcl-index") == 0, logs[-3000:]
+    # Policy on-conflict: a request catalogs optimistically; one whose commit met a
+    # ConflictError is retried holding the lock from its begin, so it never fails twice.
+    conflicts = retried(logs, "ConflictError", "/@@mcl-index")
+    assert runs == len(expected) + conflicts + retried(logs, "LockBusy", "/@@mcl-index")
+    assert conflicts <= len(expected)
     assert "Traceback" not in logs

@@ -147,7 +147,7 @@ class Raise(BrowserView):
         attempts.append(time.monotonic())
         if len(attempts) <= int(form["times"]):
             if form["kind"] == "busy":
-                raise LockBusy(message="test lock busy", key="test")
+                raise LockBusy(message="test lock busy", key="test", reserved=True)
             raise ConflictError(message="test conflict")
         self.request.response.setHeader("Content-Type", "application/json")
         return json.dumps({"attempts": attempts})

@@ -23,6 +23,22 @@ A reservation that no retry claims is freed at the end of the thread's next
 transaction, or after :data:`RESERVE_FOR` seconds (plus at most one renewal
 period) at the latest.
 
+That is policy ``always``.  Policy ``on-conflict`` (the catalog patch's
+default) is optimistic: the function runs unlocked and the lock is taken only
+at commit, by a before-commit hook (so every commit that touches the key's
+objects happens under the lock), for one acquire and one release.  ZODB's
+conflict resolution decides as usual; a transaction that fails with a
+ConflictError *marks* the key for this thread, and the thread's next
+transaction takes the lock when it begins and brings its view forward (a
+server round trip and a poll of invalidations) before it reads anything.  That
+retry holds the lock for its whole transaction, so no other commit of the
+key's objects can come between its view and its commit.  See docs/zlock.rst.
+
+Inside a transaction a wait for the lock is bounded by :func:`txn_wait`
+(``MEMCACHEDLOCK_TXN_WAIT``, default 5 s): a longer wait raises LockBusy (a
+ConflictError: the publisher retries with its normal back-off) instead of
+blocking a worker thread until the holder's lease runs out.
+
 Outside a transaction that has a ZODB connection (scripts, threads without a
 database), or without ZODB and ``transaction`` installed, zlock holds the lock
 only for the call, re-entrantly, like ``rlock``.
@@ -30,22 +46,30 @@ only for the call, re-entrantly, like ``rlock``.
 The view is read from the connection's MVCC adapter (``_start``, the tid the
 snapshot reads before) and the connections from the transaction's
 synchronizers and resources: ZODB 5/6 and transaction 3+ offer no public API
-for either.  Storages without that adapter (RelStorage) are not checked: zlock
-then only serialises.
+for either.  Notes are keyed by an identity of the storage that every client
+shares (a ZEO server's address and storage name); a storage local to the
+process (a temporary storage, a local mount) is keyed with the process's
+identity, so its tids are never compared across clients.  RelStorage has no
+such view tid: policy ``always`` then only serialises (one warning at first
+use); policy ``on-conflict`` needs no tid, RelStorage polls at every begin.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, unquote
 
 from . import metrics
-from .decorators import acquire_or_raise, check_options, locking_decorator, rlocks_held, run_rlocked
-from .errors import BackendUnavailable, MemcachedLockError, NotHeld
+from .config import _seconds
+from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
+from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
 from .keys import lock_name
 from .lease import Lease
 from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
@@ -64,6 +88,11 @@ try:
 except ImportError:  # zlock then behaves like rlock
     _Connection = ConflictError = p64 = u64 = None
 
+try:
+    from ZEO.ClientStorage import ClientStorage as _ClientStorage
+except ImportError:
+    _ClientStorage = None
+
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +106,16 @@ ADOPT_MARGIN = 0.5
 #: Longest wait for this ZEO client to receive the last commit made under the lock.
 CATCH_UP_TIMEOUT = 2.0
 
-NOTE_MAGIC = b"zlock1"
+#: Seconds a conflict mark (see ``on-conflict``) stays valid for this thread's next transaction.
+MARK_FOR = 5.0
+#: Default of ``MEMCACHEDLOCK_TXN_WAIT``: longest wait for a lock inside a transaction.
+DEFAULT_TXN_WAIT = 5.0
+
+#: ``always``: lock from the first call to the end of the transaction;
+#: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
+POLICIES = ("always", "on-conflict")
+
+NOTE_MAGIC = b"zlock2"
 
 if ConflictError is not None:
 
@@ -90,29 +128,36 @@ if ConflictError is not None:
         The lock stays reserved for this thread's retry.
         """
 
-        def __init__(self, message: str | None = None, key: object = None, **kw: Any) -> None:
+        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
+                     **kw: Any) -> None:
             ConflictError.__init__(self, message=message, **kw)
             self.key = key
+            #: True if the lock is kept for this thread's retry (no back-off needed).
+            self.reserved = reserved
 
 elif TransientError is not None:
 
     class LockBusy(MemcachedLockError, TransientError):
         """The lock was busy: retry the transaction (ZODB is not installed)."""
 
-        def __init__(self, message: str | None = None, key: object = None, **kw: Any) -> None:
+        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
+                     **kw: Any) -> None:
             super().__init__(message)
             self.message = message
             self.key = key
+            self.reserved = reserved
 
 else:
 
     class LockBusy(MemcachedLockError):
         """The lock was busy: retry (neither ZODB nor transaction is installed)."""
 
-        def __init__(self, message: str | None = None, key: object = None, **kw: Any) -> None:
+        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
+                     **kw: Any) -> None:
             super().__init__(message)
             self.message = message
             self.key = key
+            self.reserved = reserved
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,6 +169,9 @@ class _Entry:
     lease: Lease
     note: dict[str, bytes]
     timeout: float
+    policy: str = "always"
+    interval: float = DEFAULT_INTERVAL
+    wait: float = DEFAULT_TXN_WAIT
 
 
 @dataclasses.dataclass(eq=False)
@@ -132,19 +180,38 @@ class _Reservation:
     origin: object
 
 
-class _ReservationKeeper:
-    """A transaction synchronizer that frees reservations no retry claimed.
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """A lock an ``on-conflict`` transaction needs: at commit, or (marked) when the next one begins."""
 
-    Registered once per thread with ``transaction.manager``; after any
-    transaction other than the one that made a reservation ends, that
-    reservation is released.  Never raises.
+    key: object
+    timeout: float
+    interval: float
+    wait: float
+    until: float = 0.0
+
+
+class _ReservationKeeper:
+    """A transaction synchronizer: claims reservations and marks at begin, frees unclaimed ones.
+
+    Registered once per thread with ``transaction.manager``.  When a
+    transaction begins, the locks reserved for it (after a LockBusy) are
+    adopted and the locks marked by a ConflictError (policy ``on-conflict``)
+    are taken, then the view is brought forward, so the retry holds the lock
+    before it reads anything.  After any transaction other than the one that
+    made a reservation ends, that reservation is released.  Never raises.
     """
 
     def __init__(self) -> None:
         self.reservations: dict[str, _Reservation] = {}
+        self.marks: dict[str, _Request] = {}
 
     def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
-        """Nothing to do when a transaction begins."""
+        """Take this thread's reserved and marked locks for ``txn`` and refresh its view."""
+        try:
+            _claim_at_begin(txn, self)
+        except Exception:
+            logger.exception("taking zlocks at the beginning of a transaction failed")
 
     def beforeCompletion(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
         """Nothing to do before a transaction ends."""
@@ -169,8 +236,30 @@ class _ThreadState(threading.local):
 
 _state = _ThreadState()
 
-#: Key of this module's data on a transaction (``Transaction.data`` keys by id()).
+#: Keys of this module's data on a transaction (``Transaction.data`` keys by id()).
 _TXN_DATA_KEY = object()
+_PENDING_KEY = object()
+_MARKED_KEY = object()
+
+
+def _register_keeper() -> _ReservationKeeper:
+    keeper = _state.keeper
+    if not _state.registered:
+        _transaction.manager.registerSynch(keeper)
+        _state.registered = True
+    return keeper
+
+
+def txn_wait() -> float:
+    """Longest wait for a lock inside a transaction: ``MEMCACHEDLOCK_TXN_WAIT`` seconds (default 5)."""
+    return _seconds("MEMCACHEDLOCK_TXN_WAIT", os.environ.get("MEMCACHEDLOCK_TXN_WAIT"), DEFAULT_TXN_WAIT)
+
+
+def check_policy(policy: str) -> str:
+    """``policy`` if it is one of POLICIES, else a ConfigurationError naming it."""
+    if policy not in POLICIES:
+        raise ConfigurationError("unknown zlock policy %r: use one of %s" % (policy, ", ".join(POLICIES)))
+    return policy
 
 
 def _current_transaction() -> object | None:
@@ -199,8 +288,22 @@ def _connections(txn: object) -> list:
     return found
 
 
-def _db_name(conn) -> str:
-    return conn.db().database_name
+_HOST = socket.gethostname()
+
+
+def storage_identity(conn) -> str:
+    """A name of the connection's storage that every client of a shared storage computes alike.
+
+    A ZEO storage is named by its server address and storage name (its
+    ``sortKey()``, which two-phase commit already requires to be the same in
+    every client).  Any other storage is treated as local to this process
+    (a temporary storage, a local mount): its name includes the host and
+    process id, so its tids are never compared with another process's.
+    """
+    storage = conn.db().storage
+    if _ClientStorage is not None and isinstance(storage, _ClientStorage):
+        return "zeo:%s" % (storage.sortKey(),)
+    return "local:%s:%d:%x" % (_HOST, os.getpid(), id(storage))
 
 
 def _view_start(conn) -> bytes | None:
@@ -223,7 +326,7 @@ def _committed_tid(conn) -> bytes | None:
 
 
 def encode_note(tids: dict[str, bytes]) -> bytes:
-    """The note stored with a lock: the last tid committed under it, per database."""
+    """The note stored with a lock: the last tid committed under it, per storage identity."""
     parts = [NOTE_MAGIC]
     for name in sorted(tids):
         parts.append(quote(name, safe="").encode("ascii") + b"=" + tids[name].hex().encode("ascii"))
@@ -259,15 +362,40 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
         return {}
 
 
+_unchecked_warned: set = set()
+
+
+def _warn_unchecked(connections: list, name: str) -> None:
+    """One warning per storage class whose view zlock cannot check (RelStorage)."""
+    for conn in connections:
+        kind = type(conn._normal_storage).__name__
+        if _view_start(conn) is None and kind not in _unchecked_warned:
+            _unchecked_warned.add(kind)
+            logger.warning(
+                "zlock %s (policy always) cannot check the view of %s storages: a transaction that "
+                "takes the lock after it began may still meet a ConflictError at commit (ZODB detects "
+                "it, nothing is lost); policy on-conflict does not need the check", name, kind)
+
+
 def _stale(connections: list, note: dict[str, bytes]) -> list[tuple[Any, bytes]]:
     """The connections whose view lacks the last commit recorded in ``note``, with that tid."""
     stale = []
     for conn in connections:
-        tid = note.get(_db_name(conn))
+        tid = note.get(storage_identity(conn))
         start = _view_start(conn)
         if tid is not None and start is not None and start <= tid:
             stale.append((conn, tid))
     return stale
+
+
+def _ping(storage) -> None:
+    """One server round trip: afterwards every commit made before it has reached this client."""
+    ping = getattr(storage, "ping", None)
+    if callable(ping):
+        try:
+            ping()
+        except Exception as exc:
+            logger.debug("ping of %s failed: %s", storage, exc)
 
 
 def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
@@ -282,12 +410,7 @@ def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
         storage = conn.db().storage
         if storage.lastTransaction() >= tid:
             continue
-        ping = getattr(storage, "ping", None)
-        if callable(ping):
-            try:
-                ping()
-            except Exception as exc:
-                logger.debug("ping of %s failed: %s", storage, exc)
+        _ping(storage)
         pause = 0.0005
         while storage.lastTransaction() < tid:
             now = time.monotonic()
@@ -298,6 +421,19 @@ def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
                 return
             time.sleep(min(pause, deadline - now))
             pause = min(0.01, pause * 2)
+
+
+def _refresh_view(txn: object) -> None:
+    """Bring the views of ``txn``'s connections forward: at begin, before anything is read.
+
+    A round trip to each ZEO server first (so every commit made before it, in
+    particular the previous holder's, has arrived), then the connection's own
+    begin-of-transaction poll (``newTransaction(txn, sync=True)``: invalidate
+    what changed, advance the view).  RelStorage polls its database there.
+    """
+    for conn in _connections(txn):
+        _ping(conn.db().storage)
+        conn.newTransaction(txn, True)
 
 
 def _release(entry: _Entry) -> None:
@@ -311,25 +447,55 @@ def _release(entry: _Entry) -> None:
         logger.exception("releasing zlock %s failed", entry.lock.name)
 
 
+def _conflicted() -> bool:
+    """True if the exception being handled is a ConflictError that zlock did not raise itself.
+
+    Transaction hooks run inside the ``except`` block of a failed commit or of
+    the caller's abort, so ``sys.exc_info()`` tells why the transaction failed.
+    """
+    exc = sys.exc_info()[1]
+    return ConflictError is not None and isinstance(exc, ConflictError) and not isinstance(exc, LockBusy)
+
+
+def _mark(name: str, request: _Request) -> None:
+    """Let this thread's next transaction take lock ``name`` when it begins."""
+    request.until = time.monotonic() + MARK_FOR
+    _register_keeper().marks[name] = request
+    logger.debug("ConflictError under optimistic zlock %s: the retry takes the lock at begin", name)
+
+
+def retry_will_lock() -> bool:
+    """True if this thread's next transaction will take a lock at begin (a mark or a reservation)."""
+    now = time.monotonic()
+    keeper = _state.keeper
+    return any(m.until > now for m in keeper.marks.values()) or bool(keeper.reservations)
+
+
 #: Non-empty while notes cannot be written: one warning per outage, not per commit.
 _note_failures: set = set()
 
 
+def _write_note(entry: _Entry, txn: object) -> None:
+    tids = dict(entry.note)
+    wrote = False
+    for conn in _connections(txn):
+        if conn in getattr(txn, "_resources", ()):
+            tid = _committed_tid(conn)
+            if tid is not None:
+                tids[storage_identity(conn)] = tid
+                wrote = True
+    if wrote:
+        entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
+        _note_failures.clear()
+
+
 def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
-    """Record the commit's tid with the lock (if it succeeded), then release."""
+    """Record the commit's tid with the lock (policy always, if it succeeded), then release."""
     try:
-        if status and entry.lease.held:
-            tids = dict(entry.note)
-            wrote = False
-            for conn in _connections(txn):
-                if conn in getattr(txn, "_resources", ()):
-                    tid = _committed_tid(conn)
-                    if tid is not None:
-                        tids[_db_name(conn)] = tid
-                        wrote = True
-            if wrote:
-                entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
-                _note_failures.clear()
+        if status and entry.lease.held and entry.policy == "always":
+            _write_note(entry, txn)
+        elif not status and entry.policy == "on-conflict" and _conflicted():
+            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
     except BackendUnavailable as exc:
         # The store's own outage warning was logged once; say once what it costs here.
         log = logger.debug if _note_failures else logger.warning
@@ -342,18 +508,35 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
-
 def _after_abort(entry: _Entry) -> None:
-    _release(entry)
+    try:
+        if entry.policy == "on-conflict" and _conflicted():
+            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+    except Exception:
+        logger.exception("could not mark lock %s for the retry", entry.lock.name)
+    finally:
+        _release(entry)
+
+
+def _txn_dict(txn: object, data_key: object) -> dict:
+    try:
+        return txn.data(data_key)
+    except KeyError:
+        found: dict = {}
+        txn.set_data(data_key, found)
+        return found
 
 
 def _held_in(txn: object) -> dict[str, _Entry]:
-    try:
-        return txn.data(_TXN_DATA_KEY)
-    except KeyError:
-        held: dict[str, _Entry] = {}
-        txn.set_data(_TXN_DATA_KEY, held)
-        return held
+    return _txn_dict(txn, _TXN_DATA_KEY)
+
+
+def _hold(txn: object, name: str, entry: _Entry) -> None:
+    """``entry`` is held for ``txn`` from now until it ends."""
+    _promote(entry)
+    txn.addAfterCommitHook(_after_commit, (entry, txn))
+    txn.addAfterAbortHook(_after_abort, (entry,))
+    _held_in(txn)[name] = entry
 
 
 def _adopt(reservation: _Reservation) -> _Entry | None:
@@ -367,16 +550,32 @@ def _adopt(reservation: _Reservation) -> _Entry | None:
     return entry
 
 
-def _take(key: object, timeout: float, interval: float, wait: float) -> _Entry:
-    """Acquire (waiting up to ``wait``) with a short lease until the view is known fresh."""
+def _busy(key: object, timeout: float, waited: float) -> LockBusy:
+    return LockBusy(
+        message="lock %r is busy: waited %.1fs inside a transaction (MEMCACHEDLOCK_TXN_WAIT) while another "
+        "transaction holds it (lease %gs); retry" % (key, waited, timeout),
+        key=key,
+    )
+
+
+def _acquire(the_lock: Lock, key: object, timeout: float, wait: float) -> None:
+    """Acquire within ``min(wait, txn_wait())`` seconds, else LockBusy naming the configured lease."""
+    started = time.monotonic()
+    if not the_lock.acquire(timeout=min(wait, txn_wait())):
+        metrics.record_timeout(the_lock.name)
+        raise _busy(key, timeout, time.monotonic() - started)
+
+
+def _take(key: object, timeout: float, interval: float, wait: float, policy: str = "always") -> _Entry:
+    """Acquire (bounded wait) with a short lease until the view is known fresh."""
     the_lock = Lock(key, min(timeout, RESERVATION_TTL), interval)
-    acquire_or_raise(the_lock, wait)
+    _acquire(the_lock, key, timeout, wait)
     try:
-        note = _read_note(the_lock)
+        note = _read_note(the_lock) if policy == "always" else {}
     except BaseException:
         the_lock.release()
         raise
-    return _Entry(key, the_lock, the_lock.lease, note, timeout)
+    return _Entry(key, the_lock, the_lock.lease, note, timeout, policy, interval, wait)
 
 
 def _promote(entry: _Entry) -> None:
@@ -391,28 +590,116 @@ def _promote(entry: _Entry) -> None:
 def _reserve(entry: _Entry, txn: object, name: str) -> None:
     """Keep ``entry``'s lock for this thread's next transaction, at most RESERVE_FOR seconds."""
     entry.lease.renew_until = time.monotonic() + RESERVE_FOR
-    keeper = _state.keeper
-    keeper.reservations[name] = _Reservation(entry, txn)
-    if not _state.registered:
-        _transaction.manager.registerSynch(keeper)
-        _state.registered = True
+    _register_keeper().reservations[name] = _Reservation(entry, txn)
+
+
+def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
+    """Adopt reservations and take marked locks for the transaction that begins, then refresh its view."""
+    if not keeper.reservations and not keeper.marks:
+        return
+    taken = False
+    for name, reservation in list(keeper.reservations.items()):
+        if reservation.origin is txn or reservation.entry.policy != "on-conflict":
+            continue  # policy always adopts at the call, after the caught-up begin
+        del keeper.reservations[name]
+        entry = _adopt(reservation)
+        if entry is not None:
+            _hold(txn, name, entry)
+            taken = True
+    now = time.monotonic()
+    marks, keeper.marks = keeper.marks, {}
+    held = _held_in(txn)
+    for name in sorted(marks):
+        request = marks[name]
+        if request.until <= now or name in held:
+            continue
+        the_lock = Lock(request.key, request.timeout, request.interval)
+        try:
+            _acquire(the_lock, request.key, request.timeout, request.wait)
+        except LockBusy as exc:
+            logger.debug("%s; the call takes it", exc)
+            _txn_dict(txn, _MARKED_KEY)[name] = request
+            continue
+        _hold(txn, name, _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
+                                request.interval, request.wait))
+        taken = True
+    if taken:
+        _refresh_view(txn)
+
+
+def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
+    """Policy on-conflict, first attempt: the function runs now; the lock is taken at commit."""
+    pending = _txn_dict(txn, _PENDING_KEY)
+    if name in pending:
+        return
+    if not pending:
+        txn.addBeforeCommitHook(_take_pending, (txn,))
+        txn.addAfterAbortHook(_after_abort_pending, (txn,))
+    pending[name] = request
+    _register_keeper()
+
+
+def _take_pending(txn: object) -> None:
+    """Before-commit hook: take every lock this transaction used optimistically, in name order.
+
+    Every commit that touches a key's objects thus happens under its lock, so
+    a retry holding the lock from its begin can never see one come between.
+    Runs after hooks added by earlier hooks too (CMFCore's indexing queue).
+    """
+    pending = _txn_dict(txn, _PENDING_KEY)
+    held = _held_in(txn)
+    for name in sorted(pending):
+        if name in held:
+            continue
+        request = pending[name]
+        the_lock = Lock(request.key, request.timeout, request.interval)
+        _acquire(the_lock, request.key, request.timeout, request.wait)
+        entry = _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
+                       request.interval, request.wait)
+        txn.addAfterCommitHook(_after_commit, (entry, txn))
+        txn.addAfterAbortHook(_after_abort, (entry,))
+        held[name] = entry
+
+
+def _after_abort_pending(txn: object) -> None:
+    """Mark every lock used optimistically if the transaction failed with a ConflictError."""
+    try:
+        if _conflicted():
+            for name, request in _txn_dict(txn, _PENDING_KEY).items():
+                _mark(name, request)
+    except Exception:
+        logger.exception("could not mark the optimistic zlocks for the retry")
+
+
+def _fresh_after_ping(connections: list) -> bool:
+    """True if no commit reached a shared storage since the views began (after a round trip)."""
+    for conn in connections:
+        storage = conn.db().storage
+        _ping(storage)
+        start = _view_start(conn)
+        if start is None or storage.lastTransaction() >= start:
+            return False
+    return True
 
 
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
-                         interval: float = DEFAULT_INTERVAL, wait: float | None = None) -> bool:
-    """Hold lock ``key`` until the current ZODB transaction ends.
+                         interval: float = DEFAULT_INTERVAL, wait: float | None = None,
+                         policy: str = "always") -> bool:
+    """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
-    from this thread's reservation, or already held by an earlier call) and
-    the transaction's view contains the last commit made under it.  Returns
-    False, taking nothing, when there is no transaction with a ZODB
-    connection (or ZODB is not installed): the caller decides what to do.
+    from this thread's reservation, taken at begin, or already held by an
+    earlier call) and the transaction's view contains the last commit made
+    under it -- or, with policy ``on-conflict`` and no conflict mark, when the
+    lock will be taken at commit.  Returns False, taking nothing, when there
+    is no transaction with a ZODB connection (or ZODB is not installed).
 
     Raises :class:`LockBusy` (lock kept reserved) when the view is older than
-    the last commit under the lock, and ``LockTimeout`` when the lock could not
-    be taken within ``wait`` seconds (default: ``timeout`` plus two).
+    the last commit under the lock, and LockBusy (not reserved) when the lock
+    could not be taken within ``min(wait, txn_wait())`` seconds.
     """
     timeout, interval, wait = check_options(timeout, interval, wait, {})
+    check_policy(policy)
     name = lock_name(key)
     txn = _current_transaction()
     if txn is None:
@@ -423,30 +710,37 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     connections = _connections(txn)
     if not connections:
         return False
-    started = time.monotonic()
+    marked = _txn_dict(txn, _MARKED_KEY).pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
+    if policy == "on-conflict" and marked is None and reservation is None:
+        _lock_at_commit(txn, name, _Request(key, timeout, interval, wait))
+        return True
+    started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
     if entry is None:
-        entry = _take(key, timeout, interval, wait)
+        entry = _take(key, timeout, interval, wait, policy)
     entry.timeout = timeout
     try:
-        stale = _stale(connections, entry.note)
+        if policy == "always":
+            _warn_unchecked(connections, name)
+            stale = _stale(connections, entry.note)
+            if stale:
+                _catch_up(stale)
+            last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
+        else:
+            stale = [] if adopted or _fresh_after_ping(connections) else [None]
+            last = ""
         if stale:
-            _catch_up(stale)
             _reserve(entry, txn, name)
             metrics.record_busy(name)
             raise LockBusy(
-                message="lock %r is busy: the transaction's view predates the last commit made under it "
-                "(tid %s); retry (lock reserved, waited %.3fs%s)"
-                % (key, max(tid for _, tid in stale).hex(), time.monotonic() - started,
-                   ", reservation adopted" if adopted else ""),
-                key=key,
+                message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
+                "retry (lock reserved, waited %.3fs%s)"
+                % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+                key=key, reserved=True,
             )
-        _promote(entry)
-        txn.addAfterCommitHook(_after_commit, (entry, txn))
-        txn.addAfterAbortHook(_after_abort, (entry,))
-        held[name] = entry
+        _hold(txn, name, entry)
     except LockBusy:
         raise
     except BaseException:
@@ -456,24 +750,33 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     return True
 
 
-def _run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
-    """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
-    if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait):
-        return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
-    return fun(*args, **kwargs)
+def _runner(policy: str) -> Callable:
+    def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple,
+                    kwargs: dict):
+        """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
+        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy):
+            return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
+        return fun(*args, **kwargs)
+
+    return run_zlocked
 
 
 def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-          wait: float | None = None, **kw) -> Callable[[F], F]:
+          wait: float | None = None, policy: str = "always", **kw) -> Callable[[F], F]:
     """Serialise a function across ZEO clients until the calling transaction ends.
 
     ``get_key(fun, *args, **kw)`` names what is protected, as for ``lock``;
     ``timeout`` is the lease (renewed while held), ``interval`` the longest
-    pause between polls, ``wait`` the longest wait for the lock.  The call may
-    raise :class:`LockBusy` (a ConflictError: retry the transaction) instead
-    of running the function on a stale view.
+    pause between polls, ``wait`` the longest wait for the lock (inside a
+    transaction at most ``txn_wait()``).  ``policy`` is ``always`` (lock the
+    call until the transaction ends; for hot objects whose conflicts ZODB
+    cannot resolve) or ``on-conflict`` (optimistic; lock at commit, and lock
+    the whole retry after a ConflictError).  The call may raise
+    :class:`LockBusy` (a ConflictError: retry the transaction).
     """
-    return locking_decorator(get_key, timeout, interval, wait, kw, _run_zlocked)
+    check_policy(policy)
+    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy))
 
 
-__all__ = ["zlock", "LockBusy", "lock_for_transaction", "RESERVATION_TTL", "RESERVE_FOR"]
+__all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
+           "POLICIES", "RESERVATION_TTL", "RESERVE_FOR"]

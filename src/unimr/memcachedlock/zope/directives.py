@@ -37,6 +37,7 @@ from ..backends import make_backend
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, check_seconds
+from ..zlock import POLICIES
 from . import patch, publisher
 
 
@@ -148,6 +149,13 @@ class ILockOptions(Interface):
     wait = Float(
         title="Wait",
         description="Longest wait for the lock in seconds (default: the lease plus two), then LockTimeout.",
+        required=False,
+    )
+    policy = Choice(
+        title="zlock policy",
+        description="always (lock each call until the transaction ends) or on-conflict (optimistic: "
+        "lock at commit, and lock the whole retry after a ConflictError); zlock only.",
+        values=POLICIES,
         required=False,
     )
 

@@ -73,6 +73,17 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
 
+def check_policy(kind: str, policy: str | None) -> dict:
+    """The decorator keywords for ``policy``: only zlock has one."""
+    if policy is None:
+        return {}
+    if kind != "zlock":
+        raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
+    from ..zlock import check_policy as check_zlock_policy
+
+    return {"policy": check_zlock_policy(policy)}
+
+
 def check_lock_name(name: str | None) -> str | None:
     """A shared lock name must be a dotted Python-style name (it becomes part of every key)."""
     if name is None:
@@ -129,6 +140,7 @@ def decorator(kind: str, get_key: Callable, options: dict[str, Any]) -> Callable
     if not callable(get_key):
         raise ConfigurationError("key function %r is not callable" % (get_key,))
     factory = decorator_for(kind)
+    check_policy(kind, options.get("policy"))
     try:
         return factory(get_key, **options)
     except TypeError as exc:  # an option the decorator does not take

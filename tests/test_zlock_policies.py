@@ -1,0 +1,323 @@
+"""zlock's policies (``always``, ``on-conflict``) against real ZEO, RelStorage, memcached and CMFCore.
+
+Clients are threads with a ZEO client storage (or RelStorage instance) of
+their own, or -- for the catalog -- separate processes of
+``benchmarks/catalog_contention.py``.  Each request gets Zope's 4 tries.
+Assertions are on counts: increments lost, requests that failed all tries,
+LockBusy and ConflictError retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable
+
+import pytest
+import transaction
+import ZEO
+import ZODB
+from persistent.mapping import PersistentMapping
+from ZODB.MappingStorage import MappingStorage
+from ZODB.POSException import ConflictError
+
+from unimr.memcachedlock import Lock
+from unimr.memcachedlock.keys import lock_name
+from unimr.memcachedlock.zlock import LockBusy, lock_for_transaction, retry_will_lock, zlock
+from unimr.memcachedlock.zope.publisher import retry_at_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
+
+TRIES = 4
+HOT = "policies-counter"
+
+
+def burn(ms: float) -> None:
+    end = time.thread_time() + ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+def publish(request: Callable[[], None], stats: dict) -> None:
+    """Run ``request`` with Zope's 4 tries (no back-off sleep: the count matters here, not the time)."""
+    for _ in range(TRIES):
+        transaction.begin()
+        try:
+            request()
+            transaction.commit()
+            stats["commits"] += 1
+            return
+        except ConflictError as exc:
+            transaction.abort()
+            stats["busy" if isinstance(exc, LockBusy) else "conflicts"] += 1
+    stats["failed"] += 1
+
+
+def run_threads(count: int, body: Callable[[int, dict], None]) -> dict:
+    """``count`` client threads running ``body(i, stats)``; returns the summed stats."""
+    results = [dict(commits=0, busy=0, conflicts=0, failed=0) for _ in range(count)]
+    errors: list = []
+
+    def target(i: int) -> None:
+        try:
+            body(i, results[i])
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            transaction.abort()
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and not any(t.is_alive() for t in threads), errors
+    return {key: sum(r[key] for r in results) for key in results[0]}
+
+
+def setup_counter(db) -> None:
+    with db.transaction() as conn:
+        conn.root()["counter"] = PersistentMapping(value=0)
+
+
+def read_counter(db) -> int:
+    with db.transaction() as conn:
+        return conn.root()["counter"]["value"]
+
+
+@pytest.mark.parametrize("policy", ["always", "on-conflict"])
+def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, policy):
+    """The counter is read before the lock is taken and written after it: every
+    stale read ends in a retry (LockBusy or ConflictError), no increment is lost."""
+    @zlock(lambda fun: HOT, policy=policy)
+    def take_lock() -> None:
+        """The locked call comes between the read and the write."""
+
+    def client(i: int, stats: dict) -> None:
+        db = ZEO.DB(zeo_server.address)
+        conn = db.open()
+
+        def request() -> None:
+            counter = conn.root()["counter"]
+            value = counter["value"]
+            burn(2)
+            take_lock()
+            counter["value"] = value + 1
+
+        for _ in range(8):
+            publish(request, stats)
+        conn.close()
+        db.close()
+
+    db = ZEO.DB(zeo_server.address)
+    setup_counter(db)
+    stats = run_threads(3, client)
+    assert stats["failed"] == 0, stats
+    assert stats["commits"] == 24
+    assert read_counter(db) == 24, stats
+    db.close()
+
+
+def test_several_databases_with_a_local_temporary_storage(memcached, zeo_server):
+    """Each client also writes its own in-memory "temp" database in every transaction.
+    Those tids are never compared across clients: no retry is wasted on them."""
+    @zlock(lambda fun, conn: HOT)
+    def bump(conn) -> None:
+        conn.get_connection("temp").root()["seen"] = conn.root()["counter"]["value"]
+        conn.root()["counter"]["value"] += 1
+
+    def client(i: int, stats: dict) -> None:
+        databases: dict = {}
+        db = ZODB.DB(ZEO.client(zeo_server.address), databases=databases, database_name="main")
+        ZODB.DB(MappingStorage(), databases=databases, database_name="temp")
+        conn = db.open()
+        for _ in range(8):
+            publish(lambda: bump(conn), stats)
+        conn.close()
+        for each in databases.values():
+            each.close()
+
+    db = ZEO.DB(zeo_server.address)
+    setup_counter(db)
+    stats = run_threads(3, client)
+    assert stats["failed"] == 0 and stats["conflicts"] == 0, stats
+    assert read_counter(db) == 24
+    # At most one LockBusy per request that had to wait (each retry sees the commit).
+    assert stats["busy"] <= 24, stats
+    db.close()
+
+
+def relstorage_db(path: str) -> ZODB.DB:
+    from relstorage.adapters.sqlite.adapter import Sqlite3Adapter
+    from relstorage.options import Options
+    from relstorage.storage import RelStorage
+
+    options = Options(keep_history=False)
+    return ZODB.DB(RelStorage(Sqlite3Adapter(data_dir=path, pragmas={}, options=options), options=options))
+
+
+def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
+    """on-conflict on RelStorage (sqlite): no failed request, nothing lost; policy always
+    cannot check RelStorage's view and says so once."""
+    @zlock(lambda fun, conn: HOT, policy="on-conflict")
+    def bump(conn) -> None:
+        burn(1)
+        conn.root()["counter"]["value"] += 1
+
+    db = relstorage_db(str(tmp_path))
+    setup_counter(db)
+
+    def client(i: int, stats: dict) -> None:
+        mine = relstorage_db(str(tmp_path))
+        conn = mine.open()
+        for _ in range(8):
+            publish(lambda: bump(conn), stats)
+        conn.close()
+        mine.close()
+
+    stats = run_threads(3, client)
+    assert stats["failed"] == 0 and stats["busy"] == 0, stats
+    assert read_counter(db) == 24, stats
+
+    conn = db.open()
+    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.zlock"):
+        for _ in range(2):
+            transaction.begin()
+            assert lock_for_transaction(HOT + "-always") is True
+            transaction.commit()
+    warnings = [r for r in caplog.records if "RelStorage" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    conn.close()
+    db.close()
+
+
+@pytest.mark.parametrize("policy", ["always", "on-conflict"])
+def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(memcached, zeo_server, monkeypatch, policy):
+    """Someone holds the lock for longer than MEMCACHEDLOCK_TXN_WAIT: the transaction
+    gets a LockBusy (a ConflictError, not reserved: normal back-off), not a LockTimeout."""
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "0.3")
+    db = ZEO.DB(zeo_server.address)
+    setup_counter(db)
+    conn = db.open()
+    holder = Lock(HOT, 30)
+    assert holder.acquire(blocking=False)
+    try:
+        transaction.begin()
+        conn.root()["counter"]["value"] += 1
+        with pytest.raises(LockBusy) as info:
+            lock_for_transaction(HOT, timeout=20, policy=policy)
+            transaction.commit()  # on-conflict takes the lock here
+        transaction.abort()
+        assert not info.value.reserved and not retry_at_once(info.value)
+        assert "lease 20s" in str(info.value) and "MEMCACHEDLOCK_TXN_WAIT" in str(info.value)
+    finally:
+        holder.release()
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, timeout=20, policy=policy) is True
+    transaction.commit()
+    assert read_counter(db) == 1
+    conn.close()
+    db.close()
+
+
+def test_a_conflict_marks_the_key_and_the_retry_holds_the_lock_from_begin(memcached):
+    """on-conflict: the first attempt runs unlocked; its ConflictError makes the next
+    transaction take the lock when it begins (and the publisher skip its back-off)."""
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    other_tm = transaction.TransactionManager()
+    other = db.open(transaction_manager=other_tm)
+    backend_name = lock_name(HOT)
+    from unimr.memcachedlock import get_backend
+
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="on-conflict") is True
+    assert get_backend().holder(backend_name) is None  # optimistic: nothing taken yet
+    other.root()["counter"]["value"] += 10
+    other_tm.commit()
+    assert not retry_will_lock()
+    with pytest.raises(ConflictError) as info:
+        transaction.commit()
+    transaction.abort()
+    assert retry_will_lock() and not retry_at_once(info.value)  # Zope keeps its back-off
+    assert get_backend().holder(backend_name) is None
+    transaction.begin()
+    assert get_backend().holder(backend_name) is not None  # taken at begin, view refreshed
+    assert not retry_will_lock()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="on-conflict") is True
+    transaction.commit()
+    assert get_backend().holder(backend_name) is None
+    assert read_counter(db) == 11
+    assert retry_at_once(LockBusy(message="x", reserved=True)) and not retry_at_once(LockBusy(message="x"))
+    other.close()
+    conn.close()
+    db.close()
+
+
+def test_on_conflict_called_from_a_before_commit_hook_still_commits_under_the_lock(memcached):
+    """CMFCore's queue calls catalog_object from a before-commit hook: zlock's own
+    hook, added from inside it, still runs before the two-phase commit."""
+    from unimr.memcachedlock import get_backend
+
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    seen: list = []
+
+    def queue_hook() -> None:
+        conn.root()["counter"]["value"] += 1
+        assert lock_for_transaction(HOT, policy="on-conflict") is True
+        seen.append(get_backend().holder(lock_name(HOT)))
+        transaction.get().addBeforeCommitHook(lambda: seen.append(get_backend().holder(lock_name(HOT))))
+
+    transaction.begin()
+    transaction.get().addBeforeCommitHook(queue_hook)
+    transaction.commit()
+    assert seen[0] is None and seen[1] is not None and seen[1].thread == threading.get_ident()
+    assert get_backend().holder(lock_name(HOT)) is None
+    assert read_counter(db) == 1
+    conn.close()
+    db.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["always", "on-conflict"])
+def test_cmfcore_indexing_queue(memcached, policy):
+    """Plone's path: catalog_object runs in CMFCore's before-commit queue hook."""
+    result = catalog_contention.run_once(3, 8, 2.0, memcached.address, policy, "heavy", "cmfcore", immediate=True)
+    assert result["commits"] == 24 and result["failed"] == 0, result
+    assert result["lost"] == 0 and result["miscounted"] == 0, result
+    if policy == "on-conflict":
+        assert result["most_tries"] <= 2, result
+
+
+@pytest.mark.slow
+def test_no_failed_request_with_eight_clients(memcached):
+    result = catalog_contention.run_once(8, 10, 2.0, memcached.address, "on-conflict", "heavy", "plain",
+                                         immediate=True)
+    assert result["commits"] == 80 and result["failed"] == 0, result
+    assert result["lost"] == 0 and result["miscounted"] == 0, result
+    # Only first attempts conflict: a retry holds the lock from its begin and commits.
+    assert result["most_tries"] <= 2, result
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_txn_wait_is_named(monkeypatch, value):
+    from unimr.memcachedlock.errors import ConfigurationError
+    from unimr.memcachedlock.zlock import txn_wait
+
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", value)
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_TXN_WAIT=%r" % value):
+        txn_wait()
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "2.5")
+    assert txn_wait() == 2.5
