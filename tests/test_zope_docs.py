@@ -69,18 +69,24 @@ def run_show(memcached, command: list[str]) -> subprocess.CompletedProcess:
 def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
     command, fields = documented_show()
     assert fields["key"] == "Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog"
-    transaction.begin()
+    txn = transaction.begin()
     catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
-    shown = run_show(memcached, command)
+    during_commit: list[subprocess.CompletedProcess] = []
+    # catalog_object's policy on-conflict takes the lock in a before-commit hook
+    # it registered: a hook added after it runs while the commit holds the lock.
+    stored = "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
+    txn.addBeforeCommitHook(lambda: during_commit.extend([
+        run_show(memcached, command),
+        run_show(memcached, ["memcachedlock", "show", "--name", stored]),  # the stored lock name
+    ]))
+    transaction.commit()
+    shown, by_name = during_commit
     assert shown.returncode == 0, shown.stderr
     printed = fields_of(shown.stdout)
     assert printed["key"] == fields["key"]
     assert printed["store"] == fields["store"] == "memcached"
     assert printed["thread"].startswith("MainThread") and printed["pid"] == str(os.getpid())
-    stored = "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
-    by_name = run_show(memcached, ["memcachedlock", "show", "--name", stored])  # the stored lock name
     assert by_name.returncode == 0, by_name.stderr
     assert fields_of(by_name.stdout)["token"] == printed["token"]
-    transaction.commit()
     after = run_show(memcached, command)
     assert after.returncode == 1 and "is not locked" in after.stdout
