@@ -3,14 +3,19 @@
 Two threads, each a ZEO client of its own (its own ``ZEO.DB``) and its own
 transaction, write one catalog: one calls ``catalog_object`` for a new
 document, the other a catalog writer (``manage_catalogClear``,
-``addIndex``, ...).  Whoever calls first holds the catalog's lock until it
-commits; the other one's transaction began before that commit and calls its
-method while the lock is held.  With the patch it waits, meets the commit
-made under the lock (its view is older) and retries via ``LockBusy``; the
-retry runs on the new state.  So: the first commits at once, the second
-retries exactly once through LockBusy and never meets a ConflictError at
-commit, and the catalog ends exactly as if the two had run one after the
-other (compared with the same two calls made serially on a twin catalog).
+``addIndex``, ...).  The first client pauses inside its commit, where it holds
+the catalog's lock whatever its policy (the writers hold it from their call,
+``catalog_object``'s policy on-conflict from the start of the commit); the
+other one's transaction began before that commit and calls its method while
+the lock is held.  With the patch it waits for the lock (the writer at its
+call, ``catalog_object`` at its commit), meets the commit made under the lock
+(its view is older) and retries via ``LockBusy``; the retry runs on the new
+state.  So: the first commits at once, the second retries exactly once
+through LockBusy and never meets a ConflictError at commit, and the catalog
+ends exactly as if the two had run one after the other (compared with the
+same two calls made serially on a twin catalog).  Without the exclusive
+commits in the lock's note, an optimistic ``catalog_object`` would commit
+into the BTrees a ``manage_catalogClear`` had just replaced, and be lost.
 """
 
 from __future__ import annotations
@@ -133,6 +138,12 @@ def snapshot(catalog) -> dict:
     }
 
 
+def pause_holding_the_lock(events: dict) -> None:
+    events["held"].set()
+    events["other began"].wait(10)
+    time.sleep(0.2)  # let the other call block on the lock (not asserted)
+
+
 def client(address, site_id: str, work: Callable, holds_first: bool, events: dict, report: dict) -> None:
     """One ZEO client: call ``work`` in a transaction, in turn with the other client; count what happens."""
     db = ZEO.DB(address)
@@ -144,10 +155,9 @@ def client(address, site_id: str, work: Callable, holds_first: bool, events: dic
                 catalog = the_catalog(conn, site_id)
                 try:
                     if holds_first:
-                        work(catalog)  # takes the catalog's lock, held until the commit
-                        events["held"].set()
-                        events["other began"].wait(10)
-                        time.sleep(0.2)  # let the other call block on the lock (not asserted)
+                        work(catalog)
+                        # Runs inside the commit, after the hook that takes the lock at commit.
+                        transaction.get().addBeforeCommitHook(pause_holding_the_lock, (events,))
                     else:
                         events["other began"].set()  # this transaction's view is fixed now
                         events["held"].wait(10)

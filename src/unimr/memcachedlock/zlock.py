@@ -475,7 +475,17 @@ def retry_will_lock() -> bool:
 _note_failures: set = set()
 
 
+#: Prefix of a note entry that records the last commit made with policy ``always`` (exclusively).
+EXCLUSIVE = "exclusive:"
+
+
+def _exclusive(note: dict[str, bytes]) -> dict[str, bytes]:
+    """The note's last exclusive commits, keyed like the note's other entries (by storage)."""
+    return {name[len(EXCLUSIVE):]: tid for name, tid in note.items() if name.startswith(EXCLUSIVE)}
+
+
 def _write_note(entry: _Entry, txn: object) -> None:
+    """Record the commit just made under the lock: every commit, and an exclusive one apart."""
     tids = dict(entry.note)
     wrote = False
     for conn in _connections(txn):
@@ -483,6 +493,8 @@ def _write_note(entry: _Entry, txn: object) -> None:
             tid = _committed_tid(conn)
             if tid is not None:
                 tids[storage_identity(conn)] = tid
+                if entry.policy == "always":
+                    tids[EXCLUSIVE + storage_identity(conn)] = tid
                 wrote = True
     if wrote:
         entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
@@ -490,9 +502,9 @@ def _write_note(entry: _Entry, txn: object) -> None:
 
 
 def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
-    """Record the commit's tid with the lock (policy always, if it succeeded), then release."""
+    """Record the commit's tid with the lock (if it succeeded), then release."""
     try:
-        if status and entry.lease.held and entry.policy == "always":
+        if status and entry.lease.held:
             _write_note(entry, txn)
         elif not status and entry.policy == "on-conflict" and _conflicted():
             _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
@@ -571,7 +583,7 @@ def _take(key: object, timeout: float, interval: float, wait: float, policy: str
     the_lock = Lock(key, min(timeout, RESERVATION_TTL), interval)
     _acquire(the_lock, key, timeout, wait)
     try:
-        note = _read_note(the_lock) if policy == "always" else {}
+        note = _read_note(the_lock)
     except BaseException:
         the_lock.release()
         raise
@@ -620,7 +632,8 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
             logger.debug("%s; the call takes it", exc)
             _txn_dict(txn, _MARKED_KEY)[name] = request
             continue
-        _hold(txn, name, _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
+        _hold(txn, name, _Entry(request.key, the_lock, the_lock.lease, _read_note(the_lock), request.timeout,
+                                "on-conflict",
                                 request.interval, request.wait))
         taken = True
     if taken:
@@ -656,9 +669,40 @@ def _take_pending(txn: object) -> None:
         _acquire(the_lock, request.key, request.timeout, request.wait)
         entry = _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
                        request.interval, request.wait)
+        _check_exclusive_commits(entry, txn, name)
         txn.addAfterCommitHook(_after_commit, (entry, txn))
         txn.addAfterAbortHook(_after_abort, (entry,))
         held[name] = entry
+
+
+def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
+    """LockBusy (lock reserved) if a policy-always holder committed after this transaction's view.
+
+    Optimistic commits rely on ZODB's conflict resolution, which merges
+    concurrent writes to the same BTrees.  A writer that holds the lock with
+    policy ``always`` (``manage_catalogClear``, ``refreshCatalog``,
+    ``addIndex``...) may *replace* those objects: a commit made on a view from
+    before it would write into the replaced objects without any conflict, and
+    be lost.  Such writers record their commit's tid in the lock's note, so
+    one read of the note under the lock tells; the retry then runs on the new
+    state, holding the reserved lock from its begin.
+    """
+    try:
+        entry.note = _read_note(entry.lock)
+        stale = _stale(_connections(txn), _exclusive(entry.note))
+        if not stale:
+            return
+        _catch_up(stale)
+        _reserve(entry, txn, name)
+    except BaseException:
+        _release(entry)
+        raise
+    metrics.record_busy(name)
+    raise LockBusy(
+        message="lock %r: a transaction holding it exclusively committed (tid %s) after this "
+        "transaction's view began; retry (lock reserved)" % (entry.key, max(tid for _, tid in stale).hex()),
+        key=entry.key, reserved=True,
+    )
 
 
 def _after_abort_pending(txn: object) -> None:
