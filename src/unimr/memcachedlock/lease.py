@@ -89,7 +89,7 @@ class Lease:
     """
 
     __slots__ = (
-        "backend", "name", "token", "value", "ttl", "pid", "released", "lost",
+        "backend", "name", "token", "value", "ttl", "pid", "released", "_lost",
         "on_lost", "started", "renew_until", "deadline", "_guard", "__weakref__",
     )
 
@@ -106,7 +106,7 @@ class Lease:
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.deadline = (self.started if sent is None else sent) + shortest_life(ttl)
-        self.lost = False
+        self._lost = False
         self.on_lost: Callable[[Lease], None] | None = None
         #: Monotonic time after which the renewer releases the lease instead of
         #: renewing it (zlock's reservations); None renews while held.
@@ -124,7 +124,18 @@ class Lease:
     @property
     def held(self) -> bool:
         """True while this process still holds the lease (as far as it knows)."""
-        return not self.released and not self.lost and self.pid == os.getpid()
+        return not self.released and not self._lost and self.pid == os.getpid()
+
+    @property
+    def lost(self) -> bool:
+        """True once the lock may no longer be ours: a renewal or release found
+        another token (or none), or, while held, the lease is past its deadline
+        (not renewed in time: its item may have expired).  The holder sees the
+        latter at once, without waiting for the renewer to run.
+        """
+        if self._lost:
+            return True
+        return self.expiring and not self.released and time.monotonic() > self.deadline
 
     def release(self) -> bool:
         """Remove the lock if it is still ours.  Idempotent; never raises an Exception.
@@ -140,6 +151,7 @@ class Lease:
         with self._guard:
             if self.released:
                 return False
+            lapsed = self.past_deadline()
             try:
                 ours = self._release()
             except Exception:
@@ -150,19 +162,19 @@ class Lease:
                 abandon(self)
                 raise
             self._forget_here()
-        if ours is None:
-            return False
-        if not ours and not self.lost and not quiet:
-            self.lost = True
-            logger.warning(
-                "lock %s had expired or been broken before its release (lease %.1fs)",
-                self.name, self.ttl,
-            )
-            # Found only now, so the lock object's give-back has not counted it.
-            from . import metrics
+        if (lapsed or not ours) and ours is not None and not self._lost:
+            self._lost = True
+            if not quiet:
+                logger.warning(
+                    "lock %s had expired or been broken before its release (lease %.1fs%s)",
+                    self.name, self.ttl, ", not renewed in time" if lapsed else "",
+                )
+            if not quiet and not lapsed:
+                # Found only now, so the lock object's give-back has not counted it.
+                from . import metrics
 
-            metrics.record_lost(self.name)
-        return ours
+                metrics.record_lost(self.name)
+        return bool(ours)
 
     def _forget_here(self) -> None:
         self.released = True
@@ -207,7 +219,7 @@ class Lease:
         self.started = time.monotonic()
         self.on_lost = None
         self.renew_until = None
-        return True
+        return not self._lost
 
     def mark_lost(self) -> None:
         """Record that the lock is no longer ours, log it once and tell the owner.
@@ -215,9 +227,9 @@ class Lease:
         ``lost`` is true at once; the ``on_lost`` callback runs in a thread of
         its own, so a callback that blocks cannot delay the renewal of other leases.
         """
-        if self.lost:
+        if self._lost:
             return
-        self.lost = True
+        self._lost = True
         logger.warning(
             "lost lock %s: its lease (%.1fs) expired or was broken while held", self.name, self.ttl
         )
