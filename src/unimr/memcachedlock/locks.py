@@ -26,7 +26,7 @@ from .config import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
-from .lease import Lease
+from .lease import Lease, abandon
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +192,10 @@ class BaseLock:
         self.release()
 
     def __del__(self) -> None:
+        # A finalizer may run in any thread holding any lock: the reaper releases.
         lease = getattr(self, "_lease", None)
         if lease is not None and not lease.released and lease.pid == os.getpid():
-            try:
-                lease.release()
-            except Exception:
-                pass
+            abandon(lease)
 
     def _state(self) -> str:
         return "locked" if self.lease is not None else "unlocked"

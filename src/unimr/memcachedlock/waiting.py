@@ -386,7 +386,7 @@ class _Seat:
     _reap = leave
 
     def __del__(self) -> None:
-        if not self.left and self.state is not None:
+        if not getattr(self, "left", True) and getattr(self, "state", None) is not None:
             abandon(self)
 
 
