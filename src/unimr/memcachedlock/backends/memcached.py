@@ -51,6 +51,8 @@ WANT_SUFFIX = "#want"
 NOTE_TTL = 86400
 #: Reads (and re-sends of the add) to resolve an add whose answer timed out.
 UNKNOWN_ADD_TRIES = 3
+#: Seconds after which the reaper looks again for an item an abandoned add may still store.
+ORPHAN_RECHECKS = (0.1, 1.0)
 
 
 class MemcachedServer:
@@ -177,20 +179,34 @@ def _compare_and_delete(server: MemcachedServer, key: str, token: str) -> bool:
 
 
 class _Orphan:
-    """A lock item this process may have stored but holds no lease for (see ``lease.abandon``)."""
+    """A lock item this process may have stored but holds no lease for (see ``lease.abandon``).
 
-    __slots__ = ("server", "key", "token")
+    The add that may have stored it can still be on its way (sent, then its
+    connection closed by an interrupt or a timeout; the server carries it out
+    later), so an item not found at once is looked for again after each of
+    ORPHAN_RECHECKS seconds.
+    """
+
+    __slots__ = ("server", "key", "token", "rechecks")
 
     def __init__(self, server: MemcachedServer, key: str, token: str) -> None:
         self.server = server
         self.key = key
         self.token = token
+        self.rechecks = ORPHAN_RECHECKS
 
     def _reap(self) -> None:
         try:
-            _compare_and_delete(self.server, self.key, self.token)
+            if _compare_and_delete(self.server, self.key, self.token):
+                return
         except BackendUnavailable:
             self.server.remember_unreleased(self.key, self.token)
+            return
+        if self.rechecks:
+            delay, self.rechecks = self.rechecks[0], self.rechecks[1:]
+            timer = threading.Timer(delay, abandon, (self,))
+            timer.daemon = True
+            timer.start()
 
     def __repr__(self) -> str:
         return "<orphan %s token=%s>" % (self.key, self.token)
