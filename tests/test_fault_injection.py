@@ -141,16 +141,17 @@ def test_blocking_on_lost_callback_does_not_stall_other_renewals(memcached):
 
     def blocking(lease) -> None:
         called.set()
-        release_callback.wait(6)
+        release_callback.wait(8)
 
-    victim = Lock("cb-victim", timeout=2, on_lost=blocking)
-    healthy = Lock("cb-healthy", timeout=2)
+    # 3 s leases: a renewal may be 1.3 s late (a loaded machine) before a lease lapses
+    victim = Lock("cb-victim", timeout=3, on_lost=blocking)
+    healthy = Lock("cb-healthy", timeout=3)
     assert victim.acquire(blocking=False)
     assert healthy.acquire(blocking=False)
     try:
         assert victim.backend.break_lock(victim.name)
         assert called.wait(3), "the renewer did not notice the broken lock"
-        time.sleep(2.5)  # longer than the healthy lock's item lives without renewal
+        time.sleep(3.2)  # longer than the healthy lock's item lives without renewal
         assert not healthy.lost
         assert carries_token(stored_token(memcached, healthy.name), healthy.lease.token)
         assert not Lock("cb-healthy", backend=direct_backend(memcached)).acquire(blocking=False)
