@@ -240,16 +240,12 @@ def overlaps(log_path: str, windows: list[tuple[float, float]], excuse: float) -
 
 
 def keys_left(port: int) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"lru_crawler metadump all\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return sum(1 for line in data.decode().splitlines()
-               if line.startswith("key=memcachedlock%3Asoak-") and "%23" not in line.split()[0])
+    """Lock items of the soak's keys still in memcached (waiter and note records not counted)."""
+    from unimr.memcachedlock.backends.memcached import metadump_keys
+    from unimr.memcachedlock.config import parse_server
+
+    return sum(1 for key in metadump_keys(parse_server("127.0.0.1:%d" % port))
+               if key.startswith("memcachedlock:soak-") and "#" not in key)
 
 
 def main(argv: list[str] | None = None) -> int:

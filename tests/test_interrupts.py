@@ -229,3 +229,18 @@ def test_interrupt_at_every_line_of_a_wait_ended_by_a_handover(memcached, other)
         return interrupted
 
     sweep(wait_for_handover, other)
+
+
+def test_interrupt_at_every_line_of_a_file_lock_acquire_and_release(lock_dir, monkeypatch):
+    """The file store: a leaked descriptor would keep its flock for the life of the process."""
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
+    config.reset()
+    other = config.get_backend().__class__(str(lock_dir))
+
+    def acquire_release(key: str, injector: Injector) -> bool:
+        lock = Lock(key, timeout=5)
+        interrupted = injector.run(lambda: (lock.acquire(), lock.release()))
+        del lock
+        return interrupted
+
+    sweep(acquire_release, other)

@@ -27,6 +27,7 @@ a release never runs between a renewal's read and its write: it always sees
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -112,14 +113,16 @@ class Lease:
         #: renewing it (zlock's reservations); None renews while held.
         self.renew_until: float | None = None
         self._guard = threading.Lock()
+        self.released = True  # not ours to give back until the last line
         _start_reaper()
-        # From here on the finalizer gives the lock back if the lease is dropped.
-        self.released = False
         with _live_lock:
             _live.add(self)
         from .renewer import get_renewer
 
         get_renewer().register(self)
+        # The lease owns the lock from here on: its finalizer gives it back if it is dropped.
+        # Until here an interrupt leaves the lock to the backend's acquire (see MemcachedBackend).
+        self.released = False
 
     @property
     def held(self) -> bool:
@@ -290,7 +293,25 @@ _reaper_lock = threading.Lock()
 
 def abandon(orphan) -> None:
     """Give ``orphan`` (a lease nobody will release, or an unconfirmed store entry) to the reaper."""
-    _reap_queue.put(orphan)
+    try:
+        _reap_queue.put(orphan)
+    except AttributeError:  # interpreter shutdown has cleared the module
+        pass
+
+
+def reap_now() -> int:
+    """Give back, in this thread, what waits for the reaper; return how many (at exit, for tests)."""
+    count = 0
+    while True:
+        try:
+            orphan = _reap_queue.get_nowait()
+        except queue.Empty:
+            return count
+        try:
+            orphan._reap()
+        except Exception:
+            logger.warning("could not give back abandoned lock %r", orphan, exc_info=True)
+        count += 1
 
 
 def _start_reaper() -> None:
@@ -346,6 +367,7 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(reap_now)  # the reaper is a daemon thread: do not leave its work to the lease TTL
 
-__all__ = ["Lease", "abandon", "live_leases", "release_all", "store_ttl", "shortest_life", "renew_period",
+__all__ = ["Lease", "abandon", "reap_now", "live_leases", "release_all", "store_ttl", "shortest_life", "renew_period",
            "BackendUnavailable"]
