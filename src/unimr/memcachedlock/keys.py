@@ -37,8 +37,9 @@ CACHED_KEY_BYTES = 1024
 
 
 def _compute_name(data: bytes) -> str:
-    encoded = _encode(data)
-    if len(encoded) <= MAX_NAME_LENGTH:
+    # Each byte encodes to 1 or 3 characters, so only the first MAX_NAME_LENGTH bytes can show.
+    encoded = _encode(data[:MAX_NAME_LENGTH])
+    if len(encoded) <= MAX_NAME_LENGTH and len(data) <= MAX_NAME_LENGTH:
         return encoded
     digest = hashlib.sha256(data).hexdigest()[:40]
     return encoded[: MAX_NAME_LENGTH - len(digest) - 1] + _HASH_MARK + digest
