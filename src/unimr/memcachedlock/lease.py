@@ -165,7 +165,7 @@ class Lease:
                 abandon(self)
                 raise
             self._forget_here()
-        if (lapsed or not ours) and ours is not None and not self._lost:
+        if (lapsed or ours is False) and not self._lost:
             self._lost = True
             if not quiet:
                 logger.warning(
