@@ -286,8 +286,10 @@ def test_noreply_is_off_and_timeouts_are_set(memcached):
     assert client.default_noreply is False
     assert client.connect_timeout and client.timeout
     # add reports False for an existing key only when noreply is off
-    assert backend.acquire("noreply", 5) is not None
+    first = backend.acquire("noreply", 5)
+    assert first is not None
     assert backend.acquire("noreply", 5) is None
+    first.release()
 
 
 def test_one_client_per_process_not_per_lock(memcached):

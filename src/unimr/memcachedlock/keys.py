@@ -29,13 +29,29 @@ def _encode(data: bytes) -> str:
     return "".join(_ESCAPES[b] for b in data)
 
 
-@functools.lru_cache(maxsize=4096)
-def _name_from_bytes(data: bytes) -> str:
-    encoded = _encode(data)
-    if len(encoded) <= MAX_NAME_LENGTH:
+#: Names of recently used keys are cached, but only of keys up to CACHED_KEY_BYTES long:
+#: the cache holds at most CACHE_ENTRIES * (CACHED_KEY_BYTES + MAX_NAME_LENGTH) bytes of
+#: keys and names (about 5 MB), however long the keys callers pass.
+CACHE_ENTRIES = 4096
+CACHED_KEY_BYTES = 1024
+
+
+def _compute_name(data: bytes) -> str:
+    # Each byte encodes to 1 or 3 characters, so only the first MAX_NAME_LENGTH bytes can show.
+    encoded = _encode(data[:MAX_NAME_LENGTH])
+    if len(encoded) <= MAX_NAME_LENGTH and len(data) <= MAX_NAME_LENGTH:
         return encoded
     digest = hashlib.sha256(data).hexdigest()[:40]
     return encoded[: MAX_NAME_LENGTH - len(digest) - 1] + _HASH_MARK + digest
+
+
+_cached_name = functools.lru_cache(maxsize=CACHE_ENTRIES)(_compute_name)
+
+
+def _name_from_bytes(data: bytes) -> str:
+    if len(data) <= CACHED_KEY_BYTES:
+        return _cached_name(data)
+    return _compute_name(data)
 
 
 def key_to_bytes(key: object) -> bytes:
@@ -45,7 +61,12 @@ def key_to_bytes(key: object) -> bytes:
     if isinstance(key, str):
         return key.encode("utf-8", "surrogatepass")
     if isinstance(key, int) and not isinstance(key, bool):
-        return str(key).encode("ascii")
+        try:
+            return str(key).encode("ascii")
+        except ValueError:  # more digits than sys.get_int_max_str_digits()
+            raise InvalidKey(
+                "lock key is an int of %d bits, too long to write in decimal" % key.bit_length()
+            ) from None
     raise InvalidKey(
         "lock key must be str, bytes or int, not %s: %r" % (type(key).__name__, _short(key))
     )

@@ -5,13 +5,33 @@ The base class makes release idempotent and quiet (it never raises, so
 transaction hooks can call it), tracks the leases this process holds (for
 ``release_all`` and for forked children, which must not believe they hold
 their parent's locks) and hands long leases to the process's renewer.
+
+Interrupt safety
+----------------
+A lease owns its lock in the store from the moment it exists.  Whatever
+interrupts the code between "granted" and "recorded in the lock object", or
+between "release started" and "given back" (KeyboardInterrupt, an exception
+raised by a signal handler), leaves a lease nobody refers to any more, and a
+lease that is garbage collected while still held releases itself: its
+finalizer queues it for the *reaper* thread, which gives the lock back.  A
+release that is interrupted half-way queues the lease for the reaper too.
+The reaper does the network or file work, never the finalizer (which may
+run at any point, in any thread, holding any lock).
+
+Renewal against release
+-----------------------
+``renew`` and ``release`` of one lease are serialised by a per-lease lock, so
+a release never runs between a renewal's read and its write: it always sees
+(and removes) the item as last written, and is not mistaken for a loss.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
+import queue
 import threading
 import time
 import weakref
@@ -28,6 +48,10 @@ logger = logging.getLogger(__name__)
 _live: "weakref.WeakSet[Lease]" = weakref.WeakSet()
 _live_lock = threading.Lock()
 
+#: Longest pause between two renewals (the check that the lock is still ours), whatever the lease.
+#: It bounds how late a holder learns that a memcached restart or eviction took its lock.
+MAX_CHECK_PERIOD = 2.0
+
 
 def store_ttl(ttl: float) -> int:
     """Whole seconds to give a store for a lease of ``ttl`` seconds.
@@ -39,21 +63,42 @@ def store_ttl(ttl: float) -> int:
     return max(2, math.ceil(ttl))
 
 
+def shortest_life(ttl: float) -> float:
+    """Seconds an item stored for a lease of ``ttl`` is sure to live (memcached: N-1 of N)."""
+    return store_ttl(ttl) - 1.0
+
+
 def renew_period(ttl: float) -> float:
-    """How often a lease of ``ttl`` seconds is renewed: well inside its shortest life."""
-    return max(0.2, (store_ttl(ttl) - 1) / 2.0)
+    """How often a lease of ``ttl`` seconds is renewed.
+
+    A third of the item's shortest life, so that a renewal that is late by up
+    to two periods (a stall, a hung server answering within its timeout)
+    still comes in time; at most MAX_CHECK_PERIOD, so a lock that a server
+    restart or an eviction took is noticed within that.
+    """
+    return min(MAX_CHECK_PERIOD, max(0.2, shortest_life(ttl) / 3.0))
 
 
 @implementer(ILease)
 class Lease:
-    """One acquisition.  Subclasses implement ``_release()`` and ``_renew(ttl)``."""
+    """One acquisition.  Subclasses implement ``_release()`` and ``_renew(ttl)``.
+
+    ``sent`` is the monotonic time at which the request that stored the lock
+    was sent (default: now); with ``expiring`` stores the lease is only
+    known to be ours until ``deadline``, the item's shortest life after the
+    last store that succeeded.
+    """
 
     __slots__ = (
-        "backend", "name", "token", "value", "ttl", "pid", "released", "lost",
-        "on_lost", "started", "renew_until", "__weakref__",
+        "backend", "name", "token", "value", "ttl", "pid", "released", "_lost",
+        "on_lost", "started", "renew_until", "deadline", "_guard", "__weakref__",
     )
 
-    def __init__(self, backend, name: str, token: str, value: bytes, ttl: float) -> None:
+    #: True for stores whose items expire on their own (memcached); a file lock does not.
+    expiring = False
+
+    def __init__(self, backend, name: str, token: str, value: bytes, ttl: float,
+                 sent: float | None = None) -> None:
         self.backend = backend
         self.name = name
         self.token = token
@@ -61,59 +106,111 @@ class Lease:
         self.ttl = ttl
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.released = False
-        self.lost = False
+        self.deadline = (self.started if sent is None else sent) + shortest_life(ttl)
+        self._lost = False
         self.on_lost: Callable[[Lease], None] | None = None
         #: Monotonic time after which the renewer releases the lease instead of
         #: renewing it (zlock's reservations); None renews while held.
         self.renew_until: float | None = None
+        self._guard = threading.Lock()
+        self.released = True  # not ours to give back until the last line
+        _start_reaper()
         with _live_lock:
             _live.add(self)
         from .renewer import get_renewer
 
         get_renewer().register(self)
+        # The lease owns the lock from here on: its finalizer gives it back if it is dropped.
+        # Until here an interrupt leaves the lock to the backend's acquire (see MemcachedBackend).
+        self.released = False
 
     @property
     def held(self) -> bool:
         """True while this process still holds the lease (as far as it knows)."""
-        return not self.released and not self.lost and self.pid == os.getpid()
+        return not self.released and not self._lost and self.pid == os.getpid()
+
+    @property
+    def lost(self) -> bool:
+        """True once the lock may no longer be ours: a renewal or release found
+        another token (or none), or, while held, the lease is past its deadline
+        (not renewed in time: its item may have expired).  The holder sees the
+        latter at once, without waiting for the renewer to run.
+        """
+        if self._lost:
+            return True
+        return self.expiring and not self.released and time.monotonic() > self.deadline
 
     def release(self) -> bool:
-        """Remove the lock if it is still ours.  Idempotent; never raises."""
+        """Remove the lock if it is still ours.  Idempotent; never raises an Exception.
+
+        An interrupt (KeyboardInterrupt, or whatever a signal handler raises)
+        is passed on, and the reaper finishes the release.
+        """
+        return self._give_back(quiet=False)
+
+    def _give_back(self, quiet: bool) -> bool:
         if self.released or self.pid != os.getpid():
             return False
+        with self._guard:
+            if self.released:
+                return False
+            lapsed = self.past_deadline()
+            try:
+                ours = self._release()
+            except Exception:
+                self._forget_here()
+                logger.warning("could not release lock %s: left to expire", self.name, exc_info=True)
+                return False
+            except BaseException:
+                abandon(self)
+                raise
+            self._forget_here()
+        if (lapsed or ours is False) and not self._lost:
+            self._lost = True
+            if not quiet:
+                logger.warning(
+                    "lock %s had expired or been broken before its release (lease %.1fs%s)",
+                    self.name, self.ttl, ", not renewed in time" if lapsed else "",
+                )
+            if not quiet and not lapsed:
+                # Found only now, so the lock object's give-back has not counted it.
+                from . import metrics
+
+                metrics.record_lost(self.name)
+        return bool(ours)
+
+    def _forget_here(self) -> None:
         self.released = True
         with _live_lock:
             _live.discard(self)
-        try:
-            ours = self._release()
-        except Exception:
-            logger.warning("could not release lock %s: left to expire", self.name, exc_info=True)
-            return False
-        if ours is None:
-            return False
-        if not ours and not self.lost:
-            self.lost = True
-            logger.warning(
-                "lock %s had expired or been broken before its release (lease %.1fs)",
-                self.name, self.ttl,
-            )
-            # Found only now, so the lock object's give-back has not counted it.
-            from . import metrics
-
-            metrics.record_lost(self.name)
-        return ours
 
     def renew(self, ttl: float | None = None) -> bool:
-        """Extend the lease if still ours; BackendUnavailable if the store is unreachable."""
+        """Extend the lease if still ours; BackendUnavailable if the store is unreachable.
+
+        A lease past its deadline is not renewed but marked lost at once: its
+        item may have expired, and another holder may have come and gone.
+        """
         if not self.held:
             return False
-        if ttl is not None:
-            self.ttl = ttl
-        if self._renew(self.ttl):
-            return True
-        self.mark_lost()
-        return False
+        with self._guard:
+            if not self.held:
+                return False
+            if self.expiring and time.monotonic() > self.deadline:
+                renewed = False
+            else:
+                if ttl is not None:
+                    self.ttl = ttl
+                sent = time.monotonic()
+                renewed = self._renew(self.ttl)
+                if renewed:
+                    self.deadline = sent + shortest_life(self.ttl)
+        if not renewed:
+            self.mark_lost()
+        return renewed
+
+    def past_deadline(self, now: float | None = None) -> bool:
+        """True if the store may have dropped this lease's item by now (no renewal in time)."""
+        return self.expiring and (time.monotonic() if now is None else now) > self.deadline
 
     def handed_to(self, ttl: float) -> bool:
         """This lease now serves another lock object (and thread) of this process.
@@ -125,22 +222,25 @@ class Lease:
         self.started = time.monotonic()
         self.on_lost = None
         self.renew_until = None
-        return True
+        return not self._lost
 
     def mark_lost(self) -> None:
-        """Record that the lock is no longer ours, log it once and tell the owner."""
-        if self.lost:
+        """Record that the lock is no longer ours, log it once and tell the owner.
+
+        ``lost`` is true at once; the ``on_lost`` callback runs in a thread of
+        its own, so a callback that blocks cannot delay the renewal of other leases.
+        """
+        if self._lost:
             return
-        self.lost = True
+        self._lost = True
         logger.warning(
             "lost lock %s: its lease (%.1fs) expired or was broken while held", self.name, self.ttl
         )
         callback = self.on_lost
         if callback is not None:
-            try:
-                callback(self)
-            except Exception:
-                logger.exception("on_lost callback for lock %s failed", self.name)
+            threading.Thread(
+                target=_call_on_lost, args=(callback, self), name="memcachedlock-on-lost", daemon=True
+            ).start()
 
     def forget(self) -> None:
         """Stop believing this lease is held, without touching the store (after fork)."""
@@ -150,8 +250,16 @@ class Lease:
         except Exception:
             logger.debug("forgetting lease %s failed", self.name, exc_info=True)
 
+    def _reap(self) -> None:
+        """The reaper's release of an abandoned lease: nobody is left to tell of a loss."""
+        self._give_back(quiet=True)
+
+    def __del__(self) -> None:
+        if not getattr(self, "released", True) and self.pid == os.getpid():
+            abandon(self)
+
     def _release(self) -> bool | None:
-        """Remove the lock if it holds our value: True if removed, False if it was
+        """Remove the lock if it holds our token: True if removed, False if it was
         no longer ours, None if the store could not be reached (the backend then
         cleans up later).  May raise only for unexpected failures."""
         raise NotImplementedError
@@ -165,6 +273,66 @@ class Lease:
     def __repr__(self) -> str:
         state = "held" if self.held else ("lost" if self.lost else "released")
         return "<%s %s %s token=%s>" % (type(self).__name__, state, self.name, self.token)
+
+
+def _call_on_lost(callback: Callable[[Lease], None], lease: Lease) -> None:
+    try:
+        callback(lease)
+    except Exception:
+        logger.exception("on_lost callback for lock %s failed", lease.name)
+
+
+# -- the reaper ----------------------------------------------------------------------------
+
+#: Abandoned leases (and other orphans with a ``_reap()`` method) waiting to be given back.
+#: SimpleQueue.put is safe in finalizers: it takes no lock a finalizer could already hold.
+_reap_queue: "queue.SimpleQueue" = queue.SimpleQueue()
+_reaper: threading.Thread | None = None
+_reaper_lock = threading.Lock()
+
+
+def abandon(orphan) -> None:
+    """Give ``orphan`` (a lease nobody will release, or an unconfirmed store entry) to the reaper."""
+    try:
+        _reap_queue.put(orphan)
+    except AttributeError:  # interpreter shutdown has cleared the module
+        pass
+
+
+def reap_now() -> int:
+    """Give back, in this thread, what waits for the reaper; return how many (at exit, for tests)."""
+    count = 0
+    while True:
+        try:
+            orphan = _reap_queue.get_nowait()
+        except queue.Empty:
+            return count
+        try:
+            orphan._reap()
+        except Exception:
+            logger.warning("could not give back abandoned lock %r", orphan, exc_info=True)
+        count += 1
+
+
+def _start_reaper() -> None:
+    global _reaper
+    if _reaper is not None:
+        return
+    with _reaper_lock:
+        if _reaper is None:
+            thread = threading.Thread(target=_reap_forever, name="memcachedlock-reaper", daemon=True)
+            thread.start()
+            _reaper = thread
+
+
+def _reap_forever() -> None:
+    while True:
+        orphan = _reap_queue.get()
+        try:
+            orphan._reap()
+        except Exception:
+            logger.warning("could not give back abandoned lock %r", orphan, exc_info=True)
+        del orphan
 
 
 def live_leases(backend=None) -> list[Lease]:
@@ -188,13 +356,18 @@ def release_all(backend=None) -> int:
 
 
 def _after_fork_in_child() -> None:
-    global _live_lock
+    global _live_lock, _reaper, _reaper_lock, _reap_queue
     _live_lock = threading.Lock()
+    _reaper = None
+    _reaper_lock = threading.Lock()
+    _reap_queue = queue.SimpleQueue()
     for lease in list(_live):
         lease.forget()
     _live.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(reap_now)  # the reaper is a daemon thread: do not leave its work to the lease TTL
 
-__all__ = ["Lease", "live_leases", "release_all", "store_ttl", "renew_period", "BackendUnavailable"]
+__all__ = ["Lease", "abandon", "reap_now", "live_leases", "release_all", "store_ttl", "shortest_life", "renew_period",
+           "BackendUnavailable"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from .config import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
-from .lease import Lease
+from .lease import Lease, abandon
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,15 @@ def check_seconds(what: str, value: object, high: float) -> float:
 def wait_deadline(blocking: bool, timeout: float) -> float | None:
     """Check ``acquire``'s arguments as threading does; return the monotonic deadline.
 
+    As ``threading.Lock.acquire``: ``blocking`` must be an integer (a bool is
+    one), ``timeout`` a real number (True counts as 1 second); a timeout
+    above ``threading.TIMEOUT_MAX`` raises TimeoutTooLarge, an OverflowError.
     None means no deadline; a deadline in the past means "try once".
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    blocking = operator.index(blocking)
+    if not isinstance(timeout, (int, float)):
         raise TypeError("timeout must be a number, not %s" % type(timeout).__name__)
-    if math.isnan(timeout):
+    if isinstance(timeout, float) and math.isnan(timeout):
         raise InvalidArgument("Invalid value NaN (not a number)")
     if not blocking:
         if timeout != -1:
@@ -66,7 +71,8 @@ def wait_deadline(blocking: bool, timeout: float) -> float | None:
     if timeout < 0:
         raise InvalidArgument("timeout value must be a non-negative number")
     if timeout > threading.TIMEOUT_MAX:
-        raise TimeoutTooLarge("timeout value is too large")
+        raise TimeoutTooLarge("timeout value is too large: %.3g seconds (at most %g)"
+                              % (float(timeout) if timeout < 1e308 else math.inf, threading.TIMEOUT_MAX))
     return time.monotonic() + timeout
 
 
@@ -152,6 +158,11 @@ class BaseLock:
         return lease
 
     def _give_back(self, lease: Lease) -> None:
+        """Hand ``lease`` to a waiting thread of this process, or release it.
+
+        An interrupt anywhere in here leaves ``lease`` unreferenced: its
+        finalizer has the reaper release it (see ``lease``).
+        """
         metrics.record_release(self.name, time.monotonic() - lease.started)
         if lease.lost:
             metrics.record_lost(self.name)
@@ -181,12 +192,10 @@ class BaseLock:
         self.release()
 
     def __del__(self) -> None:
+        # A finalizer may run in any thread holding any lock: the reaper releases.
         lease = getattr(self, "_lease", None)
         if lease is not None and not lease.released and lease.pid == os.getpid():
-            try:
-                lease.release()
-            except Exception:
-                pass
+            abandon(lease)
 
     def _state(self) -> str:
         return "locked" if self.lease is not None else "unlocked"
@@ -249,9 +258,9 @@ class RLock(BaseLock):
         lease = self._take(deadline)
         if lease is None:
             return False
-        self._lease = lease
         self._owner = threading.get_ident()
         self._count = 1
+        self._lease = lease  # last: until here an interrupt leaves the lease to its finalizer
         return True
 
     __enter__ = BaseLock.__enter__
@@ -260,10 +269,11 @@ class RLock(BaseLock):
         """Leave one level; the last one gives the lock back.  RuntimeError if not owned."""
         if not self._is_owned():
             raise NotHeld("cannot release un-acquired lock")
-        self._count -= 1
-        if self._count:
+        count = self._count - 1
+        if count > 0:
+            self._count = count
             return
-        lease, self._lease, self._owner = self._lease, None, None
+        lease, self._lease, self._owner, self._count = self._lease, None, None, 0
         self._give_back(lease)
 
     def __repr__(self) -> str:

@@ -42,6 +42,7 @@ import time
 from typing import Callable
 
 from .errors import BackendUnavailable
+from .lease import abandon
 
 logger = logging.getLogger(__name__)
 
@@ -333,16 +334,24 @@ def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: fl
 
     ``immediate`` says whether the head may try at once (False when the
     caller has just failed an attempt itself).
+
+    The waiter joins the queue inside the ``try``, so an interrupt at any
+    point takes it out again (see ``_leave``).  Should the interrupt hit the
+    ``finally`` clause itself, the waiter's seat, dropped with this frame,
+    has the reaper take it out.  A lease it was handed but did not return
+    is released by the lease's own finalizer.
     """
     me = Waiter(ttl)
-    with _states_lock:
-        state = _states.get(_key(backend, name))
-        if state is None:
-            state = _states[_key(backend, name)] = KeyState()
-        state.queue.append(me)
-        if len(state.queue) > 1:
-            immediate = False
+    seat = _Seat(backend, name, me)
     try:
+        with _states_lock:
+            state = _states.get(_key(backend, name))
+            if state is None:
+                state = _states[_key(backend, name)] = KeyState()
+            seat.state = state
+            state.queue.append(me)
+            if len(state.queue) > 1:
+                immediate = False
         while True:
             if state.queue[0] is me:
                 return _lead(backend, name, state, try_acquire, deadline, interval, immediate)
@@ -353,21 +362,55 @@ def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: fl
             me.event.clear()
             immediate = not state.acquired_by_head
     finally:
-        _leave(backend, name, state, me)
+        seat.leave()
+
+
+class _Seat:
+    """A waiter's place in its queue, owned by the waiting frame: if the frame goes
+    away without leaving (interrupted in its ``finally``), the reaper leaves for it."""
+
+    __slots__ = ("backend", "name", "waiter", "state", "left")
+
+    def __init__(self, backend, name: str, waiter: Waiter) -> None:
+        self.backend = backend
+        self.name = name
+        self.waiter = waiter
+        self.state: KeyState | None = None
+        self.left = False
+
+    def leave(self) -> None:
+        if self.state is not None:
+            _leave(self.backend, self.name, self.state, self.waiter)
+        self.left = True
+
+    _reap = leave
+
+    def __del__(self) -> None:
+        if not getattr(self, "left", True) and getattr(self, "state", None) is not None:
+            abandon(self)
 
 
 def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
+    """Take ``me`` out of the queue, even if interrupted once on the way (each step
+    is idempotent, so it is simply done again), and pass the interrupt on."""
+    try:
+        _leave_once(backend, name, state, me)
+    except BaseException:
+        _leave_once(backend, name, state, me)
+        raise
+
+
+def _leave_once(backend, name: str, state: KeyState, me: Waiter) -> None:
     """Take ``me`` out of the queue; promote the next thread; the last one withdraws."""
     sock = None
     announced = False
     orphan = None
     with _states_lock:
-        was_head = bool(state.queue) and state.queue[0] is me
         try:
             state.queue.remove(me)
         except ValueError:
             pass
-        if was_head and state.queue:
+        if state.queue:  # wake the head even if it was already woken: a spurious wake-up is harmless
             state.queue[0].event.set()
             if state.address:
                 send_wake(state.address)

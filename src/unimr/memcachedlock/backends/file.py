@@ -174,7 +174,7 @@ class FileLease(Lease):
     def _release(self) -> bool:
         """Remove the file (still under our flock) if it is ours, then unlock and close."""
         with self._fd_lock:
-            fd, self.fd = self.fd, None
+            fd = self.fd
             if fd is None:
                 return False
             try:
@@ -185,7 +185,9 @@ class FileLease(Lease):
                 try:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 finally:
-                    os.close(fd)
+                    # One line: ``self.fd`` names the descriptor until it is closed, so a release
+                    # interrupted before the close is finished by the reaper, and never twice.
+                    self.fd = os.close(fd)
         return ours
 
     def _renew(self, ttl: float) -> bool:
@@ -260,28 +262,29 @@ class FileBackend(Backend):
         path = self.path_for(name)
         for _ in range(_REOPEN_ATTEMPTS):
             fd = self._open(path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            except OSError as exc:
-                os.close(fd)
-                raise BackendUnavailable("cannot lock %s: %s" % (path, exc)) from exc
-            try:
-                if not _same_file(fd, path):
-                    # Its holder removed it on release after we opened it: the
-                    # lock we got is on a dead inode.  Open the path again.
+            try:  # closes ``fd`` (and so drops its flock) on any way out until a FileLease owns it
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None
+                except OSError as exc:
+                    raise BackendUnavailable("cannot lock %s: %s" % (path, exc)) from exc
+                try:
+                    if not _same_file(fd, path):
+                        # Its holder removed it on release after we opened it: the
+                        # lock we got is on a dead inode.  Open the path again.
+                        continue
+                    token = new_token()
+                    value = encode_value(token, ttl)
+                    _write_value(fd, value)
+                except OSError as exc:
+                    raise BackendUnavailable("cannot write lock file %s: %s" % (path, exc)) from exc
+                # One line, so no interrupt falls between the lease taking the fd and ``fd`` forgetting it.
+                lease, fd = FileLease(self, fd, path, name, token, value, ttl), None
+                return lease
+            finally:
+                if fd is not None:
                     os.close(fd)
-                    continue
-                token = new_token()
-                value = encode_value(token, ttl)
-                _write_value(fd, value)
-            except OSError as exc:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                raise BackendUnavailable("cannot write lock file %s: %s" % (path, exc)) from exc
-            return FileLease(self, fd, path, name, token, value, ttl)
         logger.debug("lock file %s kept changing under us; reporting it busy", path)
         return None
 

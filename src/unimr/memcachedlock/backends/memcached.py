@@ -5,7 +5,16 @@ exactly one of several writers takes a free key; ``gets`` followed by ``cas``
 with exptime -1 deletes (or renews) an item only if nobody changed it in
 between; and the stored value carries our random token, so a release after
 the lease expired, or after a server restart reset the cas counter, finds a
-different value and leaves the new holder's lock alone.
+different token and leaves the new holder's lock alone.
+
+An ``add`` whose answer never came (a read timeout: the server is slow, hung
+or the answer was delayed) may or may not have stored the lock.  That
+unknown outcome is resolved by reading the key, never by deleting: our token
+means the lock is ours; another token means it is not; no item means the
+add did not land, and it is sent again (a bounded number of times).  If the
+server cannot tell, the attempt's token is given to the reaper, which removes
+the item if it carries that token (nobody holds it: the caller was told the
+store is unavailable).
 
 With several servers each lock name maps to one server by rendezvous hashing
 over the configured list.  A dead server is never replaced by another one
@@ -28,8 +37,8 @@ from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import ServerAddress, Settings
 from ..errors import BackendUnavailable
-from ..info import Holder, decode_value, encode_value, new_token, renewed_value
-from ..lease import Lease, store_ttl
+from ..info import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
+from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .pool import ClientPool
 from ..waiting import WANT_TTL, Want
@@ -40,6 +49,10 @@ NOTE_SUFFIX = "#note"
 #: A waiting process's announcement (see ``waiting``): read by a release in the same round trip.
 WANT_SUFFIX = "#want"
 NOTE_TTL = 86400
+#: Reads (and re-sends of the add) to resolve an add whose answer timed out.
+UNKNOWN_ADD_TRIES = 3
+#: Seconds after which the reaper looks again for an item an abandoned add may still store.
+ORPHAN_RECHECKS = (0.1, 1.0)
 
 
 class MemcachedServer:
@@ -75,12 +88,19 @@ class MemcachedServer:
         return self.down_since is not None
 
     def call(self, method: str, *args, **kw):
-        """Call a pymemcache method; wrap its failures in BackendUnavailable."""
+        """Call a pymemcache method; wrap its failures in BackendUnavailable.
+
+        Fails at once while the server counts as down (see ``retry``).
+        """
         if self.down_until and time.monotonic() < self.down_until:
             raise BackendUnavailable(
                 "memcached %s is unreachable (%s); next try in %.1fs"
                 % (self, self.last_error, self.down_until - time.monotonic())
             )
+        return self.call_now(method, *args, **kw)
+
+    def call_now(self, method: str, *args, **kw):
+        """``call``, even while the server counts as down (to resolve an unknown outcome)."""
         try:
             try:
                 result = getattr(self.client, method)(*args, **kw)
@@ -95,8 +115,13 @@ class MemcachedServer:
             self._recovered()
         return result
 
-    def remember_unreleased(self, key: str, value: bytes) -> None:
-        self._unreleased.append((key, value))
+    def remember_unreleased(self, key: str, token: str) -> None:
+        """Remove ``key`` if it carries ``token`` once the server answers again.
+
+        Only for tokens nobody here holds: a release that could not reach the
+        server, or an acquisition whose outcome stayed unknown.
+        """
+        self._unreleased.append((key, token))
 
     def _failed(self, exc: BaseException) -> None:
         with self._state_lock:
@@ -121,9 +146,9 @@ class MemcachedServer:
             pending = list(self._unreleased)
             self._unreleased.clear()
         logger.info("memcached %s answers again after %.1fs", self, outage)
-        for key, value in pending:
+        for key, token in pending:
             try:
-                _compare_and_delete(self, key, value)
+                _compare_and_delete(self, key, token)
             except BackendUnavailable:
                 break
 
@@ -137,11 +162,59 @@ def _describe(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
-def _compare_and_delete(server: MemcachedServer, key: str, value: bytes) -> bool:
+def carries_token(stored: bytes | None, token: str) -> bool:
+    """True if a stored lock value was written by the acquisition with ``token``.
+
+    Renewals and handovers rewrite the value but keep the token, and a token
+    is never reused, so this names one acquisition exactly.
+    """
+    return stored is not None and stored.startswith(b"%s %s " % (MAGIC, token.encode("ascii")))
+
+
+def _compare_and_delete(server: MemcachedServer, key: str, token: str) -> bool:
     stored, cas = server.call("gets_values", key).get(key, (None, None))
-    if stored != value:
+    if not carries_token(stored, token):
         return False
     return bool(server.call("cas_value", key, stored, cas, -1))
+
+
+class _Orphan:
+    """A lock item this process may have stored but holds no lease for (see ``lease.abandon``).
+
+    The add that may have stored it can still be on its way (sent, then its
+    connection closed by an interrupt or a timeout; the server carries it out
+    later), so an item not found at once is looked for again after each of
+    ORPHAN_RECHECKS seconds.
+    """
+
+    __slots__ = ("server", "key", "token", "rechecks")
+
+    def __init__(self, server: MemcachedServer, key: str, token: str) -> None:
+        self.server = server
+        self.key = key
+        self.token = token
+        self.rechecks = ORPHAN_RECHECKS
+
+    def _reap(self) -> None:
+        try:
+            if _compare_and_delete(self.server, self.key, self.token):
+                return
+        except BackendUnavailable:
+            self.server.remember_unreleased(self.key, self.token)
+            return
+        if self.rechecks:
+            delay, self.rechecks = self.rechecks[0], self.rechecks[1:]
+            timer = threading.Timer(delay, abandon, (self,))
+            timer.daemon = True
+            timer.start()
+
+    def __repr__(self) -> str:
+        return "<orphan %s token=%s>" % (self.key, self.token)
+
+
+def _outcome_unknown(exc: BackendUnavailable) -> bool:
+    """True if the failed request may have been carried out (no answer within the timeout)."""
+    return isinstance(exc.__cause__, socket.timeout)
 
 
 class MemcachedLease(Lease):
@@ -153,14 +226,16 @@ class MemcachedLease(Lease):
 
     __slots__ = ("server", "key", "successor", "cas", "connection")
 
+    expiring = True
+
     def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes,
-                 ttl: float, cas: bytes | None = None, connection=None) -> None:
+                 ttl: float, cas: bytes | None = None, connection=None, sent: float | None = None) -> None:
         self.server = server
         self.key = key
         self.successor: bytes | None = None
         self.cas = cas
         self.connection = connection
-        super().__init__(backend, name, token, value, ttl)
+        super().__init__(backend, name, token, value, ttl, sent)
 
     def _release(self) -> bool | None:
         key = self.key
@@ -178,19 +253,19 @@ class MemcachedLease(Lease):
             want = found.get(key + WANT_SUFFIX)
             if want is not None:
                 self.successor = want[0]
-            if stored != self.value:
+            if not carries_token(stored, self.token):
                 return False
             return bool(self.server.call("cas_value", key, stored, cas, -1))
         except BackendUnavailable:
-            self.server.remember_unreleased(key, self.value)
+            self.server.remember_unreleased(key, self.token)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
             return None
 
     def _renew(self, ttl: float) -> bool:
         stored, cas = self.server.call("gets_values", self.key).get(self.key, (None, None))
-        if stored != self.value:
+        if not carries_token(stored, self.token):
             return False
-        value = renewed_value(self.value, ttl)
+        value = renewed_value(stored, ttl)
         self.cas = self.connection = None
         if self.server.call("cas_value", self.key, value, cas, store_ttl(ttl)):
             self.value = value
@@ -242,27 +317,34 @@ class MemcachedBackend(Backend):
         return self.servers[best]
 
     def acquire(self, name: str, ttl: float) -> MemcachedLease | None:
+        """One ``add``; a lease if it stored the lock, None if somebody holds it.
+
+        From the moment the add is sent until the lease exists, an interrupt
+        gives the attempt's token to the reaper (the add may have landed).
+        """
         server = self.server_for(name)
         key = self.prefix + name
         token = new_token()
         value = encode_value(token, ttl)
-        cas = connection = None
+        sent = time.monotonic()
+        lease = None
         try:
-            stored, cas, connection = server.call("add_keeping_cas", key, value, store_ttl(ttl))
-        except BackendUnavailable as exc:
-            if not isinstance(exc.__cause__, socket.timeout):
-                raise
-            # A timed-out add may have been stored: if so the lock is ours;
-            # if we cannot tell, it is removed once the server answers again.
-            server.remember_unreleased(key, value)
-            server.down_until = 0.0
             try:
-                stored = server.call("get", key) == value
-            except BackendUnavailable:
-                raise exc from exc.__cause__
-        if not stored:
-            return None
-        return MemcachedLease(self, server, key, name, token, value, ttl, cas, connection)
+                stored, cas, connection = server.call("add_keeping_cas", key, value, store_ttl(ttl))
+            except BackendUnavailable as exc:
+                if not _outcome_unknown(exc):
+                    raise
+                stored, cas, connection = _resolve_unknown_add(server, key, value, token, ttl, exc)
+            if not stored:
+                return None
+            lease = MemcachedLease(self, server, key, name, token, value, ttl, cas, connection, sent)
+        except BackendUnavailable:
+            raise
+        except BaseException:
+            if lease is None:
+                abandon(_Orphan(server, key, token))
+            raise
+        return lease
 
     def holder(self, name: str) -> Holder | None:
         value = self.server_for(name).call("get", self.prefix + name)
@@ -290,16 +372,18 @@ class MemcachedBackend(Backend):
         ``ClientPool.delete_if_unchanged``).  Returns the announcement (a Want
         or None), or False when the record could not be rewritten that way.
         """
-        if lease.cas is None:
-            return False
         value = encode_value(lease.token, ttl, thread=thread)
         key = lease.key
-        answer = lease.server.call(
-            "replace_if_unchanged", lease.connection, key, value, lease.cas, store_ttl(ttl), key + WANT_SUFFIX
-        )
-        if answer is None:
-            return False
-        lease.value, lease.cas, lease.ttl = value, answer[0], ttl
+        with lease._guard:  # not while a renewal rewrites the record
+            if lease.cas is None or not lease.held:
+                return False
+            sent = time.monotonic()
+            answer = lease.server.call(
+                "replace_if_unchanged", lease.connection, key, value, lease.cas, store_ttl(ttl), key + WANT_SUFFIX
+            )
+            if answer is None:
+                return False
+            lease.value, lease.cas, lease.ttl, lease.deadline = value, answer[0], ttl, sent + shortest_life(ttl)
         return Want.decode(answer[1]) if answer[1] else None
 
     def put_want(self, name: str, value: bytes, cas, add: bool) -> bool:
@@ -350,6 +434,35 @@ class MemcachedBackend(Backend):
                 server.client.close()
             except Exception:
                 logger.debug("closing client for %s failed", server, exc_info=True)
+
+
+def _resolve_unknown_add(server: MemcachedServer, key: str, value: bytes, token: str, ttl: float,
+                        failure: BackendUnavailable) -> tuple[bool, bytes | None, object]:
+    """Find out whether an add whose answer timed out stored the lock: (stored, cas, connection).
+
+    Reads the key: our token means stored (ours), another token means not
+    stored; no item means the add did not land (yet), so it is sent again
+    with the same token (a late first add then finds the key taken).  Raises
+    ``failure`` if a read fails or UNKNOWN_ADD_TRIES attempts do not tell;
+    the token then goes to the reaper, which removes the item if it landed.
+    """
+    for _ in range(UNKNOWN_ADD_TRIES):
+        try:
+            stored = server.call_now("get", key)
+        except BackendUnavailable:
+            break  # hung or gone: one read is all a hung server costs
+        if stored is not None:
+            return carries_token(stored, token), None, None
+        try:
+            added, cas, connection = server.call_now("add_keeping_cas", key, value, store_ttl(ttl))
+        except BackendUnavailable as exc:
+            if not _outcome_unknown(exc):
+                break
+            continue
+        if added:
+            return True, cas, connection
+    abandon(_Orphan(server, key, token))
+    raise failure
 
 
 #: Answers that end a command's reply at their first line.
