@@ -130,10 +130,10 @@ def _open_regular(path: str, flags: int, mode: int = 0o600) -> int:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile("%s is not a regular file: the lock store does not use it; remove it" % path)
+        return fd  # inside the try: an interrupt before the return closes the descriptor
     except BaseException:
         os.close(fd)
         raise
-    return fd
 
 
 def _made_by_us(fd: int) -> bool:
