@@ -26,7 +26,9 @@ period) at the latest.
 That is policy ``always``.  Policy ``on-conflict`` (the catalog patch's
 default) is optimistic: the function runs unlocked and the lock is taken only
 at commit, by a before-commit hook (so every commit that touches the key's
-objects happens under the lock), for one acquire and one release.  ZODB's
+objects happens under the lock): an acquire, a read and a write of the
+lock's note (exclusive writers, see ``_check_exclusive_commits``) and a
+release.  ZODB's
 conflict resolution decides as usual; a transaction that fails with a
 ConflictError *marks* the key for this thread, and the thread's next
 transaction takes the lock when it begins and brings its view forward (a
