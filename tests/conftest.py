@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from unimr.memcachedlock import registry
 import os
 
 import pytest
@@ -24,9 +25,9 @@ def memcached(memcached_server, monkeypatch):
     memcached_server.flush()
     monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", memcached_server.address)
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
-    config.reset()
+    registry.reset()
     yield memcached_server
-    config.reset()
+    registry.reset()
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def private_memcached(monkeypatch):
     with MemcachedServer() as server:
         monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", server.address)
         monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
-        config.reset()
+        registry.reset()
         yield server
-        config.reset()
+        registry.reset()
 
 
 @pytest.fixture
@@ -58,9 +59,9 @@ def _isolated_config(monkeypatch):
     for name in list(os.environ):
         if name.startswith("MEMCACHEDLOCK_"):
             monkeypatch.delenv(name)
-    config.reset()
+    registry.reset()
     yield
-    config.reset()
+    registry.reset()
 
 
 @pytest.fixture

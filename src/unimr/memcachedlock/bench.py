@@ -107,7 +107,7 @@ def request_count(address: str) -> int:
 
 def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None):
     from .config import Settings, parse_servers
-    from .backends import make_backend
+    from .registry import make_backend
 
     settings = Settings(servers=parse_servers(address), backend=kind,
                         lock_dir=lock_dir or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
@@ -470,7 +470,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit 2) instead of argparse's usage block."""
 
     def error(self, message: str):
-        from .cli import EXIT_USAGE, CommandError
+        from .cliargs import EXIT_USAGE, CommandError
 
         raise CommandError("%s (see memcachedlock bench --help)" % message, EXIT_USAGE)
 
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from pymemcache.exceptions import MemcacheError
 
-    from .cli import _positive_int, _seconds_arg
+    from .cliargs import _positive_int, _seconds_arg
     from .errors import BackendUnavailable
 
     parser = _Parser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
@@ -572,6 +572,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import main as command
-
-    sys.exit(command(["bench", *sys.argv[1:]]))
+    sys.exit(main())

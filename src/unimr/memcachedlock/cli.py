@@ -49,33 +49,21 @@ from typing import IO, Sequence
 from urllib.parse import unquote
 
 from .backends.memcached import server_command
+from .cliargs import (
+    EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
+)
 from .config import BACKEND_KINDS, ServerAddress, Settings
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from .info import Holder, token_of
+from .backends.records import Holder, token_of
 from .keys import lock_name
 from .locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_NO = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
-
 #: Unicode categories escaped by ``clean``: controls, format (bidi overrides), separators, surrogates.
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 #: What a lock name (``keys.lock_name``) is made of.
 _NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{0,200}")
-
-
-class CommandError(Exception):
-    """A subcommand failed; ``code`` is the exit code, the message one line."""
-
-    def __init__(self, message: str, code: int = EXIT_NO) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -550,16 +538,6 @@ def cmd_bench(args: argparse.Namespace, out: IO[str]) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("%r must be at least 1" % text)
-    return value
-
-
 def _milliseconds(text: str) -> float:
     try:
         value = float(text)
@@ -567,16 +545,6 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError("%r is not a number of milliseconds" % text) from None
     if not 0 <= value <= 10000:
         raise argparse.ArgumentTypeError("%r must be between 0 and 10000 ms" % text)
-    return value
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("%r must be a finite number above 0" % text)
     return value
 
 

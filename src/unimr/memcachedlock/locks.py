@@ -22,7 +22,7 @@ from typing import Callable
 from zope.interface import implementer
 
 from . import metrics, waiting
-from .config import get_backend
+from .registry import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 #: memcached reads a larger exptime as an absolute unix time.
 MAX_LEASE = 2592000.0
 MAX_INTERVAL = 3600.0
-FIRST_POLL = 0.001
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 0.05
@@ -176,7 +175,7 @@ class BaseLock:
             return
         lease.release()
         self._lost = lease.lost
-        waiting.released(self.backend, self.name, getattr(lease, "successor", None))
+        waiting.released(self.backend, self.name, lease.successor)
 
     def locked(self) -> bool:
         """True if anybody (this object, another thread or process) holds the lock."""

@@ -34,14 +34,16 @@ from typing import Iterable
 from urllib.parse import unquote
 
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from zope.interface import implementer
 
 from ..config import ServerAddress, Settings
 from ..errors import BackendUnavailable
-from ..info import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
+from ..interfaces import IWaiterBoard
+from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .pool import ClientPool
-from ..waiting import WANT_TTL, Want
+from .records import WANT_TTL, Want
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +275,7 @@ class MemcachedLease(Lease):
         return False
 
 
+@implementer(IWaiterBoard)
 class MemcachedBackend(Backend):
     """Locks in one or several memcached servers."""
 
@@ -355,6 +358,11 @@ class MemcachedBackend(Backend):
 
     def break_lock(self, name: str) -> bool:
         return bool(self.server_for(name).call("delete", self.prefix + name, noreply=False))
+
+    @property
+    def waiter_board(self) -> "MemcachedBackend":
+        """This store keeps the waiter announcements itself."""
+        return self
 
     def peek_want(self, name: str):
         """One round trip: (is the lock held, the waiter announcement or None, its cas)."""
