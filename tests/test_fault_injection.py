@@ -21,6 +21,7 @@ from delay_proxy import DelayProxy
 from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, carries_token
+from unimr.memcachedlock.backends.pool import ClientPool
 from unimr.memcachedlock.config import parse_server
 from unimr.memcachedlock.errors import BackendUnavailable, InvalidKey, TimeoutTooLarge
 from unimr.memcachedlock.lease import MAX_CHECK_PERIOD, renew_period
@@ -36,7 +37,7 @@ def stored_token(server, name: str) -> bytes | None:
     """The lock item as memcached holds it (read over a fresh client)."""
     backend = direct_backend(server)
     try:
-        return backend.servers[0].call("get", backend.prefix + name)
+        return backend.servers[0].call(ClientPool.get, backend.prefix + name)
     finally:
         backend.close()
 

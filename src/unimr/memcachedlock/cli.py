@@ -49,6 +49,7 @@ from typing import IO, Sequence
 from urllib.parse import unquote
 
 from .backends.memcached import server_command
+from .backends.pool import ClientPool
 from .cliargs import (
     EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
 )
@@ -222,10 +223,10 @@ def _break_in_memcached(store, name: str, token: str) -> bool:
     """``gets`` then ``cas`` with exptime -1: removed only if the item still carries ``token``."""
     server = store.server_for(name)
     key = store.prefix + name
-    stored, cas = server.call("gets", key)
+    stored, cas = server.call(ClientPool.gets, key)
     if stored is None or token_of(stored) != token:
         return False
-    return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+    return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
 
 
 def holder_row(holder: Holder) -> list[str]:

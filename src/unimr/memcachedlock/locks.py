@@ -7,6 +7,21 @@ processes do.  This module owns the waiting: a first immediate attempt,
 then the shared, fair wait of :mod:`.waiting` (one poller per process and
 key, wake-ups on release, turns between processes), bounded by the
 caller's deadline.
+
+Map of one acquisition and release, file by file:
+
+1. ``keys.lock_name`` turns the key into a lock name; ``registry.get_backend``
+   gives the process's store (``backends/memcached.py``, ``file.py`` or
+   ``fallback.py``).
+2. ``Lock.acquire`` (here) asks the store once: ``backend.acquire`` stores a
+   holder record (``backends/records.py``) and returns a lease (``lease.py``),
+   which the renewer thread (``renewer.py``) keeps alive while it is held.
+3. If the lock is taken, ``waiting.wait_for`` queues the thread: one poller per
+   process and key, wake-ups, turns between processes announced on the store's
+   waiter board (``backend.waiter_board``, memcached only).
+4. ``Lock.release`` offers the lease to a waiting thread of this process
+   (``waiting.hand_over``), else releases it (token compared) and wakes the
+   waiter the release found (``waiting.released``); ``metrics`` counts both.
 """
 
 from __future__ import annotations
@@ -22,10 +37,10 @@ from typing import Callable
 from zope.interface import implementer
 
 from . import metrics, waiting
-from .registry import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
+from .registry import get_backend
 from .lease import Lease, abandon
 
 logger = logging.getLogger(__name__)
