@@ -100,7 +100,7 @@ def test_no_import_cycles():
 
 
 #: Modules above the lock core: the command line and its tools, and the Zope integration.
-TOOLS = {"cli", "cliargs", "bench", "demo", "__main__", "memcachedlock"}
+TOOLS = {"tools", "__main__", "memcachedlock"}
 ABOVE_CORE = {"zope", "zlock"} | TOOLS
 
 

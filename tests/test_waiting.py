@@ -15,7 +15,8 @@ import pytest
 
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.backends import records
-from unimr.memcachedlock import Lock, bench, get_backend, waiting
+from unimr.memcachedlock import Lock, get_backend, waiting
+from unimr.memcachedlock.tools import bench
 from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
 from unimr.memcachedlock.keys import lock_name

@@ -88,8 +88,8 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def server_stats(address: str) -> dict[str, int]:
     """memcached's ``stats`` as integers (non-numeric values are left out)."""
-    from .backends.memcached import server_command
-    from .config import parse_server
+    from ..backends.memcached import server_command
+    from ..config import parse_server
 
     stats: dict[str, int] = {}
     for line in server_command(parse_server(address), b"stats").splitlines():
@@ -106,8 +106,8 @@ def request_count(address: str) -> int:
 
 
 def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None):
-    from .config import Settings, parse_servers
-    from .registry import make_backend
+    from ..config import Settings, parse_servers
+    from ..registry import make_backend
 
     settings = Settings(servers=parse_servers(address), backend=kind,
                         lock_dir=lock_dir or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
@@ -135,7 +135,7 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
     The two alternate in ``rounds`` rounds of ``n`` pairs; the median round
     counts, so a burst of noise from other processes hits both sides.
     """
-    from .locks import Lock
+    from ..locks import Lock
 
     raw = _raw_client(address)
     backend = _backend(address, "memcached")
@@ -175,8 +175,8 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
 
 
 def _file_latency(n: int, rounds: int) -> dict:
-    from .backends.file import FileBackend
-    from .locks import Lock
+    from ..backends.file import FileBackend
+    from ..locks import Lock
 
     with tempfile.TemporaryDirectory(prefix="memcachedlock-bench-") as directory:
         backend = FileBackend(directory)
@@ -229,7 +229,7 @@ def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at:
             out.append((acquired, released, worker))
             if released >= stop_at:
                 return out
-    from .locks import Lock
+    from ..locks import Lock
 
     backend = _backend(address, "memcached") if kind == "ours" else None
     lock = Lock(key, backend=_SHARED_BACKEND.get(address) or backend)
@@ -337,7 +337,7 @@ def _noop(_: int) -> None:
 
 def _waiting_process(address: str, key: str, threads: int, wait: float, ready) -> int:
     """``threads`` threads of this process wait ``wait`` seconds for ``key``; return how many got it."""
-    from .locks import Lock
+    from ..locks import Lock
 
     backend = _backend(address, "memcached")
     got = []
@@ -366,7 +366,7 @@ def waiting_load(address: str, processes: int = 4, threads: int = 1, wait: float
     waiter times out; the rate is given for the first ``first`` seconds and
     for the rest of the wait.
     """
-    from .locks import Lock
+    from ..locks import Lock
 
     key = "bench:waiting:%s" % os.urandom(4).hex()
     backend = _backend(address, "memcached")
@@ -477,8 +477,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _one_server(text: str) -> str:
     """The ``host:port`` of ``--servers``: one TCP server, checked like MEMCACHEDLOCK_SERVERS."""
-    from .config import parse_servers
-    from .errors import ConfigurationError
+    from ..config import parse_servers
+    from ..errors import ConfigurationError
 
     servers = parse_servers(text)
     if len(servers) != 1 or servers[0].path is not None:
@@ -488,9 +488,9 @@ def _one_server(text: str) -> str:
 
 def _answering(address: str) -> None:
     """BackendUnavailable (one line) unless memcached at ``address`` answers ``version``."""
-    from .backends.memcached import server_command
-    from .config import parse_server
-    from .errors import BackendUnavailable
+    from ..backends.memcached import server_command
+    from ..config import parse_server
+    from ..errors import BackendUnavailable
 
     try:
         answer = server_command(parse_server(address), b"version", timeout=2.0)
@@ -510,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pymemcache.exceptions import MemcacheError
 
     from .cliargs import _positive_int, _seconds_arg
-    from .errors import BackendUnavailable
+    from ..errors import BackendUnavailable
 
     parser = _Parser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=("latency", "handoff", "waiting", "all"))

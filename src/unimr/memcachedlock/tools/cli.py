@@ -48,16 +48,16 @@ import unicodedata
 from typing import IO, Sequence
 from urllib.parse import unquote
 
-from .backends.memcached import server_command
-from .backends.pool import ClientPool
+from ..backends.memcached import server_command
+from ..backends.pool import ClientPool
 from .cliargs import (
     EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
 )
-from .config import BACKEND_KINDS, ServerAddress, Settings
-from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from .backends.records import Holder, token_of
-from .keys import lock_name
-from .locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from ..config import BACKEND_KINDS, ServerAddress, Settings
+from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
+from ..backends.records import Holder, token_of
+from ..keys import lock_name
+from ..locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def make_store(settings: Settings):
     """The store the settings name, for inspection: its lock directory is checked, never created."""
-    from .backends.fallback import FallbackBackend
-    from .backends.file import FileBackend
-    from .backends.memcached import MemcachedBackend
+    from ..backends.fallback import FallbackBackend
+    from ..backends.file import FileBackend
+    from ..backends.memcached import MemcachedBackend
 
     if settings.backend == "memcached":
         return MemcachedBackend.from_settings(settings)
@@ -399,7 +399,7 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
 
 
 def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
-    from .metrics import metrics_settings
+    from ..metrics import metrics_settings
 
     result: dict = {"problems": [], "servers": []}
     try:
@@ -440,7 +440,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
             for warning in report["warnings"]:
                 lines.append("  warning: %s" % warning)
     if settings.backend in ("file", "fallback"):
-        from .backends.file import prepare_lock_dir
+        from ..backends.file import prepare_lock_dir
 
         try:
             state = "private"
@@ -478,7 +478,7 @@ def _check_creatable(path: str) -> None:
 
 
 def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
-    from . import metrics
+    from .. import metrics
 
     directory = args.dir
     if directory is None:
@@ -532,7 +532,7 @@ def cmd_bench(args: argparse.Namespace, out: IO[str]) -> int:
         raise CommandError("bench is not available: %s" % exc, EXIT_USAGE) from None
     main_function = getattr(bench, "main", None)
     if main_function is None:
-        raise CommandError("bench is not available: unimr.memcachedlock.bench has no main()", EXIT_USAGE)
+        raise CommandError("bench is not available: unimr.memcachedlock.tools.bench has no main()", EXIT_USAGE)
     return int(main_function(list(args.bench_args)) or 0)
 
 
@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
 
     bench = sub.add_parser("bench", add_help=False, help="latency and handoff against raw pymemcache",
-                           description="Run the benchmarks (unimr.memcachedlock.bench); "
+                           description="Run the benchmarks (unimr.memcachedlock.tools.bench); "
                                        "`memcachedlock bench --help` shows their options.")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)

@@ -157,7 +157,7 @@ def worker_main(argv: Sequence[str]) -> int:
     from ZODB.POSException import ConflictError
 
     # The package exports the zlock *function* under the module's name.
-    zlock_module = importlib.import_module(__package__ + ".zlock")
+    zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
 
     lock_busy = getattr(zlock_module, "LockBusy", None)
     update = _update
@@ -219,8 +219,8 @@ def _die_with_parent() -> None:
 
 def memcached_version(host: str | None, port: int | None, timeout: float = 1.0, path: str | None = None) -> str | None:
     """The server's version if something answers as memcached at host:port (or the unix socket ``path``)."""
-    from .backends.memcached import server_command
-    from .config import ServerAddress
+    from ..backends.memcached import server_command
+    from ..config import ServerAddress
 
     address = ServerAddress(path=path) if path is not None else ServerAddress(host=host, port=port)
     try:
@@ -353,7 +353,7 @@ class Demo:
 
     def choose_store(self, environ: dict | None = None) -> LockStore:
         """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store."""
-        from .config import parse_servers
+        from ..config import parse_servers
 
         env = os.environ if environ is None else environ
         reasons = []
@@ -436,7 +436,7 @@ class Demo:
         """Start the clients, release them together, collect their figures."""
         result = PhaseResult(mode, self.clients, self.writes, self.work_ms)
         title = MODE_TITLES[mode]
-        code = "import sys; from unimr.memcachedlock.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
         env = self._client_env()
         workers: list[subprocess.Popen] = []
         log = open(self._client_log(mode), "ab")
