@@ -18,9 +18,8 @@ import os
 import sys
 import timeit
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from servers import MemcachedServer  # noqa: E402  (tests/ is not a package)
+from unimr.memcachedlock.tools.servers import MemcachedServer
 
 
 def measure(label: str, lookups: int, cycles: int, rounds: int) -> None:

@@ -41,6 +41,8 @@ import threading
 import time
 from typing import Iterator, Sequence
 
+from .servers import MemcachedServer
+
 #: memcached ``stats`` counters that each count one request (a key of a multi-get counts once).
 REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses",
                     "incr_hits", "incr_misses", "decr_hits", "decr_misses")
@@ -48,37 +50,14 @@ REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_mi
 
 # -- a private memcached -------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def private_memcached(binary: str | None = None) -> Iterator[str]:
     """Start memcached on a free loopback port; yield ``host:port``; stop it afterwards."""
     binary = binary or shutil.which("memcached")
     if binary is None:
         raise RuntimeError("memcached is not installed (apt-get install memcached) and no --servers given")
-    port = _free_port()
-    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2"]
-    if os.getuid() == 0:
-        args += ["-u", "root"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("memcached did not start on port %d" % port)
-                time.sleep(0.02)
-        yield "127.0.0.1:%d" % port
-    finally:
-        proc.kill()
-        proc.wait()
+    with MemcachedServer(binary=binary) as server:
+        yield server.address
 
 
 def _host_port(address: str) -> tuple[str, int]:

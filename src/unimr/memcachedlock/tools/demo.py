@@ -39,6 +39,8 @@ import threading
 import time
 from typing import IO, Callable, Sequence
 
+from .servers import free_port
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIENTS = 4
@@ -198,13 +200,6 @@ def worker_main(argv: Sequence[str]) -> int:
 
 
 # --------------------------------------------------------------------------- parent side
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:
