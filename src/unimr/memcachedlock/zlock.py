@@ -66,7 +66,7 @@ import time
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, unquote
 
-from . import metrics
+from . import metrics, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -277,14 +277,12 @@ def _connections(txn: object) -> list:
     found: list = []
 
     def collect(obj: object) -> None:
-        if isinstance(obj, _Connection) and obj not in found and obj._normal_storage is not None:
+        if isinstance(obj, _Connection) and obj not in found and zodbprivate.normal_storage(obj) is not None:
             found.append(obj)
 
-    for resource in list(getattr(txn, "_resources", ())):
+    for resource in zodbprivate.resources(txn):
         collect(resource)
-    synchronizers = getattr(txn, "_synchronizers", None)
-    if synchronizers is not None:
-        synchronizers.map(collect)
+    zodbprivate.each_synchronizer(txn, collect)
     return found
 
 
@@ -308,16 +306,14 @@ def storage_identity(conn) -> str:
 
 def _view_start(conn) -> bytes | None:
     """The tid this connection's snapshot reads before (its view), or None if unknown."""
-    start = getattr(conn._normal_storage, "_start", None)
-    return start if isinstance(start, bytes) and len(start) == 8 else None
+    return zodbprivate.view_start(zodbprivate.normal_storage(conn))
 
 
 def _committed_tid(conn) -> bytes | None:
     """A tid at or after this connection's last commit that this client has received."""
-    storage = conn._normal_storage
     candidates = []
-    ltid = getattr(storage, "_ltid", b"")
-    if isinstance(ltid, bytes) and len(ltid) == 8:
+    ltid = zodbprivate.last_committed(zodbprivate.normal_storage(conn))
+    if ltid is not None:
         candidates.append(ltid)
     start = _view_start(conn)
     if start is not None and u64(start) > 0:
@@ -368,7 +364,7 @@ _unchecked_warned: set = set()
 def _warn_unchecked(connections: list, name: str) -> None:
     """One warning per storage class whose view zlock cannot check (RelStorage)."""
     for conn in connections:
-        kind = type(conn._normal_storage).__name__
+        kind = type(zodbprivate.normal_storage(conn)).__name__
         if _view_start(conn) is None and kind not in _unchecked_warned:
             _unchecked_warned.add(kind)
             logger.warning(
@@ -489,7 +485,7 @@ def _write_note(entry: _Entry, txn: object) -> None:
     tids = dict(entry.note)
     wrote = False
     for conn in _connections(txn):
-        if conn in getattr(txn, "_resources", ()):
+        if conn in zodbprivate.resources(txn):
             tid = _committed_tid(conn)
             if tid is not None:
                 tids[storage_identity(conn)] = tid
