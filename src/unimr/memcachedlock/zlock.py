@@ -722,6 +722,29 @@ def _fresh_after_ping(connections: list) -> bool:
     return True
 
 
+def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
+                adopted: bool, started: float) -> None:
+    """Raise LockBusy, keeping the lock reserved, if the view predates the last commit under the lock."""
+    if policy == "always":
+        _warn_unchecked(connections, name)
+        stale = _stale(connections, entry.note)
+        if stale:
+            _catch_up(stale)
+        last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
+    else:
+        stale = [] if adopted or _fresh_after_ping(connections) else [None]
+        last = ""
+    if stale:
+        _reserve(entry, txn, name)
+        metrics.record_busy(name)
+        raise LockBusy(
+            message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
+            "retry (lock reserved, waited %.3fs%s)"
+            % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+            key=key, reserved=True,
+        )
+
+
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
                          policy: str = "always") -> bool:
@@ -762,24 +785,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
         entry = _take(key, timeout, interval, wait, policy)
     entry.timeout = timeout
     try:
-        if policy == "always":
-            _warn_unchecked(connections, name)
-            stale = _stale(connections, entry.note)
-            if stale:
-                _catch_up(stale)
-            last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
-        else:
-            stale = [] if adopted or _fresh_after_ping(connections) else [None]
-            last = ""
-        if stale:
-            _reserve(entry, txn, name)
-            metrics.record_busy(name)
-            raise LockBusy(
-                message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
-                "retry (lock reserved, waited %.3fs%s)"
-                % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
-                key=key, reserved=True,
-            )
+        _check_view(entry, txn, connections, name, key, policy, adopted, started)
         _hold(txn, name, entry)
     except LockBusy:
         raise

@@ -531,23 +531,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, MemcacheError) as exc:
             raise BackendUnavailable("memcached %s failed during the run: %s" % (address, exc)) from exc
         missed = missed_goals(report)
-        if args.json:
-            if args.check:
-                report["missed_goals"] = missed
-            json.dump(report, sys.stdout, indent=2, default=str)
-            print()
-        else:
-            if "latency" in report:
-                print_latency(report["latency"])
-                print()
-            if "handoff" in report:
-                print_handoff(report["handoff"])
-                print()
-            if "waiting" in report:
-                print_waiting(report["waiting"])
-            if args.check:
-                print("\ngoals: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+        _print_report(report, missed, args.json, args.check)
     return 1 if args.check and missed else 0
+
+
+def _print_report(report: dict, missed: list[str], as_json: bool, check: bool) -> None:
+    """The tables (or JSON), and with ``check`` the goals missed."""
+    if as_json:
+        if check:
+            report["missed_goals"] = missed
+        json.dump(report, sys.stdout, indent=2, default=str)
+        print()
+        return
+    if "latency" in report:
+        print_latency(report["latency"])
+        print()
+    if "handoff" in report:
+        print_handoff(report["handoff"])
+        print()
+    if "waiting" in report:
+        print_waiting(report["waiting"])
+    if check:
+        print("\ngoals: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
 
 
 if __name__ == "__main__":

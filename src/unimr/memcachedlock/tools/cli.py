@@ -398,6 +398,26 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     return report
 
 
+def _check_one_server(address: ServerAddress, settings: Settings, result: dict, lines: list[str]) -> None:
+    """``check`` of one memcached server: its report into ``result``, its lines into ``lines``."""
+    report = check_server(address, settings)
+    result["servers"].append(report)
+    if report["reachable"]:
+        line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
+            address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
+            report["evictions"], report["temporary_ttl"] or "off")
+        if not report["evictions_enabled"]:
+            line += ", evictions off (-M)"
+    else:
+        line = "memcached %s: UNREACHABLE" % address
+    lines.append(line)
+    for problem in report["problems"]:
+        lines.append("  PROBLEM: %s" % problem)
+        result["problems"].append("memcached %s: %s" % (address, problem))
+    for warning in report["warnings"]:
+        lines.append("  warning: %s" % warning)
+
+
 def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     from ..metrics import metrics_settings
 
@@ -423,22 +443,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
     if settings.backend in ("memcached", "fallback"):
         for address in settings.servers:
-            report = check_server(address, settings)
-            result["servers"].append(report)
-            if report["reachable"]:
-                line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
-                    address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
-                    report["evictions"], report["temporary_ttl"] or "off")
-                if not report["evictions_enabled"]:
-                    line += ", evictions off (-M)"
-            else:
-                line = "memcached %s: UNREACHABLE" % address
-            lines.append(line)
-            for problem in report["problems"]:
-                lines.append("  PROBLEM: %s" % problem)
-                result["problems"].append("memcached %s: %s" % (address, problem))
-            for warning in report["warnings"]:
-                lines.append("  warning: %s" % warning)
+            _check_one_server(address, settings, result, lines)
     if settings.backend in ("file", "fallback"):
         from ..backends.file import prepare_lock_dir
 
@@ -549,26 +554,9 @@ def _milliseconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_demo(sub) -> None:
+    """``memcachedlock demo``."""
     from .demo import DEFAULT_CLIENTS, DEFAULT_TIMEOUT, DEFAULT_WORK_MS, DEFAULT_WRITES, STORE_CHOICES
-
-    parser = argparse.ArgumentParser(
-        prog="memcachedlock",
-        description="Distributed locks for Zope/ZODB in memcached or flock'd files: "
-                    "demo, inspection and checks.",
-        epilog="Exit codes: 0 ok, 1 no/problem found, 2 usage or configuration error, "
-               "3 lock store unreachable, 130 interrupted.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
-                                         "(host:port,host:port)")
-    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
-    store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
-    store.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     demo = sub.add_parser(
         "demo", help="show what zlock saves: K ZEO clients on one hot object, no lock vs zlock",
@@ -589,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print JSON for scripts")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_store_commands(sub, store: argparse.ArgumentParser) -> None:
+    """``list``, ``show``, ``break`` and ``check``: the commands that read a lock store."""
     listing = sub.add_parser("list", parents=[store], help="the locks held now",
                              description="List the locks held now: key, holder (host, pid, thread), age, "
                                          "TTL left and store.")
@@ -618,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fix.  Exit 1 on a problem, 2 on a bad configuration.")
     check.set_defaults(func=cmd_check)
 
+
+def _add_stats_and_bench(sub) -> None:
+    """``stats`` and ``bench``."""
     stats = sub.add_parser("stats", help="merged lock metrics of all processes",
                            description="Read the metrics snapshots processes write into "
                                        "MEMCACHEDLOCK_METRICS_DIR and merge them per key prefix.")
@@ -631,6 +625,30 @@ def build_parser() -> argparse.ArgumentParser:
                                        "`memcachedlock bench --help` shows their options.")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memcachedlock",
+        description="Distributed locks for Zope/ZODB in memcached or flock'd files: "
+                    "demo, inspection and checks.",
+        epilog="Exit codes: 0 ok, 1 no/problem found, 2 usage or configuration error, "
+               "3 lock store unreachable, 130 interrupted.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
+                                         "(host:port,host:port)")
+    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
+    store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
+    store.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    _add_demo(sub)
+    _add_store_commands(sub, store)
+    _add_stats_and_bench(sub)
     return parser
 
 

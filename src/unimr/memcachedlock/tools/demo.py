@@ -234,6 +234,16 @@ class LockStore:
     description: str
 
 
+def _add_counts(result: PhaseResult, state: list[dict]) -> None:
+    """Sum the clients' figures into ``result``; conflicts are the attempts neither committed nor busy."""
+    for counts in state:
+        result.commits += counts["commits"]
+        result.attempts += counts["attempts"]
+        result.busy += counts["busy"]
+        result.executions += counts["executions"]
+    result.conflicts = result.attempts - result.commits - result.busy
+
+
 class Demo:
     """Owns everything one demo run starts; ``close()`` stops and removes it all."""
 
@@ -431,21 +441,7 @@ class Demo:
         """Start the clients, release them together, collect their figures."""
         result = PhaseResult(mode, self.clients, self.writes, self.work_ms)
         title = MODE_TITLES[mode]
-        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
-        env = self._client_env()
-        workers: list[subprocess.Popen] = []
-        log = open(self._client_log(mode), "ab")
-        for _ in range(self.clients):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
-                 "--writes", str(self.writes), "--work", repr(self.work_ms),
-                 "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                env=env, cwd=self.tmp, start_new_session=True,
-            )
-            self.procs.append(proc)
-            workers.append(proc)
-        log.close()
+        workers = self._start_clients(mode)
         deadline = time.monotonic() + self.timeout
         selector = selectors.DefaultSelector()
         for index, proc in enumerate(workers):
@@ -500,14 +496,27 @@ class Demo:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             selector.close()
-        for counts in state:
-            result.commits += counts["commits"]
-            result.attempts += counts["attempts"]
-            result.busy += counts["busy"]
-            result.executions += counts["executions"]
-        result.conflicts = result.attempts - result.commits - result.busy
+        _add_counts(result, state)
         self._show_progress(self._progress_text(title, state, result.wall) + "  done", final=True)
         return result
+
+    def _start_clients(self, mode: str) -> list[subprocess.Popen]:
+        """The client processes of one phase, each waiting for ``go`` on its stdin."""
+        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+        env = self._client_env()
+        workers: list[subprocess.Popen] = []
+        with open(self._client_log(mode), "ab") as log:
+            for _ in range(self.clients):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
+                     "--writes", str(self.writes), "--work", repr(self.work_ms),
+                     "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                    env=env, cwd=self.tmp, start_new_session=True,
+                )
+                self.procs.append(proc)
+                workers.append(proc)
+        return workers
 
     def _client_log(self, mode: str) -> str:
         return os.path.join(self.tmp, "client-%s.log" % mode)
