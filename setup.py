@@ -54,7 +54,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "memcachedlock = unimr.memcachedlock.cli:main",
+            "memcachedlock = unimr.memcachedlock.tools.cli:main",
         ],
         # plone.autoinclude (and z3c.autoinclude) load the package's configure.zcml,
         # which patches nothing; the catalog patch stays opt-in (catalog.zcml).

@@ -377,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     servers = args.servers
     if servers is None:
-        sys.path.insert(0, TESTS)
-        from servers import MemcachedServer
+        from unimr.memcachedlock.tools.servers import MemcachedServer
 
         server = MemcachedServer().start()
         servers = server.address

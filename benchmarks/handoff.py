@@ -10,7 +10,7 @@ Exit status 0 if the handoff goals are met (p50 <= 2 ms between processes,
 
 import sys
 
-from unimr.memcachedlock.cli import main
+from unimr.memcachedlock.tools.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -8,7 +8,7 @@ Exit status 0 if the ratio meets the goal (at most 1.6x).
 
 import sys
 
-from unimr.memcachedlock.cli import main
+from unimr.memcachedlock.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "latency", "--check", *sys.argv[1:]]))

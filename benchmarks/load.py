@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     servers = args.servers
     if servers is None and args.backend != "file":
-        sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
-        from servers import MemcachedServer
+        from unimr.memcachedlock.tools.servers import MemcachedServer
 
         server = MemcachedServer().start()
         servers = server.address

@@ -5,28 +5,28 @@
 Starts a private memcached on a free loopback port.  Prints, for the store
 built from the environment and then for the same kind of store registered as
 the ``ILockBackend`` utility (as ``<memcachedlock:store>`` does), the best
-round's time of ``config.get_backend()`` (every acquisition calls it) and of
+round's time of ``registry.get_backend()`` (every acquisition calls it) and of
 an uncontended ``Lock`` acquire+release.  The two should not differ: the
 registered store is cached, not looked up in the component registry per call.
 """
 
 from __future__ import annotations
 
+from unimr.memcachedlock import registry
 import argparse
 import os
 import sys
 import timeit
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from servers import MemcachedServer  # noqa: E402  (tests/ is not a package)
+from unimr.memcachedlock.tools.servers import MemcachedServer
 
 
 def measure(label: str, lookups: int, cycles: int, rounds: int) -> None:
     from unimr.memcachedlock import Lock, config
 
-    config.get_backend()
-    lookup = min(timeit.repeat(config.get_backend, number=lookups, repeat=rounds)) / lookups
+    registry.get_backend()
+    lookup = min(timeit.repeat(registry.get_backend, number=lookups, repeat=rounds)) / lookups
     lock = Lock("store-lookup-bench")
 
     def cycle() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         from zope.component import getGlobalSiteManager
 
         from unimr.memcachedlock import config
-        from unimr.memcachedlock.backends import make_backend
+        from unimr.memcachedlock.registry import make_backend
         from unimr.memcachedlock.interfaces import ILockBackend
 
         measure("environment store", args.n, args.cycles, args.rounds)

@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
 
-from servers import MemcachedServer  # noqa: E402  (tests/servers.py, by path)
+from unimr.memcachedlock.tools.servers import MemcachedServer  # noqa: E402
 from zeoserver import ZEOServer  # noqa: E402
 
 MODES = ("nolock", "zlock", "ideal")

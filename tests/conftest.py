@@ -7,6 +7,7 @@ import os
 import pytest
 
 from servers import MemcachedServer
+from unimr.memcachedlock import registry
 
 
 @pytest.fixture(scope="session")
@@ -19,27 +20,33 @@ def memcached_server():
 @pytest.fixture
 def memcached(memcached_server, monkeypatch):
     """The session's memcached, flushed, configured as the only lock store."""
-    import unimr.memcachedlock.config as config
-
     memcached_server.flush()
     monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", memcached_server.address)
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
-    config.reset()
+    registry.reset()
     yield memcached_server
-    config.reset()
+    registry.reset()
 
 
 @pytest.fixture
 def private_memcached(monkeypatch):
     """A memcached of the test's own, to kill, stop or restart."""
-    import unimr.memcachedlock.config as config
-
     with MemcachedServer() as server:
         monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", server.address)
         monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
-        config.reset()
+        registry.reset()
         yield server
-        config.reset()
+        registry.reset()
+
+
+@pytest.fixture(params=["memcached", "file", "fallback"])
+def store(request, memcached, lock_dir, monkeypatch):
+    """Each of the three stores in turn (the session's memcached, a private lock directory)."""
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
+    registry.reset()
+    assert registry.get_backend().kind == request.param
+    yield request.param
+    registry.reset()
 
 
 @pytest.fixture
@@ -53,14 +60,12 @@ def lock_dir(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _isolated_config(monkeypatch):
     """No test sees another's settings or the developer's environment."""
-    import unimr.memcachedlock.config as config
-
     for name in list(os.environ):
         if name.startswith("MEMCACHEDLOCK_"):
             monkeypatch.delenv(name)
-    config.reset()
+    registry.reset()
     yield
-    config.reset()
+    registry.reset()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.decorators import lock, rlock
 from unimr.memcachedlock.errors import (
@@ -27,8 +28,8 @@ def store(request, lock_dir, monkeypatch):
         request.getfixturevalue("memcached")
     else:
         monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-        config.reset()
-    return config.get_backend()
+        registry.reset()
+    return registry.get_backend()
 
 
 def test_hostile_keys_get_safe_distinct_names(store):
@@ -120,7 +121,7 @@ def test_get_key_that_raises_propagates_and_takes_no_lock(memcached):
 
     with pytest.raises(Boom, match="no key for 3"):
         work(3)
-    assert config.get_backend().list_locks() == []
+    assert registry.get_backend().list_locks() == []
 
 
 def test_get_key_returning_garbage_names_it(memcached):
@@ -154,7 +155,7 @@ def test_dont_lock_calls_unlocked(memcached):
 ])
 def test_malformed_server_list_names_the_entry(servers, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", servers)
-    config.reset()
+    registry.reset()
     with pytest.raises(ConfigurationError) as info:
         config.get_settings()
     assert isinstance(info.value, ValueError)
@@ -163,7 +164,7 @@ def test_malformed_server_list_names_the_entry(servers, monkeypatch):
     with pytest.raises(ConfigurationError):
         Lock("k").acquire(blocking=False)
     with pytest.raises(ConfigurationError):
-        config.configure(servers=servers)
+        registry.configure(servers=servers)
 
 
 @pytest.mark.parametrize("name, value", [
@@ -173,7 +174,7 @@ def test_malformed_server_list_names_the_entry(servers, monkeypatch):
 ])
 def test_bad_settings_name_the_value(name, value, monkeypatch):
     monkeypatch.setenv(name, value)
-    config.reset()
+    registry.reset()
     with pytest.raises(ConfigurationError) as info:
         config.get_settings()
     assert value in str(info.value)
@@ -189,7 +190,7 @@ def test_lock_dir_under_a_file_is_a_clear_error(tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
     monkeypatch.setenv("MEMCACHEDLOCK_DIR", str(blocker / "locks"))
-    config.reset()
+    registry.reset()
     with pytest.raises(ConfigurationError) as info:
         Lock("k").acquire()
     assert str(blocker / "locks") in str(info.value)

@@ -12,6 +12,7 @@ import ZEO
 from zope.configuration import xmlconfig
 from zope.testing.cleanup import cleanUp
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.keys import lock_name
 
@@ -42,7 +43,7 @@ def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(site, zeo_server):
         conn.root()["catalog"] = ZCatalog("catalog")
         tm.commit()
         name = lock_name("Products.ZCatalog.ZCatalog.ZCatalog:catalog")
-        backend = config.get_backend()
+        backend = registry.get_backend()
         seen = []
 
         def other_thread_can_take() -> None:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from servers import MemcachedServer, free_port
-from unimr.memcachedlock import cli
+from unimr.memcachedlock.tools import cli
 from unimr.memcachedlock.locks import Lock
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")

@@ -16,7 +16,7 @@ import pytest
 
 from servers import free_port
 from test_cli import SCRIPT, holder, read_question, run, script  # noqa: F401  (holder is a fixture)
-from unimr.memcachedlock import cli
+from unimr.memcachedlock.tools import cli
 from unimr.memcachedlock.keys import lock_name
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
@@ -219,7 +219,7 @@ def test_bench_reports_the_spread_over_rounds_and_judges_only_with_check(memcach
 
 
 def test_missed_goals_name_each_figure():
-    from unimr.memcachedlock.bench import missed_goals
+    from unimr.memcachedlock.tools.bench import missed_goals
 
     fast = {"p50_ms": 0.3, "alternation": 1.0}
     assert missed_goals({"latency": {"ratio": 1.2}, "handoff": [{}, fast, fast]}) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import ConfigurationError, config
 from unimr.memcachedlock.config import ServerAddress, Settings, parse_servers
 
@@ -66,7 +67,7 @@ def test_environment_is_read_once_and_reset_rereads(monkeypatch):
     first = config.get_settings()
     monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "b:2")
     assert config.get_settings() is first
-    config.reset()
+    registry.reset()
     assert [str(s) for s in config.get_settings().servers] == ["b:2"]
 
 
@@ -76,25 +77,25 @@ def test_bad_environment_is_reported_when_read(monkeypatch):
         config.get_settings()
     monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "cache:11211")
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "redis")
-    config.reset()
+    registry.reset()
     with pytest.raises(ConfigurationError, match="redis"):
         config.get_settings()
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "-1")
-    config.reset()
+    registry.reset()
     with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_IO_TIMEOUT"):
         config.get_settings()
 
 
 def test_configure_in_code_and_backend_is_built_once(memcached):
-    settings = config.configure(servers=memcached.address, backend="memcached")
+    settings = registry.configure(servers=memcached.address, backend="memcached")
     assert settings.servers == (ServerAddress("127.0.0.1", memcached.port),)
-    backend = config.get_backend()
-    assert config.get_backend() is backend
-    config.configure(io_timeout=2.0)
-    assert config.get_backend() is not backend
+    backend = registry.get_backend()
+    assert registry.get_backend() is backend
+    registry.configure(io_timeout=2.0)
+    assert registry.get_backend() is not backend
     with pytest.raises(ConfigurationError, match="sqlite"):
-        config.configure(backend="sqlite")
+        registry.configure(backend="sqlite")
 
 
 @pytest.mark.parametrize("value, says", [

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from unimr.memcachedlock.demo import PhaseResult, format_table, summary
+from unimr.memcachedlock.tools.demo import PhaseResult, format_table, summary
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
 

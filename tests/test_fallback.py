@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config, metrics
 from unimr.memcachedlock.backends.fallback import FallbackBackend
 from unimr.memcachedlock.backends.file import FileLease
@@ -31,8 +32,8 @@ def fallback(private_memcached, lock_dir, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_RETRY", str(RETRY))
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
     monkeypatch.setenv("MEMCACHEDLOCK_CONNECT_TIMEOUT", "0.3")
-    config.reset()
-    backend = config.get_backend()
+    registry.reset()
+    backend = registry.get_backend()
     assert isinstance(backend, FallbackBackend)
     return backend
 
@@ -46,7 +47,7 @@ def test_nothing_configured_means_memcached_with_file_fallback():
     settings = config.get_settings()
     assert settings.backend == "fallback"
     assert [str(s) for s in settings.servers] == ["127.0.0.1:11211"]
-    backend = config.get_backend()
+    backend = registry.get_backend()
     assert isinstance(backend, FallbackBackend)
     assert backend.kind == "fallback"
     assert backend.secondary.directory == os.path.abspath(config.default_lock_dir())

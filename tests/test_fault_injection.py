@@ -18,8 +18,10 @@ import tracemalloc
 import pytest
 
 from delay_proxy import DelayProxy
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, carries_token
+from unimr.memcachedlock.backends.pool import ClientPool
 from unimr.memcachedlock.config import parse_server
 from unimr.memcachedlock.errors import BackendUnavailable, InvalidKey, TimeoutTooLarge
 from unimr.memcachedlock.lease import MAX_CHECK_PERIOD, renew_period
@@ -35,7 +37,7 @@ def stored_token(server, name: str) -> bytes | None:
     """The lock item as memcached holds it (read over a fresh client)."""
     backend = direct_backend(server)
     try:
-        return backend.servers[0].call("get", backend.prefix + name)
+        return backend.servers[0].call(ClientPool.get, backend.prefix + name)
     finally:
         backend.close()
 
@@ -56,7 +58,7 @@ def test_late_add_reply_is_resolved_by_the_token_not_by_deleting(memcached, monk
     with DelayProxy(memcached.port) as proxy:
         monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", proxy.address)
         monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
-        config.reset()
+        registry.reset()
         first = Lock("late-add", timeout=30)
         proxy.delay_next_reply(0.6)
         assert first.acquire(blocking=False)
@@ -76,7 +78,7 @@ def test_late_add_reply_is_resolved_by_the_token_not_by_deleting(memcached, monk
 def test_add_while_memcached_is_stopped_never_reports_an_absent_lock(private_memcached, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
     monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.1")
-    config.reset()
+    registry.reset()
     outcomes = {"held": 0, "not held": 0, "unavailable": 0}
     for attempt in range(6):
         name = "stopped-%d" % attempt

@@ -15,6 +15,7 @@ import pytest
 from pymemcache.client.base import Client
 
 from servers import MemcachedServer
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.file import FileLease
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, MemcachedLease
@@ -74,7 +75,7 @@ def fallback_env(private_memcached, lock_dir, monkeypatch):
     env = env_for(private_memcached, lock_dir, "fallback")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config.reset()
+    registry.reset()
     return env
 
 
@@ -83,7 +84,7 @@ def memcached_env(private_memcached, lock_dir, monkeypatch):
     env = env_for(private_memcached, lock_dir, "memcached")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config.reset()
+    registry.reset()
     return env
 
 
@@ -168,7 +169,7 @@ def test_restart_late_release_keeps_new_holder(memcached_env, private_memcached)
     old.acquire()
     old_lease = old.lease
     private_memcached.restart()
-    config.reset()
+    registry.reset()
     new = Lock("restarted")
     deadline = time.monotonic() + 5
     while not new.acquire(blocking=False):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.file import FileBackend, FileLease
 from unimr.memcachedlock.errors import ConfigurationError, NotHeld
@@ -48,8 +49,8 @@ def holder_env(lock_dir) -> dict:
 @pytest.fixture
 def file_store(lock_dir, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-    config.reset()
-    backend = config.get_backend()
+    registry.reset()
+    backend = registry.get_backend()
     assert isinstance(backend, FileBackend)
     return backend
 

@@ -135,7 +135,7 @@ def test_list_never_removes_files_the_store_did_not_make(private_dir, tmp_path):
 
 def test_stale_lock_file_of_our_own_is_still_cleaned(private_dir):
     """What a crashed holder leaves (our record, nobody's flock) is still removed by ``list``."""
-    from unimr.memcachedlock.info import encode_value
+    from unimr.memcachedlock.backends.records import encode_value
 
     store = FileBackend(str(private_dir))
     stale = private_dir / "stale.lock"

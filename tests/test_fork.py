@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.errors import NotHeld
 from unimr.memcachedlock.lease import live_leases
@@ -38,7 +39,7 @@ def store(request, lock_dir, monkeypatch):
         request.getfixturevalue("memcached")
     else:
         monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-        config.reset()
+        registry.reset()
     return request.param
 
 

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import unimr.memcachedlock
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config, waiting
 from unimr.memcachedlock.backends.memcached import MemcachedBackend
 from unimr.memcachedlock.config import parse_server
@@ -234,8 +235,8 @@ def test_interrupt_at_every_line_of_a_wait_ended_by_a_handover(memcached, other)
 def test_interrupt_at_every_line_of_a_file_lock_acquire_and_release(lock_dir, monkeypatch):
     """The file store: a leaked descriptor would keep its flock for the life of the process."""
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-    config.reset()
-    other = config.get_backend().__class__(str(lock_dir))
+    registry.reset()
+    other = registry.get_backend().__class__(str(lock_dir))
 
     def acquire_release(key: str, injector: Injector) -> bool:
         lock = Lock(key, timeout=5)

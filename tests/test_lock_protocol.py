@@ -14,7 +14,7 @@ from unimr.memcachedlock.errors import InvalidArgument, MemcachedLockError, Time
 from unimr.memcachedlock.interfaces import ILock
 from zope.interface.verify import verifyObject
 
-pytestmark = pytest.mark.usefixtures("memcached")
+pytestmark = pytest.mark.usefixtures("store")
 
 KINDS = [Lock, RLock]
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from overlap import OverlapLog
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import Lock, RLock, get_backend
 from unimr.memcachedlock.backends.memcached import MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
@@ -67,7 +68,7 @@ def _process_main(servers: str, log_path: str, rounds: int, who: str) -> None:
     os.environ["MEMCACHEDLOCK_BACKEND"] = "memcached"
     from unimr.memcachedlock import config
 
-    config.reset()
+    registry.reset()
     threads = [
         threading.Thread(target=_hammer, args=(Lock, "procs", log_path, rounds, "%s-%d" % (who, n)))
         for n in range(3)

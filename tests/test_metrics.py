@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -215,3 +217,20 @@ def test_merge_skips_fields_of_the_wrong_type(tmp_path):
     assert merged["app.f"]["acquisitions"] == 0 and merged["app.f"]["timeouts"] == 2
     assert merged["app.f"]["wait_p50"] == 0.5 and merged["app.f"]["hold_p50"] is None
     assert "broken" not in merged
+
+
+def test_importing_the_package_starts_no_thread_and_hooks_nothing_at_exit(tmp_path):
+    """Metrics have no side effects at import: the writer and its exit hook come with a directory."""
+    code = (
+        "import threading\n"
+        "import unimr.memcachedlock\n"
+        "from unimr.memcachedlock import metrics\n"
+        "print(threading.active_count(), metrics._exit_hooked)\n"
+        "metrics.configure_metrics(%r, 60)\n"
+        "print(metrics._exit_hooked, 'memcachedlock-metrics' in [t.name for t in threading.enumerate()])\n"
+        % str(tmp_path)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_METRICS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["1 False", "True True"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from servers import MemcachedServer
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.fallback import FallbackBackend
 from unimr.memcachedlock.backends.file import FileLease
@@ -23,12 +24,12 @@ def three_servers(lock_dir, monkeypatch):
         monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
         monkeypatch.setenv("MEMCACHEDLOCK_CONNECT_TIMEOUT", "0.3")
         monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.3")
-        config.reset()
+        registry.reset()
         yield servers
     finally:
         for server in servers:
             server.kill()
-        config.reset()
+        registry.reset()
 
 
 def keys_by_server(backend: MemcachedBackend, count: int = 60) -> dict[str, list[str]]:
@@ -40,7 +41,7 @@ def keys_by_server(backend: MemcachedBackend, count: int = 60) -> dict[str, list
 
 
 def test_hash_is_fixed_and_spreads(three_servers):
-    backend = config.get_backend()
+    backend = registry.get_backend()
     assert isinstance(backend, FallbackBackend)
     mapping = keys_by_server(backend.primary)
     assert all(len(keys) >= 5 for keys in mapping.values())
@@ -52,7 +53,7 @@ def test_hash_is_fixed_and_spreads(three_servers):
 
 
 def test_one_dead_server_affects_only_its_keys(three_servers):
-    backend = config.get_backend()
+    backend = registry.get_backend()
     mapping = keys_by_server(backend.primary)
     dead = three_servers[1]
     dead.kill()
@@ -72,8 +73,8 @@ def test_one_dead_server_affects_only_its_keys(three_servers):
 
 def test_dead_server_keys_are_not_remapped_in_memcached_only_mode(three_servers, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "memcached")
-    config.reset()
-    backend = config.get_backend()
+    registry.reset()
+    backend = registry.get_backend()
     mapping = keys_by_server(backend)
     three_servers[2].kill()
     for key in mapping[three_servers[2].address]:
@@ -85,7 +86,7 @@ def test_dead_server_keys_are_not_remapped_in_memcached_only_mode(three_servers,
 
 
 def test_dead_server_comes_back_and_keeps_its_keys(three_servers):
-    backend = config.get_backend()
+    backend = registry.get_backend()
     mapping = keys_by_server(backend.primary)
     victim = three_servers[0]
     victim.kill()

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
@@ -50,7 +51,7 @@ def test_renewal_compares_the_token_and_reports_loss(memcached, caplog):
 
 def test_renewal_of_file_locks_reports_loss(lock_dir, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-    config.reset()
+    registry.reset()
     seen = []
     lock = Lock("file-stolen", timeout=1, on_lost=seen.append)
     lock.acquire()
@@ -93,7 +94,7 @@ def test_released_leases_leave_the_renewer(memcached):
 def test_renewal_during_outage_is_retried_and_not_lost(private_memcached, monkeypatch):
     monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.2")
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
-    config.reset()
+    registry.reset()
     lock = Lock("hiccup", timeout=4)
     lock.acquire()
     private_memcached.stop()

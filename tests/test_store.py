@@ -16,8 +16,9 @@ from zope.configuration.exceptions import ConfigurationError
 from zope.testing.cleanup import cleanUp
 
 from servers import MemcachedServer
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import Lock, config
-from unimr.memcachedlock.backends import make_backend
+from unimr.memcachedlock.registry import make_backend
 from unimr.memcachedlock.backends.file import FileBackend
 from unimr.memcachedlock.interfaces import ILockBackend
 
@@ -75,7 +76,7 @@ def test_store_directive_registers_the_store_the_locks_use(clean, site_memcached
     assert held_where("k", clean.address, site_memcached.address) == [clean.address]
     xmlconfig.string(zcml(PACKAGE + store_xml(site_memcached.address)))
     utility = queryUtility(ILockBackend)
-    assert utility is config.get_backend()
+    assert utility is registry.get_backend()
     assert site_memcached.address in repr(utility)
     assert held_where("k", clean.address, site_memcached.address) == [site_memcached.address]
     cleanUp()
@@ -85,7 +86,7 @@ def test_store_directive_registers_the_store_the_locks_use(clean, site_memcached
 def test_attributes_left_out_come_from_the_environment(clean, site_memcached, monkeypatch, tmp_path):
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "3.5")
     xmlconfig.string(zcml(PACKAGE + store_xml(site_memcached.address, connect_timeout="0.25")))
-    store = config.get_backend()
+    store = registry.get_backend()
     assert store.kind == "memcached"  # MEMCACHEDLOCK_BACKEND=memcached, not the default fallback
     xmlconfig.string(zcml(PACKAGE))  # nothing new: the registration stays
     settings = store_settings_of(store)
@@ -101,7 +102,7 @@ def store_settings_of(store) -> config.Settings:
 def test_file_store_from_zcml(clean, tmp_path):
     xmlconfig.string(zcml(PACKAGE + '<memcachedlock:store backend="file" dir="%s" />' % tmp_path))
     with Lock("k"):
-        assert config.get_backend().kind == "file"
+        assert registry.get_backend().kind == "file"
         assert holder_in(clean.address, "k") is None
         assert FileBackend(str(tmp_path)).holder(Lock("k").name) is not None
 
@@ -117,23 +118,23 @@ def file_store() -> FileBackend:
 
 def test_plain_utility_registration_changes_the_store(clean, tmp_path):
     FILE_STORE_DIR[:] = [str(tmp_path)]
-    config.get_backend()  # fill the cache first: the registration must drop it
+    registry.get_backend()  # fill the cache first: the registration must drop it
     xmlconfig.string(zcml(PACKAGE + '<utility provides="unimr.memcachedlock.interfaces.ILockBackend" '
                                     'factory="test_store.file_store" />'))
-    assert isinstance(config.get_backend(), FileBackend)
+    assert isinstance(registry.get_backend(), FileBackend)
     with Lock("k"):
         assert holder_in(clean.address, "k") is None
         assert FileBackend(str(tmp_path)).holder(Lock("k").name) is not None
 
 
 def test_registering_and_unregistering_in_code_switch_the_store(clean, tmp_path):
-    default = config.get_backend()
+    default = registry.get_backend()
     store = FileBackend(str(tmp_path))
-    registry = getGlobalSiteManager()
-    registry.registerUtility(store, ILockBackend)
-    assert config.get_backend() is store
-    registry.unregisterUtility(store, ILockBackend)
-    assert config.get_backend() is default
+    site_manager = getGlobalSiteManager()
+    site_manager.registerUtility(store, ILockBackend)
+    assert registry.get_backend() is store
+    site_manager.unregisterUtility(store, ILockBackend)
+    assert registry.get_backend() is default
 
 
 def test_overrides_replace_the_store(clean, site_memcached, tmp_path):

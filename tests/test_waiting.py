@@ -13,7 +13,10 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import Lock, bench, get_backend, waiting
+from unimr.memcachedlock import registry
+from unimr.memcachedlock.backends import records
+from unimr.memcachedlock import Lock, get_backend, waiting
+from unimr.memcachedlock.tools import bench
 from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
 from unimr.memcachedlock.keys import lock_name
@@ -158,7 +161,7 @@ def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(memcach
 
 def _announce(memcached, key: str, host: bytes, address: bytes, pause: float = 0.01) -> None:
     backend = get_backend()
-    want = waiting.Want(os.urandom(8).hex(), host, 4242, time.time() - 10, pause, address)
+    want = records.Want(os.urandom(8).hex(), host, 4242, time.time() - 10, pause, address)
     assert backend.put_want(lock_name(key), want.encode(), None, add=True)
 
 
@@ -166,7 +169,7 @@ def test_a_dead_waiter_on_this_host_is_not_waited_for(memcached):
     key = "dead-local-waiter"
     lock = Lock(key)
     assert lock.acquire()
-    _announce(memcached, key, waiting._HOSTNAME, b"\0unimr.memcachedlock/nobody-listens-here")
+    _announce(memcached, key, records.WANT_HOST, b"\0unimr.memcachedlock/nobody-listens-here")
     lock.release()
     assert not waiting.must_queue(get_backend(), lock.name)
     assert lock.acquire(blocking=False)
@@ -283,7 +286,7 @@ def _turns_process(address: str, key: str, seconds: float, threads: int, out) ->
     os.environ["MEMCACHEDLOCK_BACKEND"] = "memcached"
     from unimr.memcachedlock import config
 
-    config.reset()
+    registry.reset()
     counts = [0] * threads
     stop_at = time.monotonic() + seconds
 

@@ -18,6 +18,7 @@ from zope.configuration.config import ConfigurationConflictError
 from zope.configuration.exceptions import ConfigurationError
 from zope.testing.cleanup import cleanUp
 
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import config
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.zope import patch
@@ -60,7 +61,7 @@ class Document:
 
     def peek(self) -> bool:
         """Whether this document's lock looks free from inside the call."""
-        return config.get_backend().may_be_available(lock_name("test_zcml.Document.peek:" + self.id))
+        return registry.get_backend().may_be_available(lock_name("test_zcml.Document.peek:" + self.id))
 
 
 InitializeClass(Document)
@@ -113,9 +114,9 @@ def test_directive_keeps_signature_docstring_roles_and_result(memcached, clean, 
 def test_directive_holds_the_lock_while_the_method_runs(memcached, clean):
     load(lock_xml("lock", method="peek"))
     name = lock_name("test_zcml.Document.peek:d1")
-    assert config.get_backend().may_be_available(name)
+    assert registry.get_backend().may_be_available(name)
     assert Document("d1").peek() is False
-    assert config.get_backend().may_be_available(name)
+    assert registry.get_backend().may_be_available(name)
 
 
 def test_threads_take_turns_per_key(memcached, clean):
@@ -143,7 +144,7 @@ def test_without_the_patch_threads_overlap(clean):
 
 def test_shared_name_gives_methods_one_lock(memcached, clean):
     load(lock_xml("lock", name="test_zcml.shared"))
-    backend = config.get_backend()
+    backend = registry.get_backend()
     seen = []
 
     def spy(self):
@@ -245,7 +246,7 @@ def test_package_configure_patches_and_registers_nothing(memcached, clean):
     assert patch.patches() == []
     assert dict(vars(ZCatalog)) == before
     assert queryUtility(ILockBackend) is None
-    backend = config.get_backend()
+    backend = registry.get_backend()
     assert backend.kind == "memcached"
     assert memcached.address in repr(backend)
 
@@ -308,7 +309,7 @@ def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcac
         '</configure>' % memcached.address)
     assert patch.patches() == []
     assert dict(vars(ZCatalog)) == before
-    assert config.get_backend() is getUtility(ILockBackend)
+    assert registry.get_backend() is getUtility(ILockBackend)
 
 
 def test_lock_options_are_the_decorators_keywords():

@@ -25,6 +25,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from overlap import OverlapLog
+from unimr.memcachedlock import registry
 from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
@@ -449,9 +450,9 @@ def file_store(lock_dir, monkeypatch):
     import unimr.memcachedlock.config as config
 
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-    config.reset()
+    registry.reset()
     yield lock_dir
-    config.reset()
+    registry.reset()
 
 
 @pytest.mark.parametrize("storage", ["mapping", "file"])

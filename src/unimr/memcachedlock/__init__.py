@@ -6,13 +6,14 @@ memcachedlock`` still works and gives the same objects.
 
 from __future__ import annotations
 
-from .config import configure, get_backend, get_settings, reset, set_backend
+from .config import get_settings
+from .registry import configure, get_backend, reset, set_backend
 from .decorators import lock, rlock
 from .errors import (
     BackendUnavailable, ConfigurationError, DontLock, InvalidArgument, InvalidKey, LockTimeout,
     MemcachedLockError, NotHeld, SelfDeadlock, TimeoutTooLarge,
 )
-from .info import Holder
+from .backends.records import Holder
 from .lease import release_all
 from .locks import Lock, RLock, lock_getter, rlock_getter
 from .zlock import LockBusy, lock_for_transaction, zlock

@@ -3,7 +3,7 @@
 A site chooses its lock store in ZCML (``<memcachedlock:store .../>`` or a
 plain ``<utility provides="unimr.memcachedlock.interfaces.ILockBackend"
 .../>``, overridable in ``overrides.zcml``).  The locks look the store up
-through :func:`config.get_backend`, which caches the answer because every
+through :func:`.registry.get_backend`, which caches the answer because every
 acquisition asks for it; this module tells the cache when an ILockBackend
 utility is registered or unregistered (zope.interface's registration events,
 delivered through ``zope.event``) and when ``zope.testing.cleanup`` wipes
@@ -20,34 +20,45 @@ store is used then).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from zope.interface.interfaces import RegistrationEvent
 from zope.interface.registry import UtilityRegistration
 
-from . import config
 from .interfaces import ILockBackend
 
 _guard = threading.Lock()
 _cleanup_hooked = False
+#: Called when the registered store may have changed (the registry's ``forget_backend``).
+_on_change: Callable[[], None] | None = None
 
 
-def registered_backend() -> Any:
-    """The ILockBackend utility of the global registry, or None (also without zope.component)."""
+def registered_backend(on_change: Callable[[], None]) -> Any:
+    """The ILockBackend utility of the global registry, or None (also without zope.component).
+
+    ``on_change`` is called whenever an ILockBackend utility is registered or
+    unregistered, or the registry is cleaned up, so the caller can drop its cache.
+    """
     try:
         from zope.component import getGlobalSiteManager
     except ImportError:
         return None
-    _watch()
+    _watch(on_change)
     return getGlobalSiteManager().queryUtility(ILockBackend)
 
 
-def _watch() -> None:
+def _forget() -> None:
+    if _on_change is not None:
+        _on_change()
+
+
+def _watch(on_change: Callable[[], None]) -> None:
     """Subscribe to registration events (again, if a test harness cleared the subscribers)."""
-    global _cleanup_hooked
+    global _cleanup_hooked, _on_change
     import zope.event
 
     with _guard:
+        _on_change = on_change
         if _on_event not in zope.event.subscribers:
             zope.event.subscribers.append(_on_event)
         if not _cleanup_hooked:
@@ -57,7 +68,7 @@ def _watch() -> None:
             except ImportError:  # a test helper; a site without it has no cleanUp to follow
                 pass
             else:
-                addCleanUp(config.forget_backend)
+                addCleanUp(_forget)
 
 
 def _on_event(event: Any) -> None:
@@ -65,4 +76,4 @@ def _on_event(event: Any) -> None:
     if isinstance(event, RegistrationEvent):
         registration = event.object
         if isinstance(registration, UtilityRegistration) and registration.provided.isOrExtends(ILockBackend):
-            config.forget_backend()
+            _forget()

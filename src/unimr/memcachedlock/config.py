@@ -196,14 +196,6 @@ class Settings:
 
 _lock = threading.Lock()
 _settings: Settings | None = None
-#: What ``get_backend`` returns, cached: locks read it on every acquisition.
-_backend = None
-#: The store built from the settings (this module owns and closes it).
-_own = None
-#: A store given with ``set_backend``.
-_pinned = None
-#: Bumped whenever the cache is dropped, so a lookup that raced with a change is not cached.
-_generation = 0
 
 
 def get_settings() -> Settings:
@@ -215,94 +207,24 @@ def get_settings() -> Settings:
         return _settings
 
 
-def configure(**changes) -> Settings:
-    """Set settings in code (tests use this); unnamed ones keep their values.
+def replace_settings(**changes) -> Settings:
+    """Put ``changes`` in force; unnamed settings keep their values.
 
-    ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  The lock
-    store is rebuilt on its next use; locks held now stay with their store.
-    A store given with ``set_backend`` is dropped.
+    ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  Only the
+    settings: :func:`.registry.configure` also drops the store built from them.
     """
-    global _settings, _own, _pinned
+    global _settings
     servers = changes.get("servers")
     if isinstance(servers, str):
         changes["servers"] = parse_servers(servers)
-    current = get_settings()
-    new = dataclasses.replace(current, **changes)
+    new = dataclasses.replace(get_settings(), **changes)
     with _lock:
         _settings = new
-        _own = _pinned = None
-        _forget()
     return new
 
 
-def reset() -> None:
-    """Forget settings and the lock store: the next use reads the environment again.
-
-    The old store's idle connections are closed; leases still held through it
-    keep working (its clients reconnect on demand).  A registered ILockBackend
-    utility is not this module's to close.
-    """
-    global _settings, _own, _pinned
+def forget_settings() -> None:
+    """Read the environment again on the next ``get_settings()``."""
+    global _settings
     with _lock:
-        old, _settings, _own, _pinned = _own, None, None, None
-        _forget()
-    if old is not None:
-        old.close()
-
-
-def _forget() -> None:
-    """Drop the cached store (caller holds ``_lock``)."""
-    global _backend, _generation
-    _backend = None
-    _generation += 1
-
-
-def forget_backend() -> None:
-    """Look the store up again on its next use (a utility was registered or unregistered)."""
-    with _lock:
-        _forget()
-
-
-def get_backend():
-    """The process's lock store (an ILockBackend).
-
-    In order: a store given with ``set_backend``; the ILockBackend utility
-    registered in zope.component's global registry (ZCML's
-    ``<memcachedlock:store>`` or ``<utility>``); the store built once from the
-    settings (the ``MEMCACHEDLOCK_*`` environment).  The answer is cached:
-    (un)registering an ILockBackend utility drops the cache
-    (:mod:`.component`), so an acquisition costs no registry lookup.
-    """
-    global _backend, _own
-    backend = _backend
-    if backend is not None:
-        return backend
-    from .component import registered_backend
-
-    generation = _generation
-    registered = registered_backend()
-    settings = get_settings() if registered is None else None
-    with _lock:
-        if _backend is not None:
-            return _backend
-        if _pinned is not None:
-            backend = _pinned
-        elif registered is not None:
-            backend = registered
-        else:
-            if _own is None:
-                from .backends import make_backend
-
-                _own = make_backend(settings)
-            backend = _own
-        if generation == _generation:
-            _backend = backend
-        return backend
-
-
-def set_backend(backend) -> None:
-    """Use ``backend`` as the process's lock store until ``reset()`` or ``configure()`` (tests)."""
-    global _pinned
-    with _lock:
-        _pinned = backend
-        _forget()
+        _settings = None

@@ -75,11 +75,40 @@ class ILease(Interface):
         """
 
 
+class IWaiterBoard(Interface):
+    """The optional part of a store that keeps one waiter announcement per lock.
+
+    The head waiter of a process announces itself (a ``records.Want``) next to
+    the lock, so that a releaser on another host can leave it the lock.
+    """
+
+    def peek_want(name):
+        """One round trip: (is the lock held, the announcement or None, its cas)."""
+
+    def put_want(name, value, cas, add):
+        """Store an announcement: ``add`` it, or replace the one read with ``cas``; True if stored."""
+
+    def drop_want(name, token):
+        """Remove the announcement if it is still ``token``'s; True if removed."""
+
+    def hand_record_over(lease, thread, ttl):
+        """Rewrite ``lease``'s record for ``thread``, reading the announcement.
+
+        Returns the announcement (or None), or False when the record could not
+        be rewritten in one step.
+        """
+
+
 class ILockBackend(Interface):
     """A lock store: memcached, a lock directory, or a fallback between two."""
 
     kind = Attribute("Short name: 'memcached', 'file' or 'fallback'.")
     lock_id = Attribute("This process's lock id: host, pid and a random part.")
+    waiter_board = Attribute(
+        "Where waiters announce themselves to releasers (an IWaiterBoard), or None: "
+        "the memcached store is its own board, the fallback store forwards its primary's, "
+        "the file store has none (its waiters poll)."
+    )
 
     def acquire(name, ttl):
         """Try once to take lock ``name`` for ``ttl`` seconds.
@@ -100,10 +129,10 @@ class ILockBackend(Interface):
         """
 
     def holder(name):
-        """Describe who holds ``name`` (an ``info.Holder``), or None."""
+        """Describe who holds ``name`` (an ``records.Holder``), or None."""
 
     def list_locks():
-        """Every lock held now in this store, as ``info.Holder`` objects."""
+        """Every lock held now in this store, as ``records.Holder`` objects."""
 
     def break_lock(name):
         """Remove ``name`` whoever holds it; True if something was removed."""

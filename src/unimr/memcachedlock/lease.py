@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import queue
 import threading
@@ -41,43 +40,13 @@ from zope.interface import implementer
 
 from .errors import BackendUnavailable
 from .interfaces import ILease
+from .renewer import MAX_CHECK_PERIOD, renew_period, shortest_life, store_ttl
 
 logger = logging.getLogger(__name__)
 
 #: Every lease this process holds and has not released (weakly: a lost lock object frees its lease).
 _live: "weakref.WeakSet[Lease]" = weakref.WeakSet()
 _live_lock = threading.Lock()
-
-#: Longest pause between two renewals (the check that the lock is still ours), whatever the lease.
-#: It bounds how late a holder learns that a memcached restart or eviction took its lock.
-MAX_CHECK_PERIOD = 2.0
-
-
-def store_ttl(ttl: float) -> int:
-    """Whole seconds to give a store for a lease of ``ttl`` seconds.
-
-    memcached counts TTLs in whole seconds on a clock that ticks once a
-    second, so an item given N seconds lives between N-1 and N.  At least two
-    keeps a lease alive for a full second before the first renewal.
-    """
-    return max(2, math.ceil(ttl))
-
-
-def shortest_life(ttl: float) -> float:
-    """Seconds an item stored for a lease of ``ttl`` is sure to live (memcached: N-1 of N)."""
-    return store_ttl(ttl) - 1.0
-
-
-def renew_period(ttl: float) -> float:
-    """How often a lease of ``ttl`` seconds is renewed.
-
-    A third of the item's shortest life, so that a renewal that is late by up
-    to two periods (a stall, a hung server answering within its timeout)
-    still comes in time; at most MAX_CHECK_PERIOD, so a lock that a server
-    restart or an eviction took is noticed within that.
-    """
-    return min(MAX_CHECK_PERIOD, max(0.2, shortest_life(ttl) / 3.0))
-
 
 @implementer(ILease)
 class Lease:
@@ -96,6 +65,8 @@ class Lease:
 
     #: True for stores whose items expire on their own (memcached); a file lock does not.
     expiring = False
+    #: The waiter announcement the release found next to the lock (stores with a waiter board set it).
+    successor: bytes | None = None
 
     def __init__(self, backend, name: str, token: str, value: bytes, ttl: float,
                  sent: float | None = None) -> None:

@@ -7,6 +7,21 @@ processes do.  This module owns the waiting: a first immediate attempt,
 then the shared, fair wait of :mod:`.waiting` (one poller per process and
 key, wake-ups on release, turns between processes), bounded by the
 caller's deadline.
+
+Map of one acquisition and release, file by file:
+
+1. ``keys.lock_name`` turns the key into a lock name; ``registry.get_backend``
+   gives the process's store (``backends/memcached.py``, ``file.py`` or
+   ``fallback.py``).
+2. ``Lock.acquire`` (here) asks the store once: ``backend.acquire`` stores a
+   holder record (``backends/records.py``) and returns a lease (``lease.py``),
+   which the renewer thread (``renewer.py``) keeps alive while it is held.
+3. If the lock is taken, ``waiting.wait_for`` queues the thread: one poller per
+   process and key, wake-ups, turns between processes announced on the store's
+   waiter board (``backend.waiter_board``, memcached only).
+4. ``Lock.release`` offers the lease to a waiting thread of this process
+   (``waiting.hand_over``), else releases it (token compared) and wakes the
+   waiter the release found (``waiting.released``); ``metrics`` counts both.
 """
 
 from __future__ import annotations
@@ -22,10 +37,10 @@ from typing import Callable
 from zope.interface import implementer
 
 from . import metrics, waiting
-from .config import get_backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
+from .registry import get_backend
 from .lease import Lease, abandon
 
 logger = logging.getLogger(__name__)
@@ -33,7 +48,6 @@ logger = logging.getLogger(__name__)
 #: memcached reads a larger exptime as an absolute unix time.
 MAX_LEASE = 2592000.0
 MAX_INTERVAL = 3600.0
-FIRST_POLL = 0.001
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 0.05
@@ -176,7 +190,7 @@ class BaseLock:
             return
         lease.release()
         self._lost = lease.lost
-        waiting.released(self.backend, self.name, getattr(lease, "successor", None))
+        waiting.released(self.backend, self.name, lease.successor)
 
     def locked(self) -> bool:
         """True if anybody (this object, another thread or process) holds the lock."""

@@ -323,7 +323,16 @@ def _write_at_exit() -> None:
 
 
 _writer_lock = threading.Lock()
-atexit.register(_write_at_exit)
+#: The at-exit snapshot is hooked when a writer first starts with a directory, not at import.
+_exit_hooked = False
+
+
+def _hook_exit() -> None:
+    """Write a last snapshot at exit (once per process; caller holds ``_writer_lock``)."""
+    global _exit_hooked
+    if not _exit_hooked:
+        _exit_hooked = True
+        atexit.register(_write_at_exit)
 
 
 def _start_writer(force: bool = False) -> None:
@@ -338,6 +347,7 @@ def _start_writer(force: bool = False) -> None:
         directory, interval = _current_settings()
         if not directory:
             return
+        _hook_exit()
         thread = threading.Thread(
             target=_writer_loop, args=(_writer_generation, interval), name="memcachedlock-metrics",
             daemon=True,

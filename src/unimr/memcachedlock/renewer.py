@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -20,6 +21,37 @@ import weakref
 from .errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+#: Longest pause between two renewals (the check that the lock is still ours), whatever the lease.
+#: It bounds how late a holder learns that a memcached restart or eviction took its lock.
+MAX_CHECK_PERIOD = 2.0
+
+
+def store_ttl(ttl: float) -> int:
+    """Whole seconds to give a store for a lease of ``ttl`` seconds.
+
+    memcached counts TTLs in whole seconds on a clock that ticks once a
+    second, so an item given N seconds lives between N-1 and N.  At least two
+    keeps a lease alive for a full second before the first renewal.
+    """
+    return max(2, math.ceil(ttl))
+
+
+def shortest_life(ttl: float) -> float:
+    """Seconds an item stored for a lease of ``ttl`` is sure to live (memcached: N-1 of N)."""
+    return store_ttl(ttl) - 1.0
+
+
+def renew_period(ttl: float) -> float:
+    """How often a lease of ``ttl`` seconds is renewed.
+
+    A third of the item's shortest life, so that a renewal that is late by up
+    to two periods (a stall, a hung server answering within its timeout)
+    still comes in time; at most MAX_CHECK_PERIOD, so a lock that a server
+    restart or an eviction took is noticed within that.
+    """
+    return min(MAX_CHECK_PERIOD, max(0.2, shortest_life(ttl) / 3.0))
 
 
 class Renewer:
@@ -43,8 +75,6 @@ class Renewer:
 
     def register(self, lease) -> None:
         """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held."""
-        from .lease import renew_period
-
         due = time.monotonic() + renew_period(lease.ttl)
         with self._cond:
             heapq.heappush(self._heap, (due, next(self._seq), weakref.ref(lease)))
@@ -83,8 +113,6 @@ class Renewer:
             del lease
 
     def _renew(self, lease) -> None:
-        from .lease import renew_period
-
         period = renew_period(lease.ttl)
         until = lease.renew_until
         if until is not None and time.monotonic() >= until:

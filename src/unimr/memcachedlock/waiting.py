@@ -42,6 +42,7 @@ import time
 from typing import Callable
 
 from .errors import BackendUnavailable
+from .backends.records import WANT_HOST, Want
 from .lease import abandon
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,8 @@ logger = logging.getLogger(__name__)
 FIRST_POLL = 0.001
 #: Growth of the pause per poll, up to the lock's ``interval``.
 BACKOFF = 1.5
-#: How often the head refreshes its announcement (its TTL is WANT_TTL).
+#: How often the head refreshes its announcement (its TTL is ``records.WANT_TTL``).
 ANNOUNCE_PERIOD = 0.5
-WANT_TTL = 2
 #: How long a releaser leaves the lock to a waiter it woke on this host.
 YIELD_LOCAL = 0.02
 #: Upper bound of the yield to a waiter on another host (it polls; it announced its pause).
@@ -62,55 +62,6 @@ YIELD_REMOTE_MAX = 0.25
 YIELD_POLL = 0.001
 #: Above this many remembered keys, releases sweep out the idle ones.
 SWEEP_AT = 64
-
-_HOSTNAME = (socket.gethostname() or "localhost").encode("utf-8", "replace").replace(b" ", b"_")
-WANT_MAGIC = b"w1"
-
-
-class Want:
-    """A waiting process's announcement, as stored under ``<key>#want``."""
-
-    __slots__ = ("token", "host", "pid", "since", "pause", "address")
-
-    def __init__(self, token: str, host: bytes, pid: int, since: float, pause: float, address: bytes) -> None:
-        self.token = token
-        self.host = host
-        self.pid = pid
-        self.since = since
-        self.pause = pause
-        self.address = address
-
-    def encode(self) -> bytes:
-        return b"%s %s %s %d %.6f %.4f %s" % (
-            WANT_MAGIC, self.token.encode("ascii"), self.host, self.pid, self.since, self.pause,
-            self.address.hex().encode("ascii") or b"-",
-        )
-
-    @classmethod
-    def decode(cls, value: bytes | None) -> "Want | None":
-        """Parse a stored announcement; None for anything else (no announcement)."""
-        if not value:
-            return None
-        parts = value.split(b" ")
-        if len(parts) != 7 or parts[0] != WANT_MAGIC:
-            return None
-        try:
-            address = b"" if parts[6] == b"-" else bytes.fromhex(parts[6].decode("ascii"))
-            return cls(parts[1].decode("ascii"), parts[2], int(parts[3]), float(parts[4]),
-                       float(parts[5]), address)
-        except (UnicodeDecodeError, ValueError):
-            return None
-
-    @property
-    def local(self) -> bool:
-        return self.host == _HOSTNAME and bool(self.address)
-
-
-def want_store(backend):
-    """The part of ``backend`` that keeps announcements (memcached), or None."""
-    store = backend if hasattr(backend, "peek_want") else getattr(backend, "primary", None)
-    return store if store is not None and hasattr(store, "peek_want") else None
-
 
 # -- wake-up datagrams --------------------------------------------------------------------
 
@@ -285,7 +236,7 @@ def hand_over(backend, name: str, lease) -> bool:
     if state.owe_turn:
         state.owe_turn = False
         return False
-    store = want_store(backend)
+    store = backend.waiter_board
     if store is None or lease.backend is not store:
         return False
     try:
@@ -429,7 +380,7 @@ def _leave_once(backend, name: str, state: KeyState, me: Waiter) -> None:
 
 
 def _withdraw(backend, name: str, state: KeyState) -> None:
-    store = want_store(backend)
+    store = backend.waiter_board
     if store is None:
         return
     try:
@@ -441,7 +392,7 @@ def _withdraw(backend, name: str, state: KeyState) -> None:
 def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object],
           deadline: float | None, interval: float, immediate: bool) -> object | None:
     """The head's loop: poll the store, announce this process, wait for wake-ups."""
-    store = want_store(backend)
+    store = backend.waiter_board
     if state.sock is None:
         state.sock, state.address = _bind_wake_socket()
         state.since = time.time()
@@ -501,7 +452,7 @@ def _announce(store, name: str, state: KeyState, want: "Want | None", want_cas, 
     mine = want is not None and want.token == state.token
     if mine and now < state.next_announce:
         return
-    record = Want(state.token, _HOSTNAME, os.getpid(), state.since, delay, state.address).encode()
+    record = Want(state.token, WANT_HOST, os.getpid(), state.since, delay, state.address).encode()
     try:
         if want is None:
             state.announced = bool(store.put_want(name, record, None, add=True))

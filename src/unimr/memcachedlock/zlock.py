@@ -68,7 +68,7 @@ import time
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, unquote
 
-from . import metrics
+from . import metrics, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -279,14 +279,12 @@ def _connections(txn: object) -> list:
     found: list = []
 
     def collect(obj: object) -> None:
-        if isinstance(obj, _Connection) and obj not in found and obj._normal_storage is not None:
+        if isinstance(obj, _Connection) and obj not in found and zodbprivate.normal_storage(obj) is not None:
             found.append(obj)
 
-    for resource in list(getattr(txn, "_resources", ())):
+    for resource in zodbprivate.resources(txn):
         collect(resource)
-    synchronizers = getattr(txn, "_synchronizers", None)
-    if synchronizers is not None:
-        synchronizers.map(collect)
+    zodbprivate.each_synchronizer(txn, collect)
     return found
 
 
@@ -310,16 +308,14 @@ def storage_identity(conn) -> str:
 
 def _view_start(conn) -> bytes | None:
     """The tid this connection's snapshot reads before (its view), or None if unknown."""
-    start = getattr(conn._normal_storage, "_start", None)
-    return start if isinstance(start, bytes) and len(start) == 8 else None
+    return zodbprivate.view_start(zodbprivate.normal_storage(conn))
 
 
 def _committed_tid(conn) -> bytes | None:
     """A tid at or after this connection's last commit that this client has received."""
-    storage = conn._normal_storage
     candidates = []
-    ltid = getattr(storage, "_ltid", b"")
-    if isinstance(ltid, bytes) and len(ltid) == 8:
+    ltid = zodbprivate.last_committed(zodbprivate.normal_storage(conn))
+    if ltid is not None:
         candidates.append(ltid)
     start = _view_start(conn)
     if start is not None and u64(start) > 0:
@@ -370,7 +366,7 @@ _unchecked_warned: set = set()
 def _warn_unchecked(connections: list, name: str) -> None:
     """One warning per storage class whose view zlock cannot check (RelStorage)."""
     for conn in connections:
-        kind = type(conn._normal_storage).__name__
+        kind = type(zodbprivate.normal_storage(conn)).__name__
         if _view_start(conn) is None and kind not in _unchecked_warned:
             _unchecked_warned.add(kind)
             logger.warning(
@@ -491,7 +487,7 @@ def _write_note(entry: _Entry, txn: object) -> None:
     tids = dict(entry.note)
     wrote = False
     for conn in _connections(txn):
-        if conn in getattr(txn, "_resources", ()):
+        if conn in zodbprivate.resources(txn):
             tid = _committed_tid(conn)
             if tid is not None:
                 tids[storage_identity(conn)] = tid
@@ -728,6 +724,29 @@ def _fresh_after_ping(connections: list) -> bool:
     return True
 
 
+def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
+                adopted: bool, started: float) -> None:
+    """Raise LockBusy, keeping the lock reserved, if the view predates the last commit under the lock."""
+    if policy == "always":
+        _warn_unchecked(connections, name)
+        stale = _stale(connections, entry.note)
+        if stale:
+            _catch_up(stale)
+        last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
+    else:
+        stale = [] if adopted or _fresh_after_ping(connections) else [None]
+        last = ""
+    if stale:
+        _reserve(entry, txn, name)
+        metrics.record_busy(name)
+        raise LockBusy(
+            message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
+            "retry (lock reserved, waited %.3fs%s)"
+            % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+            key=key, reserved=True,
+        )
+
+
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
                          policy: str = "always") -> bool:
@@ -768,24 +787,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
         entry = _take(key, timeout, interval, wait, policy)
     entry.timeout = timeout
     try:
-        if policy == "always":
-            _warn_unchecked(connections, name)
-            stale = _stale(connections, entry.note)
-            if stale:
-                _catch_up(stale)
-            last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
-        else:
-            stale = [] if adopted or _fresh_after_ping(connections) else [None]
-            last = ""
-        if stale:
-            _reserve(entry, txn, name)
-            metrics.record_busy(name)
-            raise LockBusy(
-                message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
-                "retry (lock reserved, waited %.3fs%s)"
-                % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
-                key=key, reserved=True,
-            )
+        _check_view(entry, txn, connections, name, key, policy, adopted, started)
         _hold(txn, name, entry)
     except LockBusy:
         raise

@@ -18,6 +18,8 @@ class Backend:
     ``list_locks``, ``break_lock`` and the notes; waiting defaults to sleeping."""
 
     kind = "base"
+    #: An IWaiterBoard, or None: waiters of this store poll.
+    waiter_board = None
     _lock_id_suffix = os.urandom(4).hex()
 
     @property

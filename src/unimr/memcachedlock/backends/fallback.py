@@ -34,7 +34,7 @@ import logging
 from .. import metrics
 from ..config import Settings
 from ..errors import BackendUnavailable
-from ..info import Holder
+from .records import Holder
 from ..lease import Lease
 from .base import Backend
 from .file import FileBackend
@@ -55,6 +55,11 @@ class FallbackBackend(Backend):
     @classmethod
     def from_settings(cls, settings: Settings) -> "FallbackBackend":
         return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings))
+
+    @property
+    def waiter_board(self):
+        """The primary's: waiters announce themselves in memcached."""
+        return self.primary.waiter_board
 
     def __repr__(self) -> str:
         return "<FallbackBackend %r then %r>" % (self.primary, self.secondary)

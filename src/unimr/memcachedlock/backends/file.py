@@ -50,7 +50,7 @@ import time
 
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
-from ..info import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
+from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease
 from .base import Backend
 

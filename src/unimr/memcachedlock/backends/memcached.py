@@ -30,20 +30,24 @@ import logging
 import socket
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 from urllib.parse import unquote
 
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from zope.interface import implementer
 
 from ..config import ServerAddress, Settings
 from ..errors import BackendUnavailable
-from ..info import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
+from ..interfaces import IWaiterBoard
+from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .pool import ClientPool
-from ..waiting import WANT_TTL, Want
+from .records import WANT_TTL, Want
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NOTE_SUFFIX = "#note"
 #: A waiting process's announcement (see ``waiting``): read by a release in the same round trip.
@@ -87,8 +91,8 @@ class MemcachedServer:
     def is_down(self) -> bool:
         return self.down_since is not None
 
-    def call(self, method: str, *args, **kw):
-        """Call a pymemcache method; wrap its failures in BackendUnavailable.
+    def call(self, method: Callable[..., T], *args, **kw) -> T:
+        """``method(pool, *args, **kw)`` (a ClientPool method); wrap its failures in BackendUnavailable.
 
         Fails at once while the server counts as down (see ``retry``).
         """
@@ -99,15 +103,15 @@ class MemcachedServer:
             )
         return self.call_now(method, *args, **kw)
 
-    def call_now(self, method: str, *args, **kw):
+    def call_now(self, method: Callable[..., T], *args, **kw) -> T:
         """``call``, even while the server counts as down (to resolve an unknown outcome)."""
         try:
             try:
-                result = getattr(self.client, method)(*args, **kw)
+                result = method(self.client, *args, **kw)
             except _STALE_CONNECTION:
                 # A pooled connection to a server that restarted since: the pool
                 # dropped it, so one more try uses a fresh connection.
-                result = getattr(self.client, method)(*args, **kw)
+                result = method(self.client, *args, **kw)
         except (MemcacheError, OSError) as exc:
             self._failed(exc)
             raise BackendUnavailable("memcached %s: %s" % (self, _describe(exc))) from exc
@@ -172,10 +176,10 @@ def carries_token(stored: bytes | None, token: str) -> bool:
 
 
 def _compare_and_delete(server: MemcachedServer, key: str, token: str) -> bool:
-    stored, cas = server.call("gets_values", key).get(key, (None, None))
+    stored, cas = server.call(ClientPool.gets_values, key).get(key, (None, None))
     if not carries_token(stored, token):
         return False
-    return bool(server.call("cas_value", key, stored, cas, -1))
+    return bool(server.call(ClientPool.cas_value, key, stored, cas, -1))
 
 
 class _Orphan:
@@ -243,36 +247,39 @@ class MemcachedLease(Lease):
             if self.cas is not None:
                 # One round trip when the connection that stored the lock proves
                 # the server has not restarted; otherwise compare the token.
-                done = self.server.call("delete_if_unchanged", self.connection, key, self.cas, key + WANT_SUFFIX)
+                done = self.server.call(
+                    ClientPool.delete_if_unchanged, self.connection, key, self.cas, key + WANT_SUFFIX
+                )
                 self.cas = self.connection = None
                 if done is not None:
                     self.successor = done[1]
                     return True
-            found = self.server.call("gets_values", key, key + WANT_SUFFIX)
+            found = self.server.call(ClientPool.gets_values, key, key + WANT_SUFFIX)
             stored, cas = found.get(key, (None, None))
             want = found.get(key + WANT_SUFFIX)
             if want is not None:
                 self.successor = want[0]
             if not carries_token(stored, self.token):
                 return False
-            return bool(self.server.call("cas_value", key, stored, cas, -1))
+            return bool(self.server.call(ClientPool.cas_value, key, stored, cas, -1))
         except BackendUnavailable:
             self.server.remember_unreleased(key, self.token)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
             return None
 
     def _renew(self, ttl: float) -> bool:
-        stored, cas = self.server.call("gets_values", self.key).get(self.key, (None, None))
+        stored, cas = self.server.call(ClientPool.gets_values, self.key).get(self.key, (None, None))
         if not carries_token(stored, self.token):
             return False
         value = renewed_value(stored, ttl)
         self.cas = self.connection = None
-        if self.server.call("cas_value", self.key, value, cas, store_ttl(ttl)):
+        if self.server.call(ClientPool.cas_value, self.key, value, cas, store_ttl(ttl)):
             self.value = value
             return True
         return False
 
 
+@implementer(IWaiterBoard)
 class MemcachedBackend(Backend):
     """Locks in one or several memcached servers."""
 
@@ -330,7 +337,7 @@ class MemcachedBackend(Backend):
         lease = None
         try:
             try:
-                stored, cas, connection = server.call("add_keeping_cas", key, value, store_ttl(ttl))
+                stored, cas, connection = server.call(ClientPool.add_keeping_cas, key, value, store_ttl(ttl))
             except BackendUnavailable as exc:
                 if not _outcome_unknown(exc):
                     raise
@@ -347,19 +354,24 @@ class MemcachedBackend(Backend):
         return lease
 
     def holder(self, name: str) -> Holder | None:
-        value = self.server_for(name).call("get", self.prefix + name)
+        value = self.server_for(name).call(ClientPool.get, self.prefix + name)
         return decode_value(name, value, self.kind) if value else None
 
     def may_be_available(self, name: str) -> bool:
-        return self.server_for(name).call("get", self.prefix + name) is None
+        return self.server_for(name).call(ClientPool.get, self.prefix + name) is None
 
     def break_lock(self, name: str) -> bool:
-        return bool(self.server_for(name).call("delete", self.prefix + name, noreply=False))
+        return bool(self.server_for(name).call(ClientPool.delete, self.prefix + name, noreply=False))
+
+    @property
+    def waiter_board(self) -> "MemcachedBackend":
+        """This store keeps the waiter announcements itself."""
+        return self
 
     def peek_want(self, name: str):
         """One round trip: (is the lock held, the waiter announcement or None, its cas)."""
         key = self.prefix + name
-        found = self.server_for(name).call("gets_many", (key, key + WANT_SUFFIX))
+        found = self.server_for(name).call(ClientPool.gets_many, (key, key + WANT_SUFFIX))
         want = found.get(key + WANT_SUFFIX)
         if want is None:
             return key in found, None, None
@@ -379,7 +391,8 @@ class MemcachedBackend(Backend):
                 return False
             sent = time.monotonic()
             answer = lease.server.call(
-                "replace_if_unchanged", lease.connection, key, value, lease.cas, store_ttl(ttl), key + WANT_SUFFIX
+                ClientPool.replace_if_unchanged, lease.connection, key, value, lease.cas, store_ttl(ttl),
+                key + WANT_SUFFIX,
             )
             if answer is None:
                 return False
@@ -391,24 +404,24 @@ class MemcachedBackend(Backend):
         server = self.server_for(name)
         key = self.prefix + name + WANT_SUFFIX
         if add:
-            return bool(server.call("add", key, value, expire=WANT_TTL, noreply=False))
-        return bool(server.call("cas", key, value, cas, expire=WANT_TTL, noreply=False))
+            return bool(server.call(ClientPool.add, key, value, expire=WANT_TTL, noreply=False))
+        return bool(server.call(ClientPool.cas, key, value, cas, expire=WANT_TTL, noreply=False))
 
     def drop_want(self, name: str, token: str) -> bool:
         """Remove the announcement if it is still ``token``'s (another waiter may have taken the slot)."""
         server = self.server_for(name)
         key = self.prefix + name + WANT_SUFFIX
-        stored, cas = server.call("gets", key)
+        stored, cas = server.call(ClientPool.gets, key)
         want = Want.decode(stored)
         if want is None or want.token != token:
             return False
-        return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+        return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
 
     def get_note(self, name: str) -> bytes | None:
-        return self.server_for(name).call("get", self.prefix + name + NOTE_SUFFIX)
+        return self.server_for(name).call(ClientPool.get, self.prefix + name + NOTE_SUFFIX)
 
     def set_note(self, name: str, value: bytes) -> None:
-        self.server_for(name).call("set", self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL, noreply=False)
+        self.server_for(name).call(ClientPool.set, self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL, noreply=False)
 
     def list_locks(self) -> list[Holder]:
         """Every lock in every reachable server (``lru_crawler metadump``)."""
@@ -419,7 +432,7 @@ class MemcachedBackend(Backend):
                 if k.startswith(self.prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX))
             ]
             for start in range(0, len(keys), 100):
-                values = server.call("get_many", keys[start : start + 100])
+                values = server.call(ClientPool.get_many, keys[start : start + 100])
                 for key, value in values.items():
                     key = key.decode() if isinstance(key, bytes) else key
                     holder = decode_value(key[len(self.prefix):], value, self.kind)
@@ -448,13 +461,13 @@ def _resolve_unknown_add(server: MemcachedServer, key: str, value: bytes, token:
     """
     for _ in range(UNKNOWN_ADD_TRIES):
         try:
-            stored = server.call_now("get", key)
+            stored = server.call_now(ClientPool.get, key)
         except BackendUnavailable:
             break  # hung or gone: one read is all a hung server costs
         if stored is not None:
             return carries_token(stored, token), None, None
         try:
-            added, cas, connection = server.call_now("add_keeping_cas", key, value, store_ttl(ttl))
+            added, cas, connection = server.call_now(ClientPool.add_keeping_cas, key, value, store_ttl(ttl))
         except BackendUnavailable as exc:
             if not _outcome_unknown(exc):
                 break

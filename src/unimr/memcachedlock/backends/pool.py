@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import (
@@ -79,10 +79,11 @@ class ClientPool:
         else:
             client.close()
 
-    def _run(self, method: str, args: tuple, kw: dict) -> Any:
+    def _run(self, method: Callable[..., Any], args: tuple, kw: dict) -> Any:
+        """``method(client, *args, **kw)`` (a pymemcache Client method) on a pooled client."""
         client = self._checkout()
         try:
-            result = getattr(client, method)(*args, **kw)
+            result = method(client, *args, **kw)
         except BaseException:
             client.close()
             raise
@@ -202,28 +203,28 @@ class ClientPool:
         return self._exchange(request, _read_values)[0]
 
     def add(self, *args: Any, **kw: Any) -> Any:
-        return self._run("add", args, kw)
+        return self._run(Client.add, args, kw)
 
     def set(self, *args: Any, **kw: Any) -> Any:
-        return self._run("set", args, kw)
+        return self._run(Client.set, args, kw)
 
     def cas(self, *args: Any, **kw: Any) -> Any:
-        return self._run("cas", args, kw)
+        return self._run(Client.cas, args, kw)
 
     def get(self, *args: Any, **kw: Any) -> Any:
-        return self._run("get", args, kw)
+        return self._run(Client.get, args, kw)
 
     def gets(self, *args: Any, **kw: Any) -> Any:
-        return self._run("gets", args, kw)
+        return self._run(Client.gets, args, kw)
 
     def get_many(self, *args: Any, **kw: Any) -> Any:
-        return self._run("get_many", args, kw)
+        return self._run(Client.get_many, args, kw)
 
     def gets_many(self, *args: Any, **kw: Any) -> Any:
-        return self._run("gets_many", args, kw)
+        return self._run(Client.gets_many, args, kw)
 
     def delete(self, *args: Any, **kw: Any) -> Any:
-        return self._run("delete", args, kw)
+        return self._run(Client.delete, args, kw)
 
     def close(self) -> None:
         """Close the idle connections (clients in use are closed when they come back over the limit)."""

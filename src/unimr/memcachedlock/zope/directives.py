@@ -5,7 +5,7 @@ registers the process's lock store as the ILockBackend utility: its action
 is the one ``<utility provides="...ILockBackend"/>`` makes (discriminator
 ``('utility', ILockBackend, '')``), so two stores -- or a store and a
 ``<utility>`` -- conflict, and ``overrides.zcml`` replaces either.  The locks
-use that utility (:func:`..config.get_backend`); attributes left out come
+use that utility (:func:`..registry.get_backend`); attributes left out come
 from the ``MEMCACHEDLOCK_*`` environment, then the defaults.
 
 ``<memcachedlock:lock class="..." method="..." key="..." kind="zlock"/>``
@@ -33,7 +33,7 @@ from zope.interface import Interface
 from zope.schema import Choice, Float, TextLine
 
 from .. import config
-from ..backends import make_backend
+from ..registry import make_backend
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, check_seconds

@@ -1,4 +1,4 @@
-"""What a lock store records about each holder.
+"""What the lock stores record: the holder of each lock, and the waiter that announced itself.
 
 The stored value names the holder (host, pid, thread) and when it took the
 lock, so that ``memcachedlock list`` and ``show`` can answer "who holds the
@@ -108,3 +108,51 @@ def decode_value(name: str, value: bytes, backend: str = "") -> Holder | None:
         )
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+# -- the waiter record ------------------------------------------------------------------
+
+#: This host, as a waiter announcement names it.
+WANT_HOST = (socket.gethostname() or "localhost").encode("utf-8", "replace").replace(b" ", b"_")
+WANT_MAGIC = b"w1"
+#: Seconds an announcement lives unless its waiter refreshes it.
+WANT_TTL = 2
+
+
+class Want:
+    """A waiting process's announcement, as stored under ``<key>#want``."""
+
+    __slots__ = ("token", "host", "pid", "since", "pause", "address")
+
+    def __init__(self, token: str, host: bytes, pid: int, since: float, pause: float, address: bytes) -> None:
+        self.token = token
+        self.host = host
+        self.pid = pid
+        self.since = since
+        self.pause = pause
+        self.address = address
+
+    def encode(self) -> bytes:
+        return b"%s %s %s %d %.6f %.4f %s" % (
+            WANT_MAGIC, self.token.encode("ascii"), self.host, self.pid, self.since, self.pause,
+            self.address.hex().encode("ascii") or b"-",
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> "Want | None":
+        """Parse a stored announcement; None for anything else (no announcement)."""
+        if not value:
+            return None
+        parts = value.split(b" ")
+        if len(parts) != 7 or parts[0] != WANT_MAGIC:
+            return None
+        try:
+            address = b"" if parts[6] == b"-" else bytes.fromhex(parts[6].decode("ascii"))
+            return cls(parts[1].decode("ascii"), parts[2], int(parts[3]), float(parts[4]),
+                       float(parts[5]), address)
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+    @property
+    def local(self) -> bool:
+        return self.host == WANT_HOST and bool(self.address)

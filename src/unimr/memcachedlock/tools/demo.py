@@ -39,6 +39,8 @@ import threading
 import time
 from typing import IO, Callable, Sequence
 
+from .servers import free_port
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIENTS = 4
@@ -157,7 +159,7 @@ def worker_main(argv: Sequence[str]) -> int:
     from ZODB.POSException import ConflictError
 
     # The package exports the zlock *function* under the module's name.
-    zlock_module = importlib.import_module(__package__ + ".zlock")
+    zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
 
     lock_busy = getattr(zlock_module, "LockBusy", None)
     update = _update
@@ -200,13 +202,6 @@ def worker_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- parent side
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     """In a server child: get SIGTERM when the demo dies, even by SIGKILL (Linux)."""
     try:
@@ -219,8 +214,8 @@ def _die_with_parent() -> None:
 
 def memcached_version(host: str | None, port: int | None, timeout: float = 1.0, path: str | None = None) -> str | None:
     """The server's version if something answers as memcached at host:port (or the unix socket ``path``)."""
-    from .backends.memcached import server_command
-    from .config import ServerAddress
+    from ..backends.memcached import server_command
+    from ..config import ServerAddress
 
     address = ServerAddress(path=path) if path is not None else ServerAddress(host=host, port=port)
     try:
@@ -237,6 +232,16 @@ class LockStore:
     kind: str
     env: dict
     description: str
+
+
+def _add_counts(result: PhaseResult, state: list[dict]) -> None:
+    """Sum the clients' figures into ``result``; conflicts are the attempts neither committed nor busy."""
+    for counts in state:
+        result.commits += counts["commits"]
+        result.attempts += counts["attempts"]
+        result.busy += counts["busy"]
+        result.executions += counts["executions"]
+    result.conflicts = result.attempts - result.commits - result.busy
 
 
 class Demo:
@@ -353,7 +358,7 @@ class Demo:
 
     def choose_store(self, environ: dict | None = None) -> LockStore:
         """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store."""
-        from .config import parse_servers
+        from ..config import parse_servers
 
         env = os.environ if environ is None else environ
         reasons = []
@@ -436,21 +441,7 @@ class Demo:
         """Start the clients, release them together, collect their figures."""
         result = PhaseResult(mode, self.clients, self.writes, self.work_ms)
         title = MODE_TITLES[mode]
-        code = "import sys; from unimr.memcachedlock.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
-        env = self._client_env()
-        workers: list[subprocess.Popen] = []
-        log = open(self._client_log(mode), "ab")
-        for _ in range(self.clients):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
-                 "--writes", str(self.writes), "--work", repr(self.work_ms),
-                 "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                env=env, cwd=self.tmp, start_new_session=True,
-            )
-            self.procs.append(proc)
-            workers.append(proc)
-        log.close()
+        workers = self._start_clients(mode)
         deadline = time.monotonic() + self.timeout
         selector = selectors.DefaultSelector()
         for index, proc in enumerate(workers):
@@ -505,14 +496,27 @@ class Demo:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             selector.close()
-        for counts in state:
-            result.commits += counts["commits"]
-            result.attempts += counts["attempts"]
-            result.busy += counts["busy"]
-            result.executions += counts["executions"]
-        result.conflicts = result.attempts - result.commits - result.busy
+        _add_counts(result, state)
         self._show_progress(self._progress_text(title, state, result.wall) + "  done", final=True)
         return result
+
+    def _start_clients(self, mode: str) -> list[subprocess.Popen]:
+        """The client processes of one phase, each waiting for ``go`` on its stdin."""
+        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+        env = self._client_env()
+        workers: list[subprocess.Popen] = []
+        with open(self._client_log(mode), "ab") as log:
+            for _ in range(self.clients):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
+                     "--writes", str(self.writes), "--work", repr(self.work_ms),
+                     "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                    env=env, cwd=self.tmp, start_new_session=True,
+                )
+                self.procs.append(proc)
+                workers.append(proc)
+        return workers
 
     def _client_log(self, mode: str) -> str:
         return os.path.join(self.tmp, "client-%s.log" % mode)

@@ -41,6 +41,8 @@ import threading
 import time
 from typing import Iterator, Sequence
 
+from .servers import MemcachedServer
+
 #: memcached ``stats`` counters that each count one request (a key of a multi-get counts once).
 REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses",
                     "incr_hits", "incr_misses", "decr_hits", "decr_misses")
@@ -48,37 +50,14 @@ REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_mi
 
 # -- a private memcached -------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def private_memcached(binary: str | None = None) -> Iterator[str]:
     """Start memcached on a free loopback port; yield ``host:port``; stop it afterwards."""
     binary = binary or shutil.which("memcached")
     if binary is None:
         raise RuntimeError("memcached is not installed (apt-get install memcached) and no --servers given")
-    port = _free_port()
-    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2"]
-    if os.getuid() == 0:
-        args += ["-u", "root"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("memcached did not start on port %d" % port)
-                time.sleep(0.02)
-        yield "127.0.0.1:%d" % port
-    finally:
-        proc.kill()
-        proc.wait()
+    with MemcachedServer(binary=binary) as server:
+        yield server.address
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -88,8 +67,8 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def server_stats(address: str) -> dict[str, int]:
     """memcached's ``stats`` as integers (non-numeric values are left out)."""
-    from .backends.memcached import server_command
-    from .config import parse_server
+    from ..backends.memcached import server_command
+    from ..config import parse_server
 
     stats: dict[str, int] = {}
     for line in server_command(parse_server(address), b"stats").splitlines():
@@ -106,8 +85,8 @@ def request_count(address: str) -> int:
 
 
 def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None):
-    from .config import Settings, parse_servers
-    from .backends import make_backend
+    from ..config import Settings, parse_servers
+    from ..registry import make_backend
 
     settings = Settings(servers=parse_servers(address), backend=kind,
                         lock_dir=lock_dir or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
@@ -135,7 +114,7 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
     The two alternate in ``rounds`` rounds of ``n`` pairs; the median round
     counts, so a burst of noise from other processes hits both sides.
     """
-    from .locks import Lock
+    from ..locks import Lock
 
     raw = _raw_client(address)
     backend = _backend(address, "memcached")
@@ -175,8 +154,8 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
 
 
 def _file_latency(n: int, rounds: int) -> dict:
-    from .backends.file import FileBackend
-    from .locks import Lock
+    from ..backends.file import FileBackend
+    from ..locks import Lock
 
     with tempfile.TemporaryDirectory(prefix="memcachedlock-bench-") as directory:
         backend = FileBackend(directory)
@@ -229,7 +208,7 @@ def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at:
             out.append((acquired, released, worker))
             if released >= stop_at:
                 return out
-    from .locks import Lock
+    from ..locks import Lock
 
     backend = _backend(address, "memcached") if kind == "ours" else None
     lock = Lock(key, backend=_SHARED_BACKEND.get(address) or backend)
@@ -337,7 +316,7 @@ def _noop(_: int) -> None:
 
 def _waiting_process(address: str, key: str, threads: int, wait: float, ready) -> int:
     """``threads`` threads of this process wait ``wait`` seconds for ``key``; return how many got it."""
-    from .locks import Lock
+    from ..locks import Lock
 
     backend = _backend(address, "memcached")
     got = []
@@ -366,7 +345,7 @@ def waiting_load(address: str, processes: int = 4, threads: int = 1, wait: float
     waiter times out; the rate is given for the first ``first`` seconds and
     for the rest of the wait.
     """
-    from .locks import Lock
+    from ..locks import Lock
 
     key = "bench:waiting:%s" % os.urandom(4).hex()
     backend = _backend(address, "memcached")
@@ -470,15 +449,15 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit 2) instead of argparse's usage block."""
 
     def error(self, message: str):
-        from .cli import EXIT_USAGE, CommandError
+        from .cliargs import EXIT_USAGE, CommandError
 
         raise CommandError("%s (see memcachedlock bench --help)" % message, EXIT_USAGE)
 
 
 def _one_server(text: str) -> str:
     """The ``host:port`` of ``--servers``: one TCP server, checked like MEMCACHEDLOCK_SERVERS."""
-    from .config import parse_servers
-    from .errors import ConfigurationError
+    from ..config import parse_servers
+    from ..errors import ConfigurationError
 
     servers = parse_servers(text)
     if len(servers) != 1 or servers[0].path is not None:
@@ -488,9 +467,9 @@ def _one_server(text: str) -> str:
 
 def _answering(address: str) -> None:
     """BackendUnavailable (one line) unless memcached at ``address`` answers ``version``."""
-    from .backends.memcached import server_command
-    from .config import parse_server
-    from .errors import BackendUnavailable
+    from ..backends.memcached import server_command
+    from ..config import parse_server
+    from ..errors import BackendUnavailable
 
     try:
         answer = server_command(parse_server(address), b"version", timeout=2.0)
@@ -509,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from pymemcache.exceptions import MemcacheError
 
-    from .cli import _positive_int, _seconds_arg
-    from .errors import BackendUnavailable
+    from .cliargs import _positive_int, _seconds_arg
+    from ..errors import BackendUnavailable
 
     parser = _Parser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=("latency", "handoff", "waiting", "all"))
@@ -552,26 +531,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, MemcacheError) as exc:
             raise BackendUnavailable("memcached %s failed during the run: %s" % (address, exc)) from exc
         missed = missed_goals(report)
-        if args.json:
-            if args.check:
-                report["missed_goals"] = missed
-            json.dump(report, sys.stdout, indent=2, default=str)
-            print()
-        else:
-            if "latency" in report:
-                print_latency(report["latency"])
-                print()
-            if "handoff" in report:
-                print_handoff(report["handoff"])
-                print()
-            if "waiting" in report:
-                print_waiting(report["waiting"])
-            if args.check:
-                print("\ngoals: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+        _print_report(report, missed, args.json, args.check)
     return 1 if args.check and missed else 0
 
 
-if __name__ == "__main__":
-    from .cli import main as command
+def _print_report(report: dict, missed: list[str], as_json: bool, check: bool) -> None:
+    """The tables (or JSON), and with ``check`` the goals missed."""
+    if as_json:
+        if check:
+            report["missed_goals"] = missed
+        json.dump(report, sys.stdout, indent=2, default=str)
+        print()
+        return
+    if "latency" in report:
+        print_latency(report["latency"])
+        print()
+    if "handoff" in report:
+        print_handoff(report["handoff"])
+        print()
+    if "waiting" in report:
+        print_waiting(report["waiting"])
+    if check:
+        print("\ngoals: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
 
-    sys.exit(command(["bench", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,34 +48,23 @@ import unicodedata
 from typing import IO, Sequence
 from urllib.parse import unquote
 
-from .backends.memcached import server_command
-from .config import BACKEND_KINDS, ServerAddress, Settings
-from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from .info import Holder, token_of
-from .keys import lock_name
-from .locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from ..backends.memcached import server_command
+from ..backends.pool import ClientPool
+from .cliargs import (
+    EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
+)
+from ..config import BACKEND_KINDS, ServerAddress, Settings
+from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
+from ..backends.records import Holder, token_of
+from ..keys import lock_name
+from ..locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_NO = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
 
 #: Unicode categories escaped by ``clean``: controls, format (bidi overrides), separators, surrogates.
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 #: What a lock name (``keys.lock_name``) is made of.
 _NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{0,200}")
-
-
-class CommandError(Exception):
-    """A subcommand failed; ``code`` is the exit code, the message one line."""
-
-    def __init__(self, message: str, code: int = EXIT_NO) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -116,9 +105,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def make_store(settings: Settings):
     """The store the settings name, for inspection: its lock directory is checked, never created."""
-    from .backends.fallback import FallbackBackend
-    from .backends.file import FileBackend
-    from .backends.memcached import MemcachedBackend
+    from ..backends.fallback import FallbackBackend
+    from ..backends.file import FileBackend
+    from ..backends.memcached import MemcachedBackend
 
     if settings.backend == "memcached":
         return MemcachedBackend.from_settings(settings)
@@ -234,10 +223,10 @@ def _break_in_memcached(store, name: str, token: str) -> bool:
     """``gets`` then ``cas`` with exptime -1: removed only if the item still carries ``token``."""
     server = store.server_for(name)
     key = store.prefix + name
-    stored, cas = server.call("gets", key)
+    stored, cas = server.call(ClientPool.gets, key)
     if stored is None or token_of(stored) != token:
         return False
-    return bool(server.call("cas", key, stored, cas, expire=-1, noreply=False))
+    return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
 
 
 def holder_row(holder: Holder) -> list[str]:
@@ -409,8 +398,28 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     return report
 
 
+def _check_one_server(address: ServerAddress, settings: Settings, result: dict, lines: list[str]) -> None:
+    """``check`` of one memcached server: its report into ``result``, its lines into ``lines``."""
+    report = check_server(address, settings)
+    result["servers"].append(report)
+    if report["reachable"]:
+        line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
+            address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
+            report["evictions"], report["temporary_ttl"] or "off")
+        if not report["evictions_enabled"]:
+            line += ", evictions off (-M)"
+    else:
+        line = "memcached %s: UNREACHABLE" % address
+    lines.append(line)
+    for problem in report["problems"]:
+        lines.append("  PROBLEM: %s" % problem)
+        result["problems"].append("memcached %s: %s" % (address, problem))
+    for warning in report["warnings"]:
+        lines.append("  warning: %s" % warning)
+
+
 def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
-    from .metrics import metrics_settings
+    from ..metrics import metrics_settings
 
     result: dict = {"problems": [], "servers": []}
     try:
@@ -434,24 +443,9 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
     if settings.backend in ("memcached", "fallback"):
         for address in settings.servers:
-            report = check_server(address, settings)
-            result["servers"].append(report)
-            if report["reachable"]:
-                line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
-                    address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
-                    report["evictions"], report["temporary_ttl"] or "off")
-                if not report["evictions_enabled"]:
-                    line += ", evictions off (-M)"
-            else:
-                line = "memcached %s: UNREACHABLE" % address
-            lines.append(line)
-            for problem in report["problems"]:
-                lines.append("  PROBLEM: %s" % problem)
-                result["problems"].append("memcached %s: %s" % (address, problem))
-            for warning in report["warnings"]:
-                lines.append("  warning: %s" % warning)
+            _check_one_server(address, settings, result, lines)
     if settings.backend in ("file", "fallback"):
-        from .backends.file import prepare_lock_dir
+        from ..backends.file import prepare_lock_dir
 
         try:
             state = "private"
@@ -489,7 +483,7 @@ def _check_creatable(path: str) -> None:
 
 
 def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
-    from . import metrics
+    from .. import metrics
 
     directory = args.dir
     if directory is None:
@@ -543,21 +537,11 @@ def cmd_bench(args: argparse.Namespace, out: IO[str]) -> int:
         raise CommandError("bench is not available: %s" % exc, EXIT_USAGE) from None
     main_function = getattr(bench, "main", None)
     if main_function is None:
-        raise CommandError("bench is not available: unimr.memcachedlock.bench has no main()", EXIT_USAGE)
+        raise CommandError("bench is not available: unimr.memcachedlock.tools.bench has no main()", EXIT_USAGE)
     return int(main_function(list(args.bench_args)) or 0)
 
 
 # --------------------------------------------------------------------------- parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("%r must be at least 1" % text)
-    return value
 
 
 def _milliseconds(text: str) -> float:
@@ -570,36 +554,9 @@ def _milliseconds(text: str) -> float:
     return value
 
 
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("%r must be a finite number above 0" % text)
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
+def _add_demo(sub) -> None:
+    """``memcachedlock demo``."""
     from .demo import DEFAULT_CLIENTS, DEFAULT_TIMEOUT, DEFAULT_WORK_MS, DEFAULT_WRITES, STORE_CHOICES
-
-    parser = argparse.ArgumentParser(
-        prog="memcachedlock",
-        description="Distributed locks for Zope/ZODB in memcached or flock'd files: "
-                    "demo, inspection and checks.",
-        epilog="Exit codes: 0 ok, 1 no/problem found, 2 usage or configuration error, "
-               "3 lock store unreachable, 130 interrupted.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
-                                         "(host:port,host:port)")
-    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
-    store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
-    store.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     demo = sub.add_parser(
         "demo", help="show what zlock saves: K ZEO clients on one hot object, no lock vs zlock",
@@ -620,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print JSON for scripts")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_store_commands(sub, store: argparse.ArgumentParser) -> None:
+    """``list``, ``show``, ``break`` and ``check``: the commands that read a lock store."""
     listing = sub.add_parser("list", parents=[store], help="the locks held now",
                              description="List the locks held now: key, holder (host, pid, thread), age, "
                                          "TTL left and store.")
@@ -649,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fix.  Exit 1 on a problem, 2 on a bad configuration.")
     check.set_defaults(func=cmd_check)
 
+
+def _add_stats_and_bench(sub) -> None:
+    """``stats`` and ``bench``."""
     stats = sub.add_parser("stats", help="merged lock metrics of all processes",
                            description="Read the metrics snapshots processes write into "
                                        "MEMCACHEDLOCK_METRICS_DIR and merge them per key prefix.")
@@ -658,10 +621,34 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
 
     bench = sub.add_parser("bench", add_help=False, help="latency and handoff against raw pymemcache",
-                           description="Run the benchmarks (unimr.memcachedlock.bench); "
+                           description="Run the benchmarks (unimr.memcachedlock.tools.bench); "
                                        "`memcachedlock bench --help` shows their options.")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memcachedlock",
+        description="Distributed locks for Zope/ZODB in memcached or flock'd files: "
+                    "demo, inspection and checks.",
+        epilog="Exit codes: 0 ok, 1 no/problem found, 2 usage or configuration error, "
+               "3 lock store unreachable, 130 interrupted.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
+                                         "(host:port,host:port)")
+    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
+    store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
+    store.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    _add_demo(sub)
+    _add_store_commands(sub, store)
+    _add_stats_and_bench(sub)
     return parser
 
 
