@@ -23,6 +23,7 @@ SIGKILL leaves no client behind either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from .servers import free_port
 
@@ -398,36 +399,33 @@ class Demo:
 
         return ZEO.DB(("127.0.0.1", self.zeo_port))
 
-    def create_objects(self) -> None:
+    @contextlib.contextmanager
+    def _root(self) -> Iterator[Any]:
+        """The ZEO server's root in a transaction of its own (committed if the block succeeds)."""
         import transaction
+
+        db = self._db()
+        try:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            try:
+                with tm:
+                    yield conn.root()
+            finally:
+                conn.close()
+        finally:
+            db.close()
+
+    def create_objects(self) -> None:
         from persistent.mapping import PersistentMapping
 
-        db = self._db()
-        try:
-            tm = transaction.TransactionManager()
-            conn = db.open(tm)
-            with tm:
-                root = conn.root()
-                for mode in MODES:
-                    root["hot-" + mode] = PersistentMapping(count=0)
-            conn.close()
-        finally:
-            db.close()
+        with self._root() as root:
+            for mode in MODES:
+                root["hot-" + mode] = PersistentMapping(count=0)
 
     def read_counts(self) -> dict[str, int]:
-        import transaction
-
-        db = self._db()
-        try:
-            tm = transaction.TransactionManager()
-            conn = db.open(tm)
-            with tm:
-                root = conn.root()
-                counts = {mode: root["hot-" + mode]["count"] for mode in MODES}
-            conn.close()
-        finally:
-            db.close()
-        return counts
+        with self._root() as root:
+            return {mode: root["hot-" + mode]["count"] for mode in MODES}
 
     # -- the runs
 
