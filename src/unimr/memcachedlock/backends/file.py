@@ -136,6 +136,19 @@ def _open_regular(path: str, flags: int, mode: int = 0o600) -> int:
         raise
 
 
+def _open_to_read(path: str, what: str) -> int | None:
+    """``path`` opened for reading (see ``_open_regular``), None if it does not exist.
+
+    Any other failure is BackendUnavailable, "cannot <what> <path>: <why>".
+    """
+    try:
+        return _open_regular(path, _READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendUnavailable("cannot %s %s: %s" % (what, path, exc)) from exc
+
+
 def _made_by_us(fd: int) -> bool:
     """True if the open file looks like one the store created (so it may remove it)."""
     info = os.fstat(fd)
@@ -369,12 +382,9 @@ class FileBackend(Backend):
         changed and report the lock lost.  Only files the store made are removed.
         """
         path = self.path_for(name)
-        try:
-            fd = _open_regular(path, _READ_FLAGS)
-        except FileNotFoundError:
+        fd = _open_to_read(path, "open lock file")
+        if fd is None:
             return False
-        except OSError as exc:
-            raise BackendUnavailable("cannot open lock file %s: %s" % (path, exc)) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -398,63 +408,72 @@ class FileBackend(Backend):
 
     def get_note(self, name: str) -> bytes | None:
         """The note, if it is a regular file written in the last NOTE_TTL seconds (never a symlink's target)."""
-        path = self._note_path(name)
-        try:
-            fd = _open_regular(path, _READ_FLAGS)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
-        try:
-            if time.time() - os.fstat(fd).st_mtime > NOTE_TTL:
-                return None
-            return os.pread(fd, 65536, 0)
-        except OSError as exc:
-            raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
-        finally:
-            os.close(fd)
+        return _read_note(self._note_path(name))
 
     def remove_note(self, name: str) -> None:
         """Forget ``name``'s note (the fallback store does when memcached has a newer one).
 
         Only a note the store wrote (a regular file of this uid) is removed.
         """
-        path = self._note_path(name)
-        try:
-            info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                raise NotRegularFile("note %s was not written by the lock store: remove it" % path)
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except NotRegularFile:
-            raise
-        except OSError as exc:
-            raise BackendUnavailable("cannot remove note of %s: %s" % (name, exc)) from exc
+        _remove_note(self._note_path(name), name)
 
     def set_note(self, name: str, value: bytes) -> None:
         """Write the note to a temporary file and rename it: readers never see half."""
         if not isinstance(value, bytes):
             raise TypeError("a note is bytes, not %s" % type(value).__name__)
-        path = self._note_path(name)
-        tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(4).hex())
+        _write_note(self.directory, self._note_path(name), value)
+
+
+# -- notes: one small file beside the lock file ------------------------------------------
+
+
+def _read_note(path: str) -> bytes | None:
+    fd = _open_to_read(path, "read note")
+    if fd is None:
+        return None
+    try:
+        if time.time() - os.fstat(fd).st_mtime > NOTE_TTL:
+            return None
+        return os.pread(fd, 65536, 0)
+    except OSError as exc:
+        raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
+    finally:
+        os.close(fd)
+
+
+def _remove_note(path: str, name: str) -> None:
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise NotRegularFile("note %s was not written by the lock store: remove it" % path)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except NotRegularFile:
+        raise
+    except OSError as exc:
+        raise BackendUnavailable("cannot remove note of %s: %s" % (name, exc)) from exc
+
+
+def _write_note(directory: str, path: str, value: bytes) -> None:
+    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(4).hex())
+    try:
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                try:
-                    prepare_lock_dir(self.directory)
-                except ConfigurationError as exc:
-                    raise BackendUnavailable(str(exc)) from exc
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, value)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise BackendUnavailable("cannot write note %s: %s" % (path, exc)) from exc
+                prepare_lock_dir(directory)
+            except ConfigurationError as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise BackendUnavailable("cannot write note %s: %s" % (path, exc)) from exc

@@ -21,6 +21,7 @@ stay pymemcache's; its exception classes report protocol errors.
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from typing import Any, Callable
@@ -40,6 +41,16 @@ _NOT_THERE = object()
 
 #: The client and the socket that carried a command (see ``delete_if_unchanged``).
 Connection = tuple[Client, Any]
+
+
+def _client_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``ClientPool.<name>``: pymemcache's ``Client.<name>`` (same signature) run on a pooled client."""
+
+    @functools.wraps(method)
+    def call(self: "ClientPool", *args: Any, **kw: Any) -> Any:
+        return self._run(method, args, kw)
+
+    return call
 
 
 class ClientPool:
@@ -97,17 +108,13 @@ class ClientPool:
         """
         client = self._checkout()
         try:
-            sock = client.sock
-            if sock is None:
+            if client.sock is None:
                 client._connect()
-                sock = client.sock
-            sock.sendall(request)
-            result = read(sock, bytearray())
         except BaseException:
             client.close()
             raise
-        self._checkin(client)
-        return result, (client, sock)
+        sock = client.sock
+        return self._send_and_read(client, sock, request, read), (client, sock)
 
     def add_keeping_cas(self, key: str, value: bytes, expire: int) -> tuple[bool, bytes | None, Connection | None]:
         """Add ``key`` (meta ``ms`` in mode E); return (stored, cas, connection).
@@ -119,8 +126,7 @@ class ClientPool:
         request = b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value)
         line, connection = self._exchange(request, _read_line)
         if line.startswith(b"HD"):
-            cas = next((flag[1:] for flag in line.split()[1:] if flag.startswith(b"c")), None)
-            return True, cas, connection
+            return True, _cas_flag(line), connection
         if line.startswith(b"NS"):
             return False, None, None
         _raise_for(line)
@@ -139,6 +145,10 @@ class ClientPool:
         if client.sock is not sock:
             self._checkin(client)
             return _NOT_THERE
+        return self._send_and_read(client, sock, request, read)
+
+    def _send_and_read(self, client: Client, sock: Any, request: bytes, read: Any) -> Any:
+        """Send ``request`` on ``client``'s socket and parse the answer; a client that failed is closed, not reused."""
         try:
             sock.sendall(request)
             result = read(sock, bytearray())
@@ -164,7 +174,7 @@ class ClientPool:
             return None
         status, other = answer
         if status.startswith(b"HD"):
-            new_cas = next((flag[1:] for flag in status.split()[1:] if flag.startswith(b"c")), None)
+            new_cas = _cas_flag(status)
             return (new_cas, other) if new_cas else None
         if status.startswith((b"EX", b"NF", b"NS")):
             return None
@@ -202,29 +212,14 @@ class ClientPool:
         request = b"gets %s\r\n" % b" ".join(key.encode("ascii") for key in keys)
         return self._exchange(request, _read_values)[0]
 
-    def add(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.add, args, kw)
-
-    def set(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.set, args, kw)
-
-    def cas(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.cas, args, kw)
-
-    def get(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.get, args, kw)
-
-    def gets(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.gets, args, kw)
-
-    def get_many(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.get_many, args, kw)
-
-    def gets_many(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.gets_many, args, kw)
-
-    def delete(self, *args: Any, **kw: Any) -> Any:
-        return self._run(Client.delete, args, kw)
+    add = _client_method(Client.add)
+    set = _client_method(Client.set)
+    cas = _client_method(Client.cas)
+    get = _client_method(Client.get)
+    gets = _client_method(Client.gets)
+    get_many = _client_method(Client.get_many)
+    gets_many = _client_method(Client.gets_many)
+    delete = _client_method(Client.delete)
 
     def close(self) -> None:
         """Close the idle connections (clients in use are closed when they come back over the limit)."""
@@ -237,6 +232,14 @@ class ClientPool:
         self._idle = []
 
 
+def _receive(sock: Any, buf: bytearray) -> None:
+    """Append what the server sent next to ``buf``; a closed connection is an error."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise MemcacheUnexpectedCloseError()
+    buf += chunk
+
+
 def _read_line(sock: Any, buf: bytearray) -> bytes:
     while True:
         end = buf.find(b"\r\n")
@@ -244,10 +247,21 @@ def _read_line(sock: Any, buf: bytearray) -> bytes:
             line = bytes(buf[:end])
             del buf[: end + 2]
             return line
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise MemcacheUnexpectedCloseError()
-        buf += chunk
+        _receive(sock, buf)
+
+
+def _read_data(sock: Any, buf: bytearray, size: int) -> bytes:
+    """A data block of ``size`` bytes and its CRLF, taken off ``buf``; returns the data."""
+    while len(buf) < size + 2:
+        _receive(sock, buf)
+    data = bytes(buf[:size])
+    del buf[: size + 2]
+    return data
+
+
+def _cas_flag(status: bytes) -> bytes | None:
+    """The ``c`` flag (the item's cas) of a meta command's status line, or None."""
+    return next((flag[1:] for flag in status.split()[1:] if flag.startswith(b"c")), None)
 
 
 def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | None]:
@@ -258,13 +272,7 @@ def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | No
         return deleted, None
     if not found.startswith(b"VA "):
         _raise_for(found)
-    size = int(found.split()[1])
-    while len(buf) < size + 2:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise MemcacheUnexpectedCloseError()
-        buf += chunk
-    return deleted, bytes(buf[:size])
+    return deleted, _read_data(sock, buf, int(found.split()[1]))
 
 
 def _raise_for(line: bytes) -> None:
@@ -295,14 +303,7 @@ def _read_values(sock: Any, buf: bytearray) -> dict[str, tuple[bytes, bytes]]:
         parts = line.split()
         if len(parts) != 5 or parts[0] != b"VALUE":
             _raise_for(line)
-        size = int(parts[3])
-        while len(buf) < size + 2:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise MemcacheUnexpectedCloseError()
-            buf += chunk
-        found[parts[1].decode("ascii")] = (bytes(buf[:size]), parts[4])
-        del buf[: size + 2]
+        found[parts[1].decode("ascii")] = (_read_data(sock, buf, int(parts[3])), parts[4])
 
 
 def _after_fork_in_child() -> None:

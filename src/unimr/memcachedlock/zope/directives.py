@@ -41,45 +41,24 @@ from ..zlock import POLICIES
 from . import patch, publisher
 
 
+def _field(field: type, title: str, description: str, required: bool = False, **kw: Any) -> Any:
+    """A schema field of a directive attribute, optional unless ``required``: one call per attribute."""
+    return field(title=title, description=description, required=required, **kw)
+
+
 class IStoreDirective(Interface):
     """Register the lock store the locks of this process use."""
 
-    backend = Choice(
-        title="Store",
-        description="fallback (memcached, the lock directory while memcached is down), memcached or file.",
+    backend = _field(
+        Choice, "Store", "fallback (memcached, the lock directory while memcached is down), memcached or file.",
         values=config.BACKEND_KINDS,
-        required=False,
     )
-    servers = TextLine(
-        title="memcached servers",
-        description="Comma-separated host:port, [ipv6]:port or unix socket paths.",
-        required=False,
-    )
-    dir = Path(
-        title="Lock directory",
-        description="Directory of the file store (relative to the ZCML file's package).",
-        required=False,
-    )
-    connect_timeout = Float(
-        title="Connect timeout",
-        description="Seconds before an unreachable memcached counts as down.",
-        required=False,
-    )
-    io_timeout = Float(
-        title="I/O timeout",
-        description="Seconds before a hung memcached counts as down.",
-        required=False,
-    )
-    retry = Float(
-        title="Retry",
-        description="Seconds a down memcached is left alone before it is tried again.",
-        required=False,
-    )
-    prefix = TextLine(
-        title="Key prefix",
-        description="Namespace of the package's keys in memcached.",
-        required=False,
-    )
+    servers = _field(TextLine, "memcached servers", "Comma-separated host:port, [ipv6]:port or unix socket paths.")
+    dir = _field(Path, "Lock directory", "Directory of the file store (relative to the ZCML file's package).")
+    connect_timeout = _field(Float, "Connect timeout", "Seconds before an unreachable memcached counts as down.")
+    io_timeout = _field(Float, "I/O timeout", "Seconds before a hung memcached counts as down.")
+    retry = _field(Float, "Retry", "Seconds a down memcached is left alone before it is tried again.")
+    prefix = _field(TextLine, "Key prefix", "Namespace of the package's keys in memcached.")
 
 
 #: Store directive attribute -> Settings field, where the names differ.
@@ -134,61 +113,40 @@ class ILockOptions(Interface):
     decorator's default".
     """
 
-    timeout = Float(
-        title="Lease",
-        description="Seconds the lock outlives a crashed holder (renewed while held).",
-        default=DEFAULT_TIMEOUT,
-        required=False,
+    timeout = _field(
+        Float, "Lease", "Seconds the lock outlives a crashed holder (renewed while held).", default=DEFAULT_TIMEOUT,
     )
-    interval = Float(
-        title="Poll interval",
-        description="Longest pause, in seconds, between two attempts while waiting.",
+    interval = _field(
+        Float, "Poll interval", "Longest pause, in seconds, between two attempts while waiting.",
         default=DEFAULT_INTERVAL,
-        required=False,
     )
-    wait = Float(
-        title="Wait",
-        description="Longest wait for the lock in seconds (default: the lease plus two), then LockTimeout.",
-        required=False,
+    wait = _field(
+        Float, "Wait", "Longest wait for the lock in seconds (default: the lease plus two), then LockTimeout.",
     )
-    policy = Choice(
-        title="zlock policy",
-        description="always (lock each call until the transaction ends) or on-conflict (optimistic: "
+    policy = _field(
+        Choice, "zlock policy",
+        "always (lock each call until the transaction ends) or on-conflict (optimistic: "
         "lock at commit, and lock the whole retry after a ConflictError); zlock only.",
         values=POLICIES,
-        required=False,
     )
 
 
 class ILockDirective(ILockOptions):
     """Lock a method of a class with a distributed lock."""
 
-    class_ = GlobalObject(
-        title="Class",
-        description="Dotted name of the class whose method is locked.",
-        required=True,
+    class_ = _field(GlobalObject, "Class", "Dotted name of the class whose method is locked.", required=True)
+    method = _field(PythonIdentifier, "Method", "Name of the method to lock.", required=True)
+    key = _field(
+        GlobalObject, "Key function",
+        "Dotted name of get_key(fun, self, *args, **kw), returning what the lock protects.", required=True,
     )
-    method = PythonIdentifier(
-        title="Method",
-        description="Name of the method to lock.",
-        required=True,
+    kind = _field(
+        Choice, "Kind", "zlock (held until the transaction ends, retries via LockBusy), lock or rlock.",
+        values=patch.KINDS, default="zlock",
     )
-    key = GlobalObject(
-        title="Key function",
-        description="Dotted name of get_key(fun, self, *args, **kw), returning what the lock protects.",
-        required=True,
-    )
-    kind = Choice(
-        title="Kind",
-        description="zlock (held until the transaction ends, retries via LockBusy), lock or rlock.",
-        values=patch.KINDS,
-        default="zlock",
-        required=False,
-    )
-    name = TextLine(
-        title="Lock name",
-        description="Dotted name shared by methods that must exclude each other (default: the method's own).",
-        required=False,
+    name = _field(
+        TextLine, "Lock name",
+        "Dotted name shared by methods that must exclude each other (default: the method's own).",
     )
 
 
@@ -196,15 +154,8 @@ class IImmediateRetryDirective(Interface):
     """Let Zope's publisher retry LockBusy without its random back-off."""
 
 
-def lock(
-    _context,
-    class_: type,
-    method: str,
-    key: Callable,
-    kind: str = "zlock",
-    name: str | None = None,
-    **options: Any,
-) -> None:
+def lock(_context, class_: type, method: str, key: Callable, kind: str = "zlock", name: str | None = None,
+         **options: Any) -> None:
     """Handler of ``<memcachedlock:lock>``: check everything now, patch when the actions run."""
     try:
         patch.decorator(kind, key, options)
