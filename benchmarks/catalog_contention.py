@@ -174,7 +174,7 @@ def run_worker(args: argparse.Namespace) -> None:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    from unimr.memcachedlock.zlock import LockBusy
+    from unimr.memcachedlock.transactionlock import LockBusy
 
     patched = args.policy != "unpatched"
     if patched:

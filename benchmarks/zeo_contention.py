@@ -53,7 +53,7 @@ def client(args: argparse.Namespace) -> None:
     import transaction
     import ZEO
 
-    from unimr.memcachedlock.zlock import LockBusy, zlock
+    from unimr.memcachedlock.transactionlock import LockBusy, zlock
 
     db = ZEO.DB(("127.0.0.1", args.zeo), server_sync=(args.mode == "ideal"))
     conn = db.open()

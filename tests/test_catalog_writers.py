@@ -37,7 +37,7 @@ from Products.ZCatalog.ZCatalog import ZCatalog
 from ZODB.POSException import ConflictError
 from ZPublisher.HTTPResponse import HTTPResponse
 
-from unimr.memcachedlock.zlock import LockBusy
+from unimr.memcachedlock.transactionlock import LockBusy
 
 
 class Doc(SimpleItem):

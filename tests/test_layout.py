@@ -1,4 +1,5 @@
-"""The package's layout: every import points down, the core never imports the tools.
+"""The package's layout: every import points down, the core never imports the tools,
+no name hides a module, functions and classes stay short.
 
 Imports are read from the source (ast), including those inside functions, so
 a lazy import cannot hide a cycle.
@@ -7,7 +8,11 @@ a lazy import cannot hide a cycle.
 from __future__ import annotations
 
 import ast
+import importlib
 import pathlib
+import pkgutil
+import sys
+import types
 
 import unimr.memcachedlock
 
@@ -101,7 +106,7 @@ def test_no_import_cycles():
 
 #: Modules above the lock core: the command line and its tools, and the Zope integration.
 TOOLS = {"tools", "__main__", "memcachedlock"}
-ABOVE_CORE = {"zope", "zlock"} | TOOLS
+ABOVE_CORE = {"zope", "transactionlock"} | TOOLS
 
 
 def is_core(name: str) -> bool:
@@ -121,3 +126,67 @@ def test_the_core_never_imports_the_tools_or_zope():
 def test_cycles_are_found():
     """The checker itself: a lazy import back makes a cycle."""
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def hiding_names(package: types.ModuleType) -> list[str]:
+    """Names in ``package``'s namespace bound to something other than its submodule of that name."""
+    namespace = vars(package)
+    return sorted(
+        "%s.%s" % (package.__name__, info.name)
+        for info in pkgutil.iter_modules(package.__path__)
+        if info.name in namespace and namespace[info.name] is not sys.modules.get("%s.%s" % (package.__name__, info.name))
+    )
+
+
+def test_no_name_hides_a_module():
+    """``from unimr.memcachedlock import X`` never means a function where a module X exists."""
+    for name in modules():
+        if not name.endswith("__main__"):
+            importlib.import_module(name)
+    packages = [sys.modules[name] for name, path in modules().items() if path.name == "__init__.py"]
+    assert len(packages) >= 4
+    assert [hidden for package in packages for hidden in hiding_names(package)] == []
+
+
+def test_hiding_names_are_found(tmp_path):
+    """The checker itself: a function bound under a submodule's name is reported."""
+    (tmp_path / "thing.py").write_text("")
+    (tmp_path / "other.py").write_text("")
+    fake = types.ModuleType("fake_package")
+    fake.__path__ = [str(tmp_path)]
+    fake.thing = lambda: None
+    assert hiding_names(fake) == ["fake_package.thing"]
+
+
+#: The longest function or method, and the longest class, in lines (end_lineno - lineno + 1).
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 200
+
+
+def too_long(tree: ast.AST, where: str) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > limit:
+                found.append("%s:%d %s (%d lines)" % (where, node.lineno, node.name, length))
+    return found
+
+
+def test_short_functions_and_classes():
+    found = []
+    for name, path in modules().items():
+        found += too_long(ast.parse(path.read_text(encoding="utf-8")), name)
+    assert found == []
+
+
+def test_long_functions_are_found():
+    """The checker itself: a 61-line function and a 201-line class are reported."""
+    def body(lines: int) -> str:
+        return "".join("    x%d = %d\n" % (n, n) for n in range(lines))
+
+    assert too_long(ast.parse("def f():\n" + body(59)), "m") == []
+    assert too_long(ast.parse("def f():\n" + body(60)), "m") == ["m:1 f (61 lines)"]
+    assert too_long(ast.parse("class C:\n" + body(199)), "m") == []
+    assert too_long(ast.parse("class C:\n" + body(200)), "m") == ["m:1 C (201 lines)"]

@@ -8,7 +8,6 @@ test_zlock_zeo.py.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import socket
@@ -26,12 +25,12 @@ from ZODB.POSException import ConflictError
 
 from overlap import OverlapLog
 from unimr.memcachedlock import registry
+from unimr.memcachedlock import transactionlock as zlock_module
 from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.zlock import LockBusy, decode_note, encode_note, lock_for_transaction, zlock
+from unimr.memcachedlock.transactionlock import LockBusy, decode_note, encode_note, lock_for_transaction, zlock
 
-zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
 HOT = "hot-object"
 
 

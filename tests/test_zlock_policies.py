@@ -26,7 +26,7 @@ from ZODB.POSException import ConflictError
 
 from unimr.memcachedlock import Lock
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.zlock import LockBusy, lock_for_transaction, retry_will_lock, zlock
+from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, retry_will_lock, zlock
 from unimr.memcachedlock.zope.publisher import retry_at_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +186,7 @@ def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
     assert read_counter(db) == 24, stats
 
     conn = db.open()
-    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.zlock"):
+    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.transactionlock"):
         for _ in range(2):
             transaction.begin()
             assert lock_for_transaction(HOT + "-always") is True
@@ -314,7 +314,7 @@ def test_no_failed_request_with_eight_clients(memcached):
 @pytest.mark.parametrize("value", ["abc", "0", "-2"])
 def test_a_bad_txn_wait_is_named(monkeypatch, value):
     from unimr.memcachedlock.errors import ConfigurationError
-    from unimr.memcachedlock.zlock import txn_wait
+    from unimr.memcachedlock.transactionlock import txn_wait
 
     monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", value)
     with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_TXN_WAIT=%r" % value):

@@ -117,7 +117,7 @@ def _writer(port: int, workdir: str, who: str, writes: int, work_ms: float) -> d
     import ZEO
 
     from overlap import OverlapLog
-    from unimr.memcachedlock.zlock import LockBusy, zlock
+    from unimr.memcachedlock.transactionlock import LockBusy, zlock
 
     overlap = OverlapLog(os.path.join(workdir, "overlap.log"))
     db = ZEO.DB(("127.0.0.1", port))
@@ -164,7 +164,7 @@ def _paths(port: int) -> dict:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    from unimr.memcachedlock.zlock import lock_for_transaction
+    from unimr.memcachedlock.transactionlock import lock_for_transaction
 
     env = dict(os.environ)
     db = ZEO.DB(("127.0.0.1", port))

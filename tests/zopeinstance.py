@@ -140,7 +140,7 @@ class Raise(BrowserView):
     def __call__(self) -> str:
         from ZODB.POSException import ConflictError
 
-        from unimr.memcachedlock.zlock import LockBusy
+        from unimr.memcachedlock.transactionlock import LockBusy
 
         form = self.request.form
         attempts = ATTEMPTS.setdefault(form["token"], [])

@@ -16,7 +16,7 @@ from .errors import (
 from .backends.records import Holder
 from .lease import release_all
 from .locks import Lock, RLock, lock_getter, rlock_getter
-from .zlock import LockBusy, lock_for_transaction, zlock
+from .transactionlock import LockBusy, lock_for_transaction, zlock
 
 __all__ = [
     "lock", "rlock", "zlock", "lock_for_transaction", "LockBusy", "lock_getter", "rlock_getter", "Lock", "RLock", "DontLock",

@@ -159,13 +159,11 @@ def worker_main(argv: Sequence[str]) -> int:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    # The package exports the zlock *function* under the module's name.
-    zlock_module = importlib.import_module("unimr.memcachedlock.zlock")
+    from ..transactionlock import LockBusy, zlock
 
-    lock_busy = getattr(zlock_module, "LockBusy", None)
     update = _update
     if args.mode == "zlock":
-        update = zlock_module.zlock(_lock_key, timeout=30, interval=0.05)(_update)
+        update = zlock(_lock_key, timeout=30, interval=0.05)(_update)
 
     def emit(**data) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
@@ -188,7 +186,7 @@ def worker_main(argv: Sequence[str]) -> int:
                     try:
                         update(conn.root(), args.name, args.key, args.work, counts)
                     except ConflictError as exc:
-                        if lock_busy is not None and isinstance(exc, lock_busy):
+                        if isinstance(exc, LockBusy):
                             busy += 1
                         raise
             commits += 1

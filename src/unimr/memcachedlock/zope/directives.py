@@ -37,7 +37,7 @@ from ..registry import make_backend
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, check_seconds
-from ..zlock import POLICIES
+from ..transactionlock import POLICIES
 from . import patch, publisher
 
 

@@ -67,7 +67,7 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     if kind == "rlock":
         return decorators.rlock
     if kind == "zlock":
-        from ..zlock import zlock
+        from ..transactionlock import zlock
 
         return zlock
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
@@ -79,7 +79,7 @@ def check_policy(kind: str, policy: str | None) -> dict:
         return {}
     if kind != "zlock":
         raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
-    from ..zlock import check_policy as check_zlock_policy
+    from ..transactionlock import check_policy as check_zlock_policy
 
     return {"policy": check_zlock_policy(policy)}
 

@@ -30,7 +30,7 @@ _original: Callable | None = None
 
 
 def _lock_busy_class() -> type:
-    from ..zlock import LockBusy
+    from ..transactionlock import LockBusy
 
     return LockBusy
 
