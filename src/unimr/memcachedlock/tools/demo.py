@@ -233,73 +233,89 @@ class LockStore:
     description: str
 
 
+@dataclasses.dataclass
+class DemoSize:
+    """How big a demo run is: K clients, N writes each, W ms of work per write, and its time limit."""
+
+    clients: int
+    writes: int
+    work_ms: float
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def commits(self) -> int:
+        return self.clients * self.writes
+
+
 def _add_counts(result: PhaseResult, state: list[dict]) -> None:
     """Sum the clients' figures into ``result``; conflicts are the attempts neither committed nor busy."""
     for counts in state:
-        result.commits += counts["commits"]
-        result.attempts += counts["attempts"]
-        result.busy += counts["busy"]
-        result.executions += counts["executions"]
+        for field in ("commits", "attempts", "busy", "executions"):
+            setattr(result, field, getattr(result, field) + counts[field])
     result.conflicts = result.attempts - result.commits - result.busy
 
 
-class Demo:
-    """Owns everything one demo run starts; ``close()`` stops and removes it all."""
+class Progress:
+    """What the person watching sees: plain lines, and one live status line on a terminal."""
 
-    def __init__(self, clients: int, writes: int, work_ms: float, store: str = "auto",
-                 timeout: float = DEFAULT_TIMEOUT, progress: IO[str] | None = None) -> None:
-        self.clients = clients
-        self.writes = writes
-        self.work_ms = work_ms
-        self.store_choice = store
-        self.timeout = timeout
-        self.progress = progress
-        self.tmp = tempfile.mkdtemp(prefix="memcachedlock-demo-")
-        self.run_id = os.urandom(4).hex()
-        self.procs: list[subprocess.Popen] = []
-        self.zeo_port: int | None = None
-        self.store: LockStore | None = None
+    def __init__(self, stream: IO[str] | None) -> None:
+        self.stream = stream
         self._live_line = False
 
-    # -- output
+    @property
+    def period(self) -> float:
+        """Seconds between two status lines: a terminal's line is rewritten, a log gets one a second."""
+        return 0.1 if self.stream and self.stream.isatty() else 1.0
 
     def say(self, text: str) -> None:
-        if self.progress is None:
+        if self.stream is None:
             return
         if self._live_line:
-            self.progress.write("\n")
+            self.stream.write("\n")
             self._live_line = False
-        self.progress.write(text + "\n")
-        self.progress.flush()
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
-    def _show_progress(self, text: str, final: bool = False) -> None:
-        if self.progress is None:
+    def show(self, text: str, final: bool = False) -> None:
+        """The status line: rewritten in place on a terminal (``final`` ends it), a new line elsewhere."""
+        if self.stream is None:
             return
-        if self.progress.isatty():
-            self.progress.write("\r" + text + "\033[K")
+        if self.stream.isatty():
+            self.stream.write("\r" + text + "\033[K")
             self._live_line = not final
             if final:
-                self.progress.write("\n")
+                self.stream.write("\n")
         else:
-            self.progress.write(text + "\n")
-        self.progress.flush()
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
-    # -- servers
 
-    def _spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen:
-        log = open(os.path.join(self.tmp, log_name), "ab")
-        try:
-            proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+class Workspace:
+    """The demo's temporary directory and every process started in it; ``close()`` stops and removes them."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="memcachedlock-demo-")
+        self.procs: list[subprocess.Popen] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
+
+    def spawn(self, args: list[str], **popen_kw: Any) -> subprocess.Popen:
+        """A process in its own session, working in the temporary directory, stopped by ``close()``."""
+        proc = subprocess.Popen(args, cwd=self.tmp, start_new_session=True, **popen_kw)
         self.procs.append(proc)
         return proc
 
-    def _wait_listening(self, proc: subprocess.Popen, port: int, what: str, log_name: str,
-                        timeout: float = 30.0) -> None:
+    def spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen:
+        """A server process logging to ``log_name``, which gets SIGTERM when the demo dies."""
+        with open(self.path(log_name), "ab") as log:
+            return self.spawn(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=_die_with_parent)
+
+    def wait_listening(self, proc: subprocess.Popen, port: int, what: str, log_name: str,
+                       timeout: float = 30.0) -> None:
+        """Return once 127.0.0.1:``port`` accepts; DemoError with the log's last line if ``proc`` died or
+        ``timeout`` passed."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -308,260 +324,23 @@ class Demo:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                tail = self._tail(log_name)
+                tail = self.last_line(log_name)
                 raise DemoError(
                     "%s did not start on 127.0.0.1:%d%s" % (what, port, (": " + tail) if tail else "")
                 )
             time.sleep(0.05)
 
-    def _tail(self, log_name: str) -> str:
+    def last_line(self, log_name: str) -> str:
+        """The last line of a log that is not blank, stripped ("" if none)."""
         try:
-            with open(os.path.join(self.tmp, log_name), "rb") as f:
-                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+            with open(self.path(log_name), "rb") as f:
+                lines = [line for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
         except OSError:
             return ""
         return lines[-1].strip() if lines else ""
 
-    def start_zeo(self) -> None:
-        """runzeo on a temporary FileStorage on a free loopback port."""
-        port = free_port()
-        proc = self._spawn_server(
-            [sys.executable, "-m", "ZEO.runzeo", "-a", "127.0.0.1:%d" % port,
-             "-f", os.path.join(self.tmp, "Data.fs")],
-            "zeo.log",
-        )
-        self._wait_listening(proc, port, "ZEO server", "zeo.log")
-        self.zeo_port = port
-
-    def _private_memcached(self, binary: str) -> LockStore:
-        port = free_port()
-        args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", "-t", "1"]
-        if os.getuid() == 0:
-            args += ["-u", "root"]
-        proc = self._spawn_server(args, "memcached.log")
-        self._wait_listening(proc, port, "memcached", "memcached.log")
-        version = memcached_version("127.0.0.1", port) or "?"
-        return LockStore(
-            "memcached",
-            {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": "127.0.0.1:%d" % port},
-            "a private memcached %s on 127.0.0.1:%d (started for the demo)" % (version, port),
-        )
-
-    def _file_store(self, why: str) -> LockStore:
-        directory = os.path.join(self.tmp, "locks")
-        return LockStore(
-            "file",
-            {"MEMCACHEDLOCK_BACKEND": "file", "MEMCACHEDLOCK_DIR": directory},
-            "the file store (flock in %s)%s" % (directory, why),
-        )
-
-    def choose_store(self, environ: dict | None = None) -> LockStore:
-        """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store."""
-        from ..config import parse_servers
-
-        env = os.environ if environ is None else environ
-        reasons = []
-        if self.store_choice == "file":
-            self.store = self._file_store(" (--backend file)")
-            return self.store
-        configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
-        if configured:
-            servers = parse_servers(configured)
-            down = [s for s in servers if memcached_version(s.host, s.port, path=s.path) is None]
-            if not down:
-                self.store = LockStore(
-                    "memcached",
-                    {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": configured,
-                     "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:")},
-                    "memcached %s (MEMCACHEDLOCK_SERVERS)" % configured,
-                )
-                return self.store
-            reasons.append("MEMCACHEDLOCK_SERVERS=%s does not answer (%s)"
-                           % (configured, ", ".join(str(s) for s in down)))
-        else:
-            reasons.append("MEMCACHEDLOCK_SERVERS is not set")
-        binary = shutil.which("memcached")
-        if binary is not None:
-            self.store = self._private_memcached(binary)
-            return self.store
-        if self.store_choice == "memcached":
-            raise DemoError("--backend memcached: %s and no memcached binary is on PATH" % reasons[0])
-        reasons.append("no memcached binary on PATH")
-        self.store = self._file_store(" because " + " and ".join(reasons))
-        return self.store
-
-    # -- the hot objects
-
-    def _db(self):
-        import ZEO
-
-        return ZEO.DB(("127.0.0.1", self.zeo_port))
-
-    @contextlib.contextmanager
-    def _root(self) -> Iterator[Any]:
-        """The ZEO server's root in a transaction of its own (committed if the block succeeds)."""
-        import transaction
-
-        db = self._db()
-        try:
-            tm = transaction.TransactionManager()
-            conn = db.open(tm)
-            try:
-                with tm:
-                    yield conn.root()
-            finally:
-                conn.close()
-        finally:
-            db.close()
-
-    def create_objects(self) -> None:
-        from persistent.mapping import PersistentMapping
-
-        with self._root() as root:
-            for mode in MODES:
-                root["hot-" + mode] = PersistentMapping(count=0)
-
-    def read_counts(self) -> dict[str, int]:
-        with self._root() as root:
-            return {mode: root["hot-" + mode]["count"] for mode in MODES}
-
-    # -- the runs
-
-    def _client_env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_")}
-        env.update(self.store.env)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def run_phase(self, mode: str) -> PhaseResult:
-        """Start the clients, release them together, collect their figures."""
-        result = PhaseResult(mode, self.clients, self.writes, self.work_ms)
-        title = MODE_TITLES[mode]
-        workers = self._start_clients(mode)
-        deadline = time.monotonic() + self.timeout
-        selector = selectors.DefaultSelector()
-        for index, proc in enumerate(workers):
-            selector.register(proc.stdout, selectors.EVENT_READ, index)
-        state = [dict(commits=0, attempts=0, busy=0, executions=0) for _ in workers]
-        buffers = [b"" for _ in workers]
-        ready = 0
-        finished = 0
-        started = 0.0
-        last_shown = 0.0
-        try:
-            while finished < len(workers):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DemoError(
-                        "the %s run did not finish within %.0fs (see --timeout)" % (title, self.timeout)
-                    )
-                for key, _ in selector.select(min(remaining, 0.5)):
-                    index = key.data
-                    chunk = os.read(key.fileobj.fileno(), 65536)
-                    if not chunk:
-                        selector.unregister(key.fileobj)
-                        if "done" not in state[index]:
-                            raise DemoError(self._client_failure(mode, workers[index]))
-                        continue
-                    *lines, buffers[index] = (buffers[index] + chunk).split(b"\n")
-                    for line in lines:
-                        message = json.loads(line)
-                        if "ready" in message:
-                            ready += 1
-                            if ready == len(workers):
-                                started = last_shown = time.monotonic()
-                                for proc in workers:
-                                    proc.stdin.write(b"go\n")
-                                    proc.stdin.flush()
-                        elif "done" in message:
-                            state[index].update(message["done"])
-                            state[index]["done"] = True
-                            finished += 1
-                        else:
-                            state[index].update(
-                                {k: message[k] for k in ("attempts", "busy", "executions")},
-                                commits=message["commit"],
-                            )
-                now = time.monotonic()
-                if started and now - last_shown >= (0.1 if self.progress and self.progress.isatty() else 1.0):
-                    last_shown = now
-                    self._show_progress(self._progress_text(title, state, now - started))
-            result.wall = time.monotonic() - started
-            for proc in workers:
-                proc.stdin.close()
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            selector.close()
-        _add_counts(result, state)
-        self._show_progress(self._progress_text(title, state, result.wall) + "  done", final=True)
-        return result
-
-    def _start_clients(self, mode: str) -> list[subprocess.Popen]:
-        """The client processes of one phase, each waiting for ``go`` on its stdin."""
-        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
-        env = self._client_env()
-        workers: list[subprocess.Popen] = []
-        with open(self._client_log(mode), "ab") as log:
-            for _ in range(self.clients):
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
-                     "--writes", str(self.writes), "--work", repr(self.work_ms),
-                     "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                    env=env, cwd=self.tmp, start_new_session=True,
-                )
-                self.procs.append(proc)
-                workers.append(proc)
-        return workers
-
-    def _client_log(self, mode: str) -> str:
-        return os.path.join(self.tmp, "client-%s.log" % mode)
-
-    def _client_failure(self, mode: str, proc: subprocess.Popen) -> str:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            with open(self._client_log(mode), "rb") as f:
-                lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
-        except OSError:
-            lines = []
-        last = lines[-1].strip() if lines else "no output"
-        return "a %s client (pid %d) failed with exit code %s: %s" % (
-            MODE_TITLES[mode], proc.pid, proc.returncode, last)
-
-    def _progress_text(self, title: str, state: list[dict], elapsed: float) -> str:
-        commits = sum(s["commits"] for s in state)
-        attempts = sum(s["attempts"] for s in state)
-        busy = sum(s["busy"] for s in state)
-        executions = sum(s["executions"] for s in state)
-        return "  %-8s %3d/%d commits  %4d conflicts  %3d zlock retries  %4d wasted  %5.1fs" % (
-            title + ":", commits, self.clients * self.writes, attempts - commits - busy, busy,
-            executions - commits, elapsed)
-
-    def run(self) -> list[PhaseResult]:
-        """The whole demo: servers, store, both runs, final counts."""
-        # The store first: a bad MEMCACHEDLOCK_SERVERS is reported before anything starts.
-        store = self.choose_store()
-        logger.debug("demo clients get %s", store.env)
-        self.say("Starting a ZEO server on a temporary FileStorage...")
-        self.start_zeo()
-        self.say("ZEO server: 127.0.0.1:%d (%s)" % (self.zeo_port, os.path.join(self.tmp, "Data.fs")))
-        self.say("Lock store: %s" % store.description)
-        self.create_objects()
-        self.say(
-            "%d client processes x %d writes to one hot object, %g ms of CPU work per write,"
-            " retried by transaction.manager.attempts():" % (self.clients, self.writes, self.work_ms)
-        )
-        results = [self.run_phase(mode) for mode in MODES]
-        counts = self.read_counts()
-        for result in results:
-            result.final_count = counts[result.mode]
-        return results
-
     def close(self) -> None:
-        """Stop every process the demo started and remove its temporary directory.
+        """Stop every process started here and remove the temporary directory.
 
         A second Ctrl-C while this runs is ignored, so the cleanup always finishes.
         """
@@ -595,6 +374,276 @@ class Demo:
                         pass
         self.procs.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- the lock store the clients use
+
+
+def _private_memcached(workspace: Workspace, binary: str) -> LockStore:
+    port = free_port()
+    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", "-t", "1"]
+    if os.getuid() == 0:
+        args += ["-u", "root"]
+    proc = workspace.spawn_server(args, "memcached.log")
+    workspace.wait_listening(proc, port, "memcached", "memcached.log")
+    version = memcached_version("127.0.0.1", port) or "?"
+    return LockStore(
+        "memcached",
+        {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": "127.0.0.1:%d" % port},
+        "a private memcached %s on 127.0.0.1:%d (started for the demo)" % (version, port),
+    )
+
+
+def _file_store(workspace: Workspace, why: str) -> LockStore:
+    directory = workspace.path("locks")
+    return LockStore(
+        "file",
+        {"MEMCACHEDLOCK_BACKEND": "file", "MEMCACHEDLOCK_DIR": directory},
+        "the file store (flock in %s)%s" % (directory, why),
+    )
+
+
+def choose_store(workspace: Workspace, choice: str, environ: dict | None = None) -> LockStore:
+    """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store.
+
+    ``choice`` is ``--backend``: ``file`` takes the file store at once, ``memcached`` refuses to fall
+    back to it.
+    """
+    from ..config import parse_servers
+
+    env = os.environ if environ is None else environ
+    if choice == "file":
+        return _file_store(workspace, " (--backend file)")
+    reasons = []
+    configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
+    if configured:
+        servers = parse_servers(configured)
+        down = [s for s in servers if memcached_version(s.host, s.port, path=s.path) is None]
+        if not down:
+            return LockStore(
+                "memcached",
+                {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": configured,
+                 "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:")},
+                "memcached %s (MEMCACHEDLOCK_SERVERS)" % configured,
+            )
+        reasons.append("MEMCACHEDLOCK_SERVERS=%s does not answer (%s)" % (configured, ", ".join(str(s) for s in down)))
+    else:
+        reasons.append("MEMCACHEDLOCK_SERVERS is not set")
+    binary = shutil.which("memcached")
+    if binary is not None:
+        return _private_memcached(workspace, binary)
+    if choice == "memcached":
+        raise DemoError("--backend memcached: %s and no memcached binary is on PATH" % reasons[0])
+    reasons.append("no memcached binary on PATH")
+    return _file_store(workspace, " because " + " and ".join(reasons))
+
+
+# -- the ZEO server and its hot objects
+
+
+def start_zeo(workspace: Workspace) -> int:
+    """runzeo on a temporary FileStorage on a free loopback port; returns the port."""
+    port = free_port()
+    proc = workspace.spawn_server(
+        [sys.executable, "-m", "ZEO.runzeo", "-a", "127.0.0.1:%d" % port, "-f", workspace.path("Data.fs")],
+        "zeo.log",
+    )
+    workspace.wait_listening(proc, port, "ZEO server", "zeo.log")
+    return port
+
+
+@contextlib.contextmanager
+def zeo_root(port: int) -> Iterator[Any]:
+    """The ZEO server's root in a transaction of its own (committed if the block succeeds)."""
+    import transaction
+    import ZEO
+
+    db = ZEO.DB(("127.0.0.1", port))
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        try:
+            with tm:
+                yield conn.root()
+        finally:
+            conn.close()
+    finally:
+        db.close()
+
+
+def create_objects(port: int) -> None:
+    """One hot object per run, its count at 0."""
+    from persistent.mapping import PersistentMapping
+
+    with zeo_root(port) as root:
+        for mode in MODES:
+            root["hot-" + mode] = PersistentMapping(count=0)
+
+
+def read_counts(port: int) -> dict[str, int]:
+    """Each run's final count: the writes that really reached the database."""
+    with zeo_root(port) as root:
+        return {mode: root["hot-" + mode]["count"] for mode in MODES}
+
+
+# -- one run
+
+
+class PhaseRun:
+    """One run: releases the clients of one mode together and collects their JSON lines."""
+
+    def __init__(self, size: DemoSize, mode: str, workers: list[subprocess.Popen], progress: Progress,
+                 failure: Callable[[subprocess.Popen], str]) -> None:
+        self.size, self.mode, self.workers = size, mode, workers
+        self.progress, self.failure = progress, failure
+        self.state = [dict(commits=0, attempts=0, busy=0, executions=0) for _ in workers]
+        self.buffers = [b"" for _ in workers]
+        self.ready = self.finished = 0
+        self.started = self.last_shown = 0.0
+
+    def run(self) -> PhaseResult:
+        """Wait for every client's ``done`` (within the demo's timeout); the figures of the run."""
+        title = MODE_TITLES[self.mode]
+        deadline = time.monotonic() + self.size.timeout
+        selector = selectors.DefaultSelector()
+        for index, proc in enumerate(self.workers):
+            selector.register(proc.stdout, selectors.EVENT_READ, index)
+        try:
+            while self.finished < len(self.workers):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DemoError(
+                        "the %s run did not finish within %.0fs (see --timeout)" % (title, self.size.timeout)
+                    )
+                for key, _ in selector.select(min(remaining, 0.5)):
+                    self._read(selector, key)
+                self._show_now_and_then()
+            wall = time.monotonic() - self.started
+            for proc in self.workers:
+                proc.stdin.close()
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            selector.close()
+        result = PhaseResult(self.mode, self.size.clients, self.size.writes, self.size.work_ms, wall=wall)
+        _add_counts(result, self.state)
+        self.progress.show(self._text(wall) + "  done", final=True)
+        return result
+
+    def _read(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        index = key.data
+        chunk = os.read(key.fileobj.fileno(), 65536)
+        if not chunk:
+            selector.unregister(key.fileobj)
+            if "done" not in self.state[index]:
+                raise DemoError(self.failure(self.workers[index]))
+            return
+        *lines, self.buffers[index] = (self.buffers[index] + chunk).split(b"\n")
+        for line in lines:
+            self._handle(index, json.loads(line))
+
+    def _handle(self, index: int, message: dict) -> None:
+        """One client's line: ready (all ready: go), a commit's running totals, or done."""
+        if "ready" in message:
+            self.ready += 1
+            if self.ready == len(self.workers):
+                self.started = self.last_shown = time.monotonic()
+                for proc in self.workers:
+                    proc.stdin.write(b"go\n")
+                    proc.stdin.flush()
+        elif "done" in message:
+            self.state[index].update(message["done"])
+            self.state[index]["done"] = True
+            self.finished += 1
+        else:
+            self.state[index].update(
+                {k: message[k] for k in ("attempts", "busy", "executions")}, commits=message["commit"],
+            )
+
+    def _show_now_and_then(self) -> None:
+        now = time.monotonic()
+        if self.started and now - self.last_shown >= self.progress.period:
+            self.last_shown = now
+            self.progress.show(self._text(now - self.started))
+
+    def _text(self, elapsed: float) -> str:
+        totals = {field: sum(s[field] for s in self.state) for field in ("commits", "attempts", "busy", "executions")}
+        commits, busy = totals["commits"], totals["busy"]
+        return "  %-8s %3d/%d commits  %4d conflicts  %3d zlock retries  %4d wasted  %5.1fs" % (
+            MODE_TITLES[self.mode] + ":", commits, self.size.commits, totals["attempts"] - commits - busy, busy,
+            totals["executions"] - commits, elapsed)
+
+
+# -- the whole demo
+
+
+class Demo:
+    """Owns everything one demo run starts; ``close()`` stops and removes it all."""
+
+    def __init__(self, clients: int, writes: int, work_ms: float, store: str = "auto",
+                 timeout: float = DEFAULT_TIMEOUT, progress: IO[str] | None = None) -> None:
+        self.size = DemoSize(clients, writes, work_ms, timeout)
+        self.store_choice = store
+        self.progress = Progress(progress)
+        self.workspace = Workspace()
+        self.run_id = os.urandom(4).hex()
+        self.zeo_port: int | None = None
+        self.store: LockStore | None = None
+
+    def run(self) -> list[PhaseResult]:
+        """The whole demo: servers, store, both runs, final counts."""
+        # The store first: a bad MEMCACHEDLOCK_SERVERS is reported before anything starts.
+        self.store = store = choose_store(self.workspace, self.store_choice)
+        logger.debug("demo clients get %s", store.env)
+        say = self.progress.say
+        say("Starting a ZEO server on a temporary FileStorage...")
+        self.zeo_port = start_zeo(self.workspace)
+        say("ZEO server: 127.0.0.1:%d (%s)" % (self.zeo_port, self.workspace.path("Data.fs")))
+        say("Lock store: %s" % store.description)
+        create_objects(self.zeo_port)
+        say(
+            "%d client processes x %d writes to one hot object, %g ms of CPU work per write,"
+            " retried by transaction.manager.attempts():" % (self.size.clients, self.size.writes, self.size.work_ms)
+        )
+        results = [self.run_phase(mode) for mode in MODES]
+        counts = read_counts(self.zeo_port)
+        for result in results:
+            result.final_count = counts[result.mode]
+        return results
+
+    def run_phase(self, mode: str) -> PhaseResult:
+        """Start the clients, release them together, collect their figures."""
+        workers = self._start_clients(mode)
+        return PhaseRun(self.size, mode, workers, self.progress, lambda proc: self._client_failure(mode, proc)).run()
+
+    def _client_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_")}
+        env.update(self.store.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _start_clients(self, mode: str) -> list[subprocess.Popen]:
+        """The client processes of one phase, each waiting for ``go`` on its stdin."""
+        code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+        args = [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
+                "--writes", str(self.size.writes), "--work", repr(self.size.work_ms),
+                "--name", "hot-" + mode, "--key", "demo-%s" % self.run_id]
+        env = self._client_env()
+        with open(self.workspace.path("client-%s.log" % mode), "ab") as log:
+            return [self.workspace.spawn(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+                    for _ in range(self.size.clients)]
+
+    def _client_failure(self, mode: str, proc: subprocess.Popen) -> str:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        last = self.workspace.last_line("client-%s.log" % mode) or "no output"
+        return "a %s client (pid %d) failed with exit code %s: %s" % (
+            MODE_TITLES[mode], proc.pid, proc.returncode, last)
+
+    def close(self) -> None:
+        """Stop every process the demo started and remove its temporary directory."""
+        self.workspace.close()
 
     def __enter__(self) -> "Demo":
         return self
