@@ -59,6 +59,8 @@ WRITERS: dict[str, Callable[[Any], Any]] = {
     "clearIndex": lambda catalog: catalog.clearIndex("num"),
     "addColumn": lambda catalog: catalog.addColumn("extra"),
     "delColumn": lambda catalog: catalog.delColumn("num"),
+    # Without a request no path resolves: it uncatalogs every entry, writing uids and paths directly.
+    "manage_normalize_paths": lambda catalog: catalog.manage_normalize_paths(None),
 }
 
 

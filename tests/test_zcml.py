@@ -253,7 +253,7 @@ def test_package_configure_patches_and_registers_nothing(memcached, clean):
 
 #: The catalog's other writers that catalog.zcml locks under catalog_object's lock.
 CATALOG_WRITERS = ("manage_catalogClear", "refreshCatalog", "manage_catalogReindex", "addIndex", "delIndex",
-                   "clearIndex", "addColumn", "delColumn")
+                   "clearIndex", "addColumn", "delColumn", "manage_normalize_paths")
 
 
 def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
