@@ -35,7 +35,8 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
         say "installing unimr.memcachedlock[$extras] into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+        # setuptools' build backend warns about every editable install of a src/ layout: noise here.
+        PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install -q -e ".[$extras]"
         touch "$stamp"
     fi
 }
