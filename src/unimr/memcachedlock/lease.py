@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from .errors import BackendUnavailable
 from .interfaces import ILease
-from .renewer import MAX_CHECK_PERIOD, renew_period, shortest_life, store_ttl
+from .renewer import MAX_CHECK_PERIOD, get_renewer, renew_period, shortest_life, store_ttl
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,6 @@ class Lease:
         _start_reaper()
         with _live_lock:
             _live.add(self)
-        from .renewer import get_renewer
-
         get_renewer().register(self)
         # The lease owns the lock from here on: its finalizer gives it back if it is dropped.
         # Until here an interrupt leaves the lock to the backend's acquire (see MemcachedBackend).
