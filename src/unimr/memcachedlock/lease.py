@@ -105,9 +105,7 @@ class Lease:
         (not renewed in time: its item may have expired).  The holder sees the
         latter at once, without waiting for the renewer to run.
         """
-        if self._lost:
-            return True
-        return self.expiring and not self.released and time.monotonic() > self.deadline
+        return self._lost or (not self.released and self.past_deadline())
 
     def release(self) -> bool:
         """Remove the lock if it is still ours.  Idempotent; never raises an Exception.
@@ -164,7 +162,7 @@ class Lease:
         with self._guard:
             if not self.held:
                 return False
-            if self.expiring and time.monotonic() > self.deadline:
+            if self.past_deadline():
                 renewed = False
             else:
                 if ttl is not None:
@@ -177,9 +175,9 @@ class Lease:
             self.mark_lost()
         return renewed
 
-    def past_deadline(self, now: float | None = None) -> bool:
+    def past_deadline(self) -> bool:
         """True if the store may have dropped this lease's item by now (no renewal in time)."""
-        return self.expiring and (time.monotonic() if now is None else now) > self.deadline
+        return self.expiring and time.monotonic() > self.deadline
 
     def handed_to(self, ttl: float) -> bool:
         """This lease now serves another lock object (and thread) of this process.
