@@ -18,6 +18,8 @@ from urllib.parse import quote, unquote
 MAGIC = b"mcl1"
 
 _HOSTNAME = socket.gethostname() or "localhost"
+#: The host field of a holder record (quoted once: it is in every acquisition's value).
+_HOST_FIELD = quote(_HOSTNAME, safe="").encode("ascii")
 
 
 def new_token() -> str:
@@ -66,7 +68,7 @@ def encode_value(token: str, ttl: float, acquired: float | None = None,
         (
             MAGIC,
             token.encode("ascii"),
-            quote(_HOSTNAME, safe="").encode("ascii"),
+            _HOST_FIELD,
             b"%d" % os.getpid(),
             b"%d" % (thread.ident or 0),
             quote(thread.name, safe="").encode("ascii"),
@@ -113,7 +115,7 @@ def decode_value(name: str, value: bytes, backend: str = "") -> Holder | None:
 # -- the waiter record ------------------------------------------------------------------
 
 #: This host, as a waiter announcement names it.
-WANT_HOST = (socket.gethostname() or "localhost").encode("utf-8", "replace").replace(b" ", b"_")
+WANT_HOST = _HOSTNAME.encode("utf-8", "replace").replace(b" ", b"_")
 WANT_MAGIC = b"w1"
 #: Seconds an announcement lives unless its waiter refreshes it.
 WANT_TTL = 2
