@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
+from unimr.memcachedlock import config, waiting
 from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
 
@@ -113,3 +114,41 @@ def test_short_leases_get_a_store_ttl_of_at_least_two_seconds(memcached, ttl):
 
     assert store_ttl(ttl) >= 2
     assert renew_period(ttl) < store_ttl(ttl) - 0.5
+
+
+def _hand_over_to_shorter_lock(name: str) -> tuple[Lock, object]:
+    """A lock of 2 s that received, still held, the lease of a lock of 30 s.
+
+    The handover takes one round trip on the connection that stored the lock;
+    when the waiter's poll has that connection just then, the lock is released
+    and taken anew instead, so this tries again (a few times).
+    """
+    for _ in range(5):
+        long_lock = Lock(name, timeout=30)
+        short_lock = Lock(name, timeout=2, interval=1.0)
+        long_lock.acquire()
+        waiter = threading.Thread(target=short_lock.acquire, kwargs={"timeout": 5})
+        waiter.start()
+        queued_by = time.monotonic() + 5
+        while not waiting.waiting_keys() and time.monotonic() < queued_by:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the waiter's polls have backed off
+        lease = long_lock.lease
+        long_lock.release()
+        waiter.join(5)
+        if short_lock.lease is lease:
+            return short_lock, lease
+        short_lock.release()
+    raise AssertionError("the lock was never handed over in 5 tries")
+
+
+def test_a_lease_handed_to_a_shorter_lock_is_renewed_on_the_shorter_schedule(memcached):
+    # The releaser's 30 s lease was due for renewal 2 s after it was taken; handed to a
+    # lock of 2 s (its item sure to live only 1 s) it must be renewed sooner than that.
+    short_lock, lease = _hand_over_to_shorter_lock("handed-shorter")
+    try:
+        time.sleep(1.6)
+        assert not short_lock.lost
+        assert short_lock.backend.holder(short_lock.name).token == lease.token
+    finally:
+        short_lock.release()

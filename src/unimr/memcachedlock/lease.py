@@ -60,7 +60,7 @@ class Lease:
 
     __slots__ = (
         "backend", "name", "token", "value", "ttl", "pid", "released", "_lost",
-        "on_lost", "started", "renew_until", "deadline", "_guard", "__weakref__",
+        "on_lost", "started", "renew_until", "renew_seq", "deadline", "_guard", "__weakref__",
     )
 
     #: True for stores whose items expire on their own (memcached); a file lock does not.
@@ -83,6 +83,8 @@ class Lease:
         #: Monotonic time after which the renewer releases the lease instead of
         #: renewing it (zlock's reservations); None renews while held.
         self.renew_until: float | None = None
+        #: The renewer's current schedule entry for this lease (see ``Renewer.register``).
+        self.renew_seq = -1
         self._guard = threading.Lock()
         self.released = True  # not ours to give back until the last line
         _start_reaper()
@@ -189,6 +191,7 @@ class Lease:
         self.started = time.monotonic()
         self.on_lost = None
         self.renew_until = None
+        get_renewer().register(self)  # a shorter lease time needs earlier renewals than scheduled
         return not self._lost
 
     def mark_lost(self) -> None:

@@ -55,7 +55,12 @@ def renew_period(ttl: float) -> float:
 
 
 class Renewer:
-    """Renews registered leases shortly before they could expire."""
+    """Renews registered leases shortly before they could expire.
+
+    Each lease has one current schedule entry, named by ``lease.renew_seq``:
+    registering a lease again (its lease time changed) supersedes the entry
+    it had, which is then dropped when it comes due.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -67,17 +72,19 @@ class Renewer:
 
     def _compact(self) -> None:
         """Drop entries of released leases, so short holds do not pile up until due."""
-        self._heap = [
-            entry for entry in self._heap if (lease := entry[2]()) is not None and lease.held
-        ]
+        self._heap = [entry for entry in self._heap if _current(entry)]
         heapq.heapify(self._heap)
         self._compact_at = max(4096, 2 * len(self._heap))
 
     def register(self, lease) -> None:
-        """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held."""
+        """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held.
+
+        Called again when the lease time changed (a lease handed to a lock with
+        a shorter one): the schedule starts afresh from the new period.
+        """
         due = time.monotonic() + renew_period(lease.ttl)
         with self._cond:
-            heapq.heappush(self._heap, (due, next(self._seq), weakref.ref(lease)))
+            self._push(lease, due)
             if len(self._heap) >= self._compact_at:
                 self._compact()
             if self._thread is None:
@@ -88,10 +95,16 @@ class Renewer:
             elif due < self._wake_at:
                 self._cond.notify()
 
+    def _push(self, lease, due: float) -> None:
+        """Schedule ``lease``'s next renewal at ``due``, superseding its entry (caller holds ``_cond``)."""
+        seq = next(self._seq)
+        lease.renew_seq = seq
+        heapq.heappush(self._heap, (due, seq, weakref.ref(lease)))
+
     def pending(self) -> int:
         """Leases waiting for their next renewal (for tests and metrics)."""
         with self._cond:
-            return sum(1 for _, _, ref in self._heap if (lease := ref()) is not None and lease.held)
+            return sum(1 for entry in self._heap if _current(entry))
 
     def _run(self) -> None:
         while True:
@@ -101,18 +114,20 @@ class Renewer:
                     while self._heap and self._heap[0][2]() is None:
                         heapq.heappop(self._heap)
                     if self._heap and self._heap[0][0] <= now:
-                        _, _, ref = heapq.heappop(self._heap)
+                        _, seq, ref = heapq.heappop(self._heap)
                         break
                     self._wake_at = self._heap[0][0] if self._heap else float("inf")
                     self._cond.wait(None if not self._heap else self._wake_at - now)
                 self._wake_at = float("inf")
             lease = ref()
-            if lease is None or not lease.held:
+            if lease is None or not lease.held or lease.renew_seq != seq:
                 continue
-            self._renew(lease)
+            self._renew(lease, seq)
             del lease
 
-    def _renew(self, lease) -> None:
+    def _renew(self, lease, seq: int) -> None:
+        """Renew ``lease`` (its entry ``seq`` came due) and schedule the next renewal,
+        unless the lease was registered again meanwhile."""
         period = renew_period(lease.ttl)
         until = lease.renew_until
         if until is not None and time.monotonic() >= until:
@@ -134,7 +149,14 @@ class Renewer:
             if lease.renew_until is not None:
                 due = min(due, lease.renew_until)
             with self._cond:
-                heapq.heappush(self._heap, (due, next(self._seq), weakref.ref(lease)))
+                if lease.renew_seq == seq:
+                    self._push(lease, due)
+
+
+def _current(entry: tuple[float, int, weakref.ref]) -> bool:
+    """True if the schedule entry still stands: its lease is held and was not registered again since."""
+    lease = entry[2]()
+    return lease is not None and lease.held and lease.renew_seq == entry[1]
 
 
 _renewer: Renewer | None = None
