@@ -99,8 +99,6 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Lease (seconds) of a fresh acquisition until the view is found fresh, and of a reservation.
-RESERVATION_TTL = 5.0
 #: Seconds an unclaimed reservation is kept before the renewer releases it.
 RESERVE_FOR = 3.0
 #: A reservation this close to its end is not adopted (the renewer may be releasing it).
@@ -577,8 +575,15 @@ def _acquire(the_lock: Lock, key: object, timeout: float, wait: float) -> None:
 
 
 def _take(key: object, timeout: float, interval: float, wait: float, policy: str = "always") -> _Entry:
-    """Acquire (bounded wait) with a short lease until the view is known fresh."""
-    the_lock = Lock(key, min(timeout, RESERVATION_TTL), interval)
+    """Acquire (bounded wait) with the full lease and read the lock's note.
+
+    The full lease at once, as at commit and at begin: a short lease promoted
+    once the view is found fresh cost a renewal (two round trips) and made the
+    release take two more (a renewal drops the acquisition's cas).  A process
+    that dies holding a reservation thus leaves the lock for the lease, as one
+    that dies inside the function does.
+    """
+    the_lock = Lock(key, timeout, interval)
     _acquire(the_lock, key, timeout, wait)
     try:
         note = _read_note(the_lock)
@@ -589,7 +594,7 @@ def _take(key: object, timeout: float, interval: float, wait: float, policy: str
 
 
 def _promote(entry: _Entry) -> None:
-    """Give the lease its full lifetime now that it will be used."""
+    """Extend an adopted reservation's lease to this call's ``timeout`` if it asks for more."""
     if entry.timeout > entry.lease.ttl:
         try:
             entry.lease.renew(entry.timeout)
@@ -827,4 +832,4 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
-           "POLICIES", "RESERVATION_TTL", "RESERVE_FOR"]
+           "POLICIES", "RESERVE_FOR"]
