@@ -574,8 +574,8 @@ def _acquire(the_lock: Lock, key: object, timeout: float, wait: float) -> None:
         raise _busy(key, timeout, time.monotonic() - started)
 
 
-def _take(key: object, timeout: float, interval: float, wait: float, policy: str = "always") -> _Entry:
-    """Acquire (bounded wait) with the full lease and read the lock's note.
+def _take(request: _Request, policy: str) -> _Entry:
+    """Acquire (bounded wait) with the full lease and read the lock's note: every path that takes a lock.
 
     The full lease at once, as at commit and at begin: a short lease promoted
     once the view is found fresh cost a renewal (two round trips) and made the
@@ -583,14 +583,15 @@ def _take(key: object, timeout: float, interval: float, wait: float, policy: str
     that dies holding a reservation thus leaves the lock for the lease, as one
     that dies inside the function does.
     """
-    the_lock = Lock(key, timeout, interval)
-    _acquire(the_lock, key, timeout, wait)
+    the_lock = Lock(request.key, request.timeout, request.interval)
+    _acquire(the_lock, request.key, request.timeout, request.wait)
     try:
         note = _read_note(the_lock)
     except BaseException:
         the_lock.release()
         raise
-    return _Entry(key, the_lock, the_lock.lease, note, timeout, policy, interval, wait)
+    return _Entry(request.key, the_lock, the_lock.lease, note, request.timeout, policy, request.interval,
+                  request.wait)
 
 
 def _promote(entry: _Entry) -> None:
@@ -628,16 +629,13 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
         request = marks[name]
         if request.until <= now or name in held:
             continue
-        the_lock = Lock(request.key, request.timeout, request.interval)
         try:
-            _acquire(the_lock, request.key, request.timeout, request.wait)
+            entry = _take(request, "on-conflict")
         except LockBusy as exc:
             logger.debug("%s; the call takes it", exc)
             _txn_dict(txn, _MARKED_KEY)[name] = request
             continue
-        _hold(txn, name, _Entry(request.key, the_lock, the_lock.lease, _read_note(the_lock), request.timeout,
-                                "on-conflict",
-                                request.interval, request.wait))
+        _hold(txn, name, entry)
         taken = True
     if taken:
         _refresh_view(txn)
@@ -667,11 +665,7 @@ def _take_pending(txn: object) -> None:
     for name in sorted(pending):
         if name in held:
             continue
-        request = pending[name]
-        the_lock = Lock(request.key, request.timeout, request.interval)
-        _acquire(the_lock, request.key, request.timeout, request.wait)
-        entry = _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
-                       request.interval, request.wait)
+        entry = _take(pending[name], "on-conflict")
         _check_exclusive_commits(entry, txn, name)
         txn.addAfterCommitHook(_after_commit, (entry, txn))
         txn.addAfterAbortHook(_after_abort, (entry,))
@@ -687,11 +681,10 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
     ``addIndex``...) may *replace* those objects: a commit made on a view from
     before it would write into the replaced objects without any conflict, and
     be lost.  Such writers record their commit's tid in the lock's note, so
-    one read of the note under the lock tells; the retry then runs on the new
-    state, holding the reserved lock from its begin.
+    the note read under the lock tells; the retry then runs on the new state,
+    holding the reserved lock from its begin.
     """
     try:
-        entry.note = _read_note(entry.lock)
         stale = _stale(_connections(txn), _exclusive(entry.note))
         if not stale:
             return
@@ -782,14 +775,15 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
         return False
     marked = _txn_dict(txn, _MARKED_KEY).pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
+    request = _Request(key, timeout, interval, wait)
     if policy == "on-conflict" and marked is None and reservation is None:
-        _lock_at_commit(txn, name, _Request(key, timeout, interval, wait))
+        _lock_at_commit(txn, name, request)
         return True
     started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
     if entry is None:
-        entry = _take(key, timeout, interval, wait, policy)
+        entry = _take(request, policy)
     entry.timeout = timeout
     try:
         _check_view(entry, txn, connections, name, key, policy, adopted, started)
