@@ -502,8 +502,8 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
     try:
         if status and entry.lease.held:
             _write_note(entry, txn)
-        elif not status and entry.policy == "on-conflict" and _conflicted():
-            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+        elif not status:
+            _mark_if_conflicted(entry)
     except BackendUnavailable as exc:
         # The store's own outage warning was logged once; say once what it costs here.
         log = logger.debug if _note_failures else logger.warning
@@ -516,10 +516,15 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
+def _mark_if_conflicted(entry: _Entry) -> None:
+    """Policy on-conflict: after a ConflictError, this thread's retry takes the lock when it begins."""
+    if entry.policy == "on-conflict" and _conflicted():
+        _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+
+
 def _after_abort(entry: _Entry) -> None:
     try:
-        if entry.policy == "on-conflict" and _conflicted():
-            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+        _mark_if_conflicted(entry)
     except Exception:
         logger.exception("could not mark lock %s for the retry", entry.lock.name)
     finally:
@@ -667,9 +672,7 @@ def _take_pending(txn: object) -> None:
             continue
         entry = _take(pending[name], "on-conflict")
         _check_exclusive_commits(entry, txn, name)
-        txn.addAfterCommitHook(_after_commit, (entry, txn))
-        txn.addAfterAbortHook(_after_abort, (entry,))
-        held[name] = entry
+        _hold(txn, name, entry)
 
 
 def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
