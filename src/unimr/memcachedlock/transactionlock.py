@@ -272,8 +272,8 @@ def _current_transaction() -> object | None:
         return None
 
 
-def _connections(txn: object) -> list:
-    """The ZODB connections of ``txn``: joined ones and those synchronised with its manager."""
+def _connections(txn: object, joined_only: bool = False) -> list:
+    """The ZODB connections of ``txn``: joined ones, then (unless ``joined_only``) those synchronised with it."""
     found: list = []
 
     def collect(obj: object) -> None:
@@ -282,7 +282,8 @@ def _connections(txn: object) -> list:
 
     for resource in zodbprivate.resources(txn):
         collect(resource)
-    zodbprivate.each_synchronizer(txn, collect)
+    if not joined_only:
+        zodbprivate.each_synchronizer(txn, collect)
     return found
 
 
@@ -484,14 +485,14 @@ def _write_note(entry: _Entry, txn: object) -> None:
     """Record the commit just made under the lock: every commit, and an exclusive one apart."""
     tids = dict(entry.note)
     wrote = False
-    for conn in _connections(txn):
-        if conn in zodbprivate.resources(txn):
-            tid = _committed_tid(conn)
-            if tid is not None:
-                tids[storage_identity(conn)] = tid
-                if entry.policy == "always":
-                    tids[EXCLUSIVE + storage_identity(conn)] = tid
-                wrote = True
+    for conn in _connections(txn, joined_only=True):
+        tid = _committed_tid(conn)
+        if tid is not None:
+            identity = storage_identity(conn)
+            tids[identity] = tid
+            if entry.policy == "always":
+                tids[EXCLUSIVE + identity] = tid
+            wrote = True
     if wrote:
         entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
         _note_failures.clear()
