@@ -32,6 +32,9 @@ from typing import Any, Callable
 
 from .. import decorators
 from ..errors import ConfigurationError
+from ..transactionlock import check_policy as check_zlock_policy
+from ..transactionlock import zlock
+from .publisher import uninstall
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +70,6 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     if kind == "rlock":
         return decorators.rlock
     if kind == "zlock":
-        from ..transactionlock import zlock
-
         return zlock
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
@@ -79,8 +80,6 @@ def check_policy(kind: str, policy: str | None) -> dict:
         return {}
     if kind != "zlock":
         raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
-    from ..transactionlock import check_policy as check_zlock_policy
-
     return {"policy": check_zlock_policy(policy)}
 
 
@@ -230,8 +229,6 @@ def undo_all() -> int:
     for patch in patches():
         if unlock_method(patch.cls, patch.method):
             count += 1
-    from .publisher import uninstall
-
     uninstall()
     return count
 
