@@ -236,10 +236,20 @@ class _ThreadState(threading.local):
 
 _state = _ThreadState()
 
-#: Keys of this module's data on a transaction (``Transaction.data`` keys by id()).
+#: Key of this module's data on a transaction (``Transaction.data`` keys by id()).
 _TXN_DATA_KEY = object()
-_PENDING_KEY = object()
-_MARKED_KEY = object()
+
+
+@dataclasses.dataclass(eq=False)
+class _TxnLocks:
+    """This thread's locks of one transaction, by lock name (kept in ``Transaction.data``)."""
+
+    #: Held until the transaction ends (its after-commit and after-abort hooks release them).
+    held: dict[str, _Entry] = dataclasses.field(default_factory=dict)
+    #: Policy on-conflict: taken at commit by the before-commit hook.
+    pending: dict[str, _Request] = dataclasses.field(default_factory=dict)
+    #: Marked by a ConflictError but busy when the transaction began: the call takes them.
+    marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
 
 
 def _register_keeper() -> _ReservationKeeper:
@@ -532,17 +542,13 @@ def _after_abort(entry: _Entry) -> None:
         _release(entry)
 
 
-def _txn_dict(txn: object, data_key: object) -> dict:
+def _locks_of(txn: object) -> _TxnLocks:
     try:
-        return txn.data(data_key)
+        return txn.data(_TXN_DATA_KEY)
     except KeyError:
-        found: dict = {}
-        txn.set_data(data_key, found)
-        return found
-
-
-def _held_in(txn: object) -> dict[str, _Entry]:
-    return _txn_dict(txn, _TXN_DATA_KEY)
+        locks = _TxnLocks()
+        txn.set_data(_TXN_DATA_KEY, locks)
+        return locks
 
 
 def _hold(txn: object, name: str, entry: _Entry) -> None:
@@ -550,7 +556,7 @@ def _hold(txn: object, name: str, entry: _Entry) -> None:
     _promote(entry)
     txn.addAfterCommitHook(_after_commit, (entry, txn))
     txn.addAfterAbortHook(_after_abort, (entry,))
-    _held_in(txn)[name] = entry
+    _locks_of(txn).held[name] = entry
 
 
 def _adopt(reservation: _Reservation) -> _Entry | None:
@@ -630,16 +636,16 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
             taken = True
     now = time.monotonic()
     marks, keeper.marks = keeper.marks, {}
-    held = _held_in(txn)
+    locks = _locks_of(txn)
     for name in sorted(marks):
         request = marks[name]
-        if request.until <= now or name in held:
+        if request.until <= now or name in locks.held:
             continue
         try:
             entry = _take(request, "on-conflict")
         except LockBusy as exc:
             logger.debug("%s; the call takes it", exc)
-            _txn_dict(txn, _MARKED_KEY)[name] = request
+            locks.marked[name] = request
             continue
         _hold(txn, name, entry)
         taken = True
@@ -649,7 +655,7 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
 
 def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
     """Policy on-conflict, first attempt: the function runs now; the lock is taken at commit."""
-    pending = _txn_dict(txn, _PENDING_KEY)
+    pending = _locks_of(txn).pending
     if name in pending:
         return
     if not pending:
@@ -666,12 +672,11 @@ def _take_pending(txn: object) -> None:
     a retry holding the lock from its begin can never see one come between.
     Runs after hooks added by earlier hooks too (CMFCore's indexing queue).
     """
-    pending = _txn_dict(txn, _PENDING_KEY)
-    held = _held_in(txn)
-    for name in sorted(pending):
-        if name in held:
+    locks = _locks_of(txn)
+    for name in sorted(locks.pending):
+        if name in locks.held:
             continue
-        entry = _take(pending[name], "on-conflict")
+        entry = _take(locks.pending[name], "on-conflict")
         _check_exclusive_commits(entry, txn, name)
         _hold(txn, name, entry)
 
@@ -709,7 +714,7 @@ def _after_abort_pending(txn: object) -> None:
     """Mark every lock used optimistically if the transaction failed with a ConflictError."""
     try:
         if _conflicted():
-            for name, request in _txn_dict(txn, _PENDING_KEY).items():
+            for name, request in _locks_of(txn).pending.items():
                 _mark(name, request)
     except Exception:
         logger.exception("could not mark the optimistic zlocks for the retry")
@@ -771,13 +776,13 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     txn = _current_transaction()
     if txn is None:
         return False
-    held = _held_in(txn)
-    if name in held:
+    locks = _locks_of(txn)
+    if name in locks.held:
         return True
     connections = _connections(txn)
     if not connections:
         return False
-    marked = _txn_dict(txn, _MARKED_KEY).pop(name, None)
+    marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
     request = _Request(key, timeout, interval, wait)
     if policy == "on-conflict" and marked is None and reservation is None:
