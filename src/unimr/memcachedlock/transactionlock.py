@@ -395,14 +395,19 @@ def _stale(connections: list, note: dict[str, bytes]) -> list[tuple[Any, bytes]]
     return stale
 
 
-def _ping(storage) -> None:
-    """One server round trip: afterwards every commit made before it has reached this client."""
+def _ping(storage) -> bool:
+    """One server round trip: afterwards every commit made before it has reached this client.
+
+    False if the storage has no server to ask (not ZEO) or the ping failed.
+    """
     ping = getattr(storage, "ping", None)
     if callable(ping):
         try:
             ping()
+            return True
         except Exception as exc:
             logger.debug("ping of %s failed: %s", storage, exc)
+    return False
 
 
 def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
@@ -435,12 +440,14 @@ def _refresh_view(txn: object) -> None:
 
     A round trip to each ZEO server first (so every commit made before it, in
     particular the previous holder's, has arrived), then the connection's own
-    begin-of-transaction poll (``newTransaction(txn, sync=True)``: invalidate
-    what changed, advance the view).  RelStorage polls its database there.
+    begin-of-transaction poll (``newTransaction``: invalidate what changed,
+    advance the view).  After a ping the poll does not sync: a ZEO client's
+    sync is that same ping (``server_sync=True``) or nothing.  A storage
+    without a ping syncs there (RelStorage polls its database).
     """
     for conn in _connections(txn):
-        _ping(conn.db().storage)
-        conn.newTransaction(txn, True)
+        pinged = _ping(conn.db().storage)
+        conn.newTransaction(txn, not pinged)
 
 
 def _release(entry: _Entry) -> None:
