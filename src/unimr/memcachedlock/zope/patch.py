@@ -32,7 +32,6 @@ from typing import Any, Callable
 
 from .. import decorators
 from ..errors import ConfigurationError
-from ..transactionlock import check_policy as check_zlock_policy
 from ..transactionlock import zlock
 from .publisher import uninstall
 
@@ -74,13 +73,10 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
 
-def check_policy(kind: str, policy: str | None) -> dict:
-    """The decorator keywords for ``policy``: only zlock has one."""
-    if policy is None:
-        return {}
-    if kind != "zlock":
+def check_policy(kind: str, policy: str | None) -> None:
+    """Only zlock has a policy (zlock itself checks its value): name both if another kind gets one."""
+    if policy is not None and kind != "zlock":
         raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
-    return {"policy": check_zlock_policy(policy)}
 
 
 def check_lock_name(name: str | None) -> str | None:
