@@ -129,6 +129,28 @@ def test_commit_releases_and_records_the_tid(db, conn):
     assert note(db) == db.lastTransaction()
 
 
+@pytest.mark.parametrize("policy", ["always", "on-conflict"])
+def test_a_transaction_costs_four_store_round_trips(db, conn, policy, monkeypatch):
+    """Acquire, note read, note write, release -- under either policy (docs/zlock.rst)."""
+    from unimr.memcachedlock.backends import memcached as memcached_backend
+
+    calls: list = []
+    call_now = memcached_backend.MemcachedServer.call_now
+
+    def counted(server, method, *args, **kw):
+        calls.append(method.__name__)
+        return call_now(server, method, *args, **kw)
+
+    monkeypatch.setattr(memcached_backend.MemcachedServer, "call_now", counted)
+    transaction.begin()
+    assert lock_for_transaction(HOT, policy=policy) is True
+    bump(conn)
+    assert lock_for_transaction(HOT, policy=policy) is True
+    transaction.commit()
+    assert len(calls) == 4, calls
+    assert holder() is None and note(db) is not None
+
+
 def test_commit_without_writes_keeps_the_previous_note(db, conn):
     transaction.begin()
     lock_for_transaction(HOT)

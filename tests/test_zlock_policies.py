@@ -264,6 +264,45 @@ def test_a_conflict_marks_the_key_and_the_retry_holds_the_lock_from_begin(memcac
     db.close()
 
 
+def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(memcached, zeo_server):
+    """A retry that takes the lock at begin makes one ZEO round trip of its own besides
+    the begin's own sync (``server_sync=True``: a ping), and sees the conflicting commit."""
+    db = ZEO.DB(zeo_server.address, server_sync=True)
+    other_db = ZEO.DB(zeo_server.address)
+    setup_counter(db)
+    conn = db.open()
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="on-conflict") is True
+    with other_db.transaction() as other:
+        other.root()["counter"]["value"] += 10
+    with pytest.raises(ConflictError):
+        transaction.commit()
+    transaction.abort()
+    storage = db.storage
+    server_calls: list = []
+    call = storage._call
+
+    def counted(method, *args, **kw):
+        server_calls.append(method)
+        return call(method, *args, **kw)
+
+    storage._call = counted
+    transaction.begin()
+    storage._call = call
+    assert retry_will_lock() is False and server_calls.count("ping") == 2, server_calls
+    from unimr.memcachedlock import get_backend
+
+    assert get_backend().holder(lock_name(HOT)) is not None  # taken at begin
+    assert conn.root()["counter"]["value"] == 10
+    conn.root()["counter"]["value"] += 1
+    transaction.commit()
+    assert read_counter(other_db) == 11
+    conn.close()
+    other_db.close()
+    db.close()
+
+
 def test_on_conflict_called_from_a_before_commit_hook_still_commits_under_the_lock(memcached):
     """CMFCore's queue calls catalog_object from a before-commit hook: zlock's own
     hook, added from inside it, still runs before the two-phase commit."""

@@ -99,8 +99,6 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Lease (seconds) of a fresh acquisition until the view is found fresh, and of a reservation.
-RESERVATION_TTL = 5.0
 #: Seconds an unclaimed reservation is kept before the renewer releases it.
 RESERVE_FOR = 3.0
 #: A reservation this close to its end is not adopted (the renewer may be releasing it).
@@ -238,10 +236,20 @@ class _ThreadState(threading.local):
 
 _state = _ThreadState()
 
-#: Keys of this module's data on a transaction (``Transaction.data`` keys by id()).
+#: Key of this module's data on a transaction (``Transaction.data`` keys by id()).
 _TXN_DATA_KEY = object()
-_PENDING_KEY = object()
-_MARKED_KEY = object()
+
+
+@dataclasses.dataclass(eq=False)
+class _TxnLocks:
+    """This thread's locks of one transaction, by lock name (kept in ``Transaction.data``)."""
+
+    #: Held until the transaction ends (its after-commit and after-abort hooks release them).
+    held: dict[str, _Entry] = dataclasses.field(default_factory=dict)
+    #: Policy on-conflict: taken at commit by the before-commit hook.
+    pending: dict[str, _Request] = dataclasses.field(default_factory=dict)
+    #: Marked by a ConflictError but busy when the transaction began: the call takes them.
+    marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
 
 
 def _register_keeper() -> _ReservationKeeper:
@@ -274,8 +282,8 @@ def _current_transaction() -> object | None:
         return None
 
 
-def _connections(txn: object) -> list:
-    """The ZODB connections of ``txn``: joined ones and those synchronised with its manager."""
+def _connections(txn: object, joined_only: bool = False) -> list:
+    """The ZODB connections of ``txn``: joined ones, then (unless ``joined_only``) those synchronised with it."""
     found: list = []
 
     def collect(obj: object) -> None:
@@ -284,7 +292,8 @@ def _connections(txn: object) -> list:
 
     for resource in zodbprivate.resources(txn):
         collect(resource)
-    zodbprivate.each_synchronizer(txn, collect)
+    if not joined_only:
+        zodbprivate.each_synchronizer(txn, collect)
     return found
 
 
@@ -386,14 +395,19 @@ def _stale(connections: list, note: dict[str, bytes]) -> list[tuple[Any, bytes]]
     return stale
 
 
-def _ping(storage) -> None:
-    """One server round trip: afterwards every commit made before it has reached this client."""
+def _ping(storage) -> bool:
+    """One server round trip: afterwards every commit made before it has reached this client.
+
+    False if the storage has no server to ask (not ZEO) or the ping failed.
+    """
     ping = getattr(storage, "ping", None)
     if callable(ping):
         try:
             ping()
+            return True
         except Exception as exc:
             logger.debug("ping of %s failed: %s", storage, exc)
+    return False
 
 
 def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
@@ -426,12 +440,14 @@ def _refresh_view(txn: object) -> None:
 
     A round trip to each ZEO server first (so every commit made before it, in
     particular the previous holder's, has arrived), then the connection's own
-    begin-of-transaction poll (``newTransaction(txn, sync=True)``: invalidate
-    what changed, advance the view).  RelStorage polls its database there.
+    begin-of-transaction poll (``newTransaction``: invalidate what changed,
+    advance the view).  After a ping the poll does not sync: a ZEO client's
+    sync is that same ping (``server_sync=True``) or nothing.  A storage
+    without a ping syncs there (RelStorage polls its database).
     """
     for conn in _connections(txn):
-        _ping(conn.db().storage)
-        conn.newTransaction(txn, True)
+        pinged = _ping(conn.db().storage)
+        conn.newTransaction(txn, not pinged)
 
 
 def _release(entry: _Entry) -> None:
@@ -486,14 +502,14 @@ def _write_note(entry: _Entry, txn: object) -> None:
     """Record the commit just made under the lock: every commit, and an exclusive one apart."""
     tids = dict(entry.note)
     wrote = False
-    for conn in _connections(txn):
-        if conn in zodbprivate.resources(txn):
-            tid = _committed_tid(conn)
-            if tid is not None:
-                tids[storage_identity(conn)] = tid
-                if entry.policy == "always":
-                    tids[EXCLUSIVE + storage_identity(conn)] = tid
-                wrote = True
+    for conn in _connections(txn, joined_only=True):
+        tid = _committed_tid(conn)
+        if tid is not None:
+            identity = storage_identity(conn)
+            tids[identity] = tid
+            if entry.policy == "always":
+                tids[EXCLUSIVE + identity] = tid
+            wrote = True
     if wrote:
         entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
         _note_failures.clear()
@@ -504,8 +520,8 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
     try:
         if status and entry.lease.held:
             _write_note(entry, txn)
-        elif not status and entry.policy == "on-conflict" and _conflicted():
-            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+        elif not status:
+            _mark_if_conflicted(entry)
     except BackendUnavailable as exc:
         # The store's own outage warning was logged once; say once what it costs here.
         log = logger.debug if _note_failures else logger.warning
@@ -518,27 +534,28 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
+def _mark_if_conflicted(entry: _Entry) -> None:
+    """Policy on-conflict: after a ConflictError, this thread's retry takes the lock when it begins."""
+    if entry.policy == "on-conflict" and _conflicted():
+        _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+
+
 def _after_abort(entry: _Entry) -> None:
     try:
-        if entry.policy == "on-conflict" and _conflicted():
-            _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+        _mark_if_conflicted(entry)
     except Exception:
         logger.exception("could not mark lock %s for the retry", entry.lock.name)
     finally:
         _release(entry)
 
 
-def _txn_dict(txn: object, data_key: object) -> dict:
+def _locks_of(txn: object) -> _TxnLocks:
     try:
-        return txn.data(data_key)
+        return txn.data(_TXN_DATA_KEY)
     except KeyError:
-        found: dict = {}
-        txn.set_data(data_key, found)
-        return found
-
-
-def _held_in(txn: object) -> dict[str, _Entry]:
-    return _txn_dict(txn, _TXN_DATA_KEY)
+        locks = _TxnLocks()
+        txn.set_data(_TXN_DATA_KEY, locks)
+        return locks
 
 
 def _hold(txn: object, name: str, entry: _Entry) -> None:
@@ -546,7 +563,7 @@ def _hold(txn: object, name: str, entry: _Entry) -> None:
     _promote(entry)
     txn.addAfterCommitHook(_after_commit, (entry, txn))
     txn.addAfterAbortHook(_after_abort, (entry,))
-    _held_in(txn)[name] = entry
+    _locks_of(txn).held[name] = entry
 
 
 def _adopt(reservation: _Reservation) -> _Entry | None:
@@ -576,20 +593,28 @@ def _acquire(the_lock: Lock, key: object, timeout: float, wait: float) -> None:
         raise _busy(key, timeout, time.monotonic() - started)
 
 
-def _take(key: object, timeout: float, interval: float, wait: float, policy: str = "always") -> _Entry:
-    """Acquire (bounded wait) with a short lease until the view is known fresh."""
-    the_lock = Lock(key, min(timeout, RESERVATION_TTL), interval)
-    _acquire(the_lock, key, timeout, wait)
+def _take(request: _Request, policy: str) -> _Entry:
+    """Acquire (bounded wait) with the full lease and read the lock's note: every path that takes a lock.
+
+    The full lease at once, as at commit and at begin: a short lease promoted
+    once the view is found fresh cost a renewal (two round trips) and made the
+    release take two more (a renewal drops the acquisition's cas).  A process
+    that dies holding a reservation thus leaves the lock for the lease, as one
+    that dies inside the function does.
+    """
+    the_lock = Lock(request.key, request.timeout, request.interval)
+    _acquire(the_lock, request.key, request.timeout, request.wait)
     try:
         note = _read_note(the_lock)
     except BaseException:
         the_lock.release()
         raise
-    return _Entry(key, the_lock, the_lock.lease, note, timeout, policy, interval, wait)
+    return _Entry(request.key, the_lock, the_lock.lease, note, request.timeout, policy, request.interval,
+                  request.wait)
 
 
 def _promote(entry: _Entry) -> None:
-    """Give the lease its full lifetime now that it will be used."""
+    """Extend an adopted reservation's lease to this call's ``timeout`` if it asks for more."""
     if entry.timeout > entry.lease.ttl:
         try:
             entry.lease.renew(entry.timeout)
@@ -618,21 +643,18 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
             taken = True
     now = time.monotonic()
     marks, keeper.marks = keeper.marks, {}
-    held = _held_in(txn)
+    locks = _locks_of(txn)
     for name in sorted(marks):
         request = marks[name]
-        if request.until <= now or name in held:
+        if request.until <= now or name in locks.held:
             continue
-        the_lock = Lock(request.key, request.timeout, request.interval)
         try:
-            _acquire(the_lock, request.key, request.timeout, request.wait)
+            entry = _take(request, "on-conflict")
         except LockBusy as exc:
             logger.debug("%s; the call takes it", exc)
-            _txn_dict(txn, _MARKED_KEY)[name] = request
+            locks.marked[name] = request
             continue
-        _hold(txn, name, _Entry(request.key, the_lock, the_lock.lease, _read_note(the_lock), request.timeout,
-                                "on-conflict",
-                                request.interval, request.wait))
+        _hold(txn, name, entry)
         taken = True
     if taken:
         _refresh_view(txn)
@@ -640,7 +662,7 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
 
 def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
     """Policy on-conflict, first attempt: the function runs now; the lock is taken at commit."""
-    pending = _txn_dict(txn, _PENDING_KEY)
+    pending = _locks_of(txn).pending
     if name in pending:
         return
     if not pending:
@@ -657,20 +679,13 @@ def _take_pending(txn: object) -> None:
     a retry holding the lock from its begin can never see one come between.
     Runs after hooks added by earlier hooks too (CMFCore's indexing queue).
     """
-    pending = _txn_dict(txn, _PENDING_KEY)
-    held = _held_in(txn)
-    for name in sorted(pending):
-        if name in held:
+    locks = _locks_of(txn)
+    for name in sorted(locks.pending):
+        if name in locks.held:
             continue
-        request = pending[name]
-        the_lock = Lock(request.key, request.timeout, request.interval)
-        _acquire(the_lock, request.key, request.timeout, request.wait)
-        entry = _Entry(request.key, the_lock, the_lock.lease, {}, request.timeout, "on-conflict",
-                       request.interval, request.wait)
+        entry = _take(locks.pending[name], "on-conflict")
         _check_exclusive_commits(entry, txn, name)
-        txn.addAfterCommitHook(_after_commit, (entry, txn))
-        txn.addAfterAbortHook(_after_abort, (entry,))
-        held[name] = entry
+        _hold(txn, name, entry)
 
 
 def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
@@ -682,11 +697,10 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
     ``addIndex``...) may *replace* those objects: a commit made on a view from
     before it would write into the replaced objects without any conflict, and
     be lost.  Such writers record their commit's tid in the lock's note, so
-    one read of the note under the lock tells; the retry then runs on the new
-    state, holding the reserved lock from its begin.
+    the note read under the lock tells; the retry then runs on the new state,
+    holding the reserved lock from its begin.
     """
     try:
-        entry.note = _read_note(entry.lock)
         stale = _stale(_connections(txn), _exclusive(entry.note))
         if not stale:
             return
@@ -707,7 +721,7 @@ def _after_abort_pending(txn: object) -> None:
     """Mark every lock used optimistically if the transaction failed with a ConflictError."""
     try:
         if _conflicted():
-            for name, request in _txn_dict(txn, _PENDING_KEY).items():
+            for name, request in _locks_of(txn).pending.items():
                 _mark(name, request)
     except Exception:
         logger.exception("could not mark the optimistic zlocks for the retry")
@@ -769,22 +783,23 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     txn = _current_transaction()
     if txn is None:
         return False
-    held = _held_in(txn)
-    if name in held:
+    locks = _locks_of(txn)
+    if name in locks.held:
         return True
     connections = _connections(txn)
     if not connections:
         return False
-    marked = _txn_dict(txn, _MARKED_KEY).pop(name, None)
+    marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
+    request = _Request(key, timeout, interval, wait)
     if policy == "on-conflict" and marked is None and reservation is None:
-        _lock_at_commit(txn, name, _Request(key, timeout, interval, wait))
+        _lock_at_commit(txn, name, request)
         return True
     started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
     if entry is None:
-        entry = _take(key, timeout, interval, wait, policy)
+        entry = _take(request, policy)
     entry.timeout = timeout
     try:
         _check_view(entry, txn, connections, name, key, policy, adopted, started)
@@ -827,4 +842,4 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
-           "POLICIES", "RESERVATION_TTL", "RESERVE_FOR"]
+           "POLICIES", "RESERVE_FOR"]

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 from .. import decorators
 from ..errors import ConfigurationError
+from ..transactionlock import zlock
+from .publisher import uninstall
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +69,14 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     if kind == "rlock":
         return decorators.rlock
     if kind == "zlock":
-        from ..transactionlock import zlock
-
         return zlock
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
 
-def check_policy(kind: str, policy: str | None) -> dict:
-    """The decorator keywords for ``policy``: only zlock has one."""
-    if policy is None:
-        return {}
-    if kind != "zlock":
+def check_policy(kind: str, policy: str | None) -> None:
+    """Only zlock has a policy (zlock itself checks its value): name both if another kind gets one."""
+    if policy is not None and kind != "zlock":
         raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
-    from ..transactionlock import check_policy as check_zlock_policy
-
-    return {"policy": check_zlock_policy(policy)}
 
 
 def check_lock_name(name: str | None) -> str | None:
@@ -230,8 +225,6 @@ def undo_all() -> int:
     for patch in patches():
         if unlock_method(patch.cls, patch.method):
             count += 1
-    from .publisher import uninstall
-
     uninstall()
     return count
 

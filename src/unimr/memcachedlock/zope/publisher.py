@@ -23,23 +23,17 @@ import sys
 import threading
 from typing import Callable
 
+from ..transactionlock import LockBusy
+
 logger = logging.getLogger(__name__)
 
 _guard = threading.Lock()
 _original: Callable | None = None
 
 
-def _lock_busy_class() -> type:
-    from ..transactionlock import LockBusy
-
-    return LockBusy
-
-
 def retry_at_once(exc: BaseException | None) -> bool:
     """True if ``exc`` is a LockBusy whose lock is reserved for the retry: Zope's back-off is skipped."""
-    if exc is None:
-        return False
-    return isinstance(exc, _lock_busy_class()) and bool(getattr(exc, "reserved", False))
+    return isinstance(exc, LockBusy) and exc.reserved
 
 
 def delay_retry(self) -> None:
@@ -59,7 +53,6 @@ def install() -> bool:
     global _original
     from ZPublisher.HTTPRequest import HTTPRequest
 
-    _lock_busy_class()  # fail at configuration time, not on the first retry
     with _guard:
         if _original is not None:
             return False
