@@ -9,7 +9,6 @@ import time
 import pytest
 
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.errors import NotHeld
 from unimr.memcachedlock.lease import live_leases
 from unimr.memcachedlock.locks import Lock, RLock

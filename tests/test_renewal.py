@@ -8,7 +8,6 @@ import time
 import pytest
 
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
 
