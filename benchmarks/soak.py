@@ -52,56 +52,16 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from unimr.memcachedlock.tools.servers import MemcachedServer
+
 HOLD_MAX = 0.02
 IO_TIMEOUT = 0.5
 QUIET_END = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Memcached:
-    """A private memcached that can be stopped, continued and restarted on its port."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("memcached")
-        if self.binary is None:
-            raise SystemExit("memcached is not installed")
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [self.binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64", "-t", "2"]
-        if os.getuid() == 0:
-            args += ["-u", "root"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 # -- worker processes ----------------------------------------------------------------------------
@@ -239,12 +199,12 @@ def overlaps(log_path: str, windows: list[tuple[float, float]], excuse: float) -
     return total, excused, examples
 
 
-def keys_left(port: int) -> int:
+def keys_left(address: str) -> int:
     """Lock items of the soak's keys still in memcached (waiter and note records not counted)."""
     from unimr.memcachedlock.backends.memcached import metadump_keys
     from unimr.memcachedlock.config import parse_server
 
-    return sum(1 for key in metadump_keys(parse_server("127.0.0.1:%d" % port))
+    return sum(1 for key in metadump_keys(parse_server(address))
                if key.startswith("memcachedlock:soak-") and "#" not in key)
 
 
@@ -263,13 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     from unimr.memcachedlock.lease import MAX_CHECK_PERIOD
 
     excuse = 2 * MAX_CHECK_PERIOD + 2 * IO_TIMEOUT + HOLD_MAX + 1.0
-    server = Memcached()
-    server.start()
+    server = MemcachedServer().start()
     workdir = tempfile.mkdtemp(prefix="soak-")
     log_path = os.path.join(workdir, "overlap.log")
     open(log_path, "w").close()
     started = time.time()
-    options = {"server": "127.0.0.1:%d" % server.port, "keys": args.keys, "threads": args.threads,
+    options = {"server": server.address, "keys": args.keys, "threads": args.threads,
                "lease": args.lease, "interrupts": args.interrupts, "stop_at": started + args.duration}
     context = multiprocessing.get_context("spawn")
     results = [os.path.join(workdir, "worker-%d.json" % n) for n in range(args.processes)]
@@ -288,22 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         while time.time() < quiet_from:
             now = time.time()
             if now >= next_restart:
-                server.kill()
-                server.start()
+                server.restart()
                 windows.append((now, time.time()))
                 restarts += 1
                 next_restart += args.restart_every
             elif now >= next_stop and not args.no_stops:
-                server.proc.send_signal(signal.SIGSTOP)
+                server.stop()
                 time.sleep(rng.uniform(0.1, 1.5))
-                server.proc.send_signal(signal.SIGCONT)
+                server.cont()
                 windows.append((now, time.time()))
                 stops += 1
                 next_stop = time.time() + rng.uniform(5, 15)
             time.sleep(0.05)
         for process in workers:
             process.join(args.duration + 60)
-        left = keys_left(server.port)
+        left = keys_left(server.address)
     finally:
         server.kill()
 

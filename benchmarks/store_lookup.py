@@ -12,18 +12,16 @@ registered store is cached, not looked up in the component registry per call.
 
 from __future__ import annotations
 
-from unimr.memcachedlock import registry
 import argparse
 import os
-import sys
 import timeit
 
-
+from unimr.memcachedlock import registry
 from unimr.memcachedlock.tools.servers import MemcachedServer
 
 
 def measure(label: str, lookups: int, cycles: int, rounds: int) -> None:
-    from unimr.memcachedlock import Lock, config
+    from unimr.memcachedlock import Lock
 
     registry.get_backend()
     lookup = min(timeit.repeat(registry.get_backend, number=lookups, repeat=rounds)) / lookups

@@ -22,16 +22,7 @@ HOSTILE_KEYS = [
 ]
 
 
-@pytest.fixture(params=["memcached", "file"])
-def store(request, lock_dir, monkeypatch):
-    if request.param == "memcached":
-        request.getfixturevalue("memcached")
-    else:
-        monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-        registry.reset()
-    return registry.get_backend()
-
-
+@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_hostile_keys_get_safe_distinct_names(store):
     names = set()
     for key in HOSTILE_KEYS:
@@ -45,14 +36,15 @@ def test_hostile_keys_get_safe_distinct_names(store):
         lock_obj = Lock(key, timeout=5)
         assert lock_obj.acquire(blocking=False), key
         held.append(lock_obj)
-    assert len(store.list_locks()) == len(HOSTILE_KEYS)
+    assert len(registry.get_backend().list_locks()) == len(HOSTILE_KEYS)
     for key in HOSTILE_KEYS:
         assert not Lock(key).acquire(blocking=False)
     for lock_obj in held:
         lock_obj.release()
-    assert store.list_locks() == []
+    assert registry.get_backend().list_locks() == []
 
 
+@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_huge_keys_differing_at_the_end_are_different_locks(store):
     first, second = "p" * 100000 + "1", "p" * 100000 + "2"
     a, b = Lock(first), Lock(second)

@@ -9,11 +9,8 @@ import threading
 import pytest
 import transaction
 import ZEO
-from zope.configuration import xmlconfig
-from zope.testing.cleanup import cleanUp
 
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.keys import lock_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,15 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
 
 
-@pytest.fixture
-def site(memcached):
-    cleanUp()
-    xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
-    yield memcached
-    cleanUp()
-
-
-def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(site, zeo_server):
+def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(catalog_patch, zeo_server):
     """Policy on-conflict (the site default): the calls run unlocked, the one shared
     lock of the catalog is held while the transaction commits and released after."""
     db = ZEO.DB(zeo_server.address)

@@ -25,17 +25,10 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr
 
 
-@pytest.fixture(params=["memcached", "file", "fallback"])
-def any_store(request, memcached, lock_dir, monkeypatch):
-    """Each store kind, with the lock directory private to the test."""
-    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
-    return request.param
-
-
 # --------------------------------------------------------------------------- break
 
 
-def test_break_leaves_a_lock_that_changed_hands_after_the_prompt(any_store, holder):
+def test_break_leaves_a_lock_that_changed_hands_after_the_prompt(store, holder):
     """A held the lock when the prompt showed it; B holds it when the user says y: B keeps it."""
     import pty
 
@@ -63,7 +56,7 @@ def test_break_leaves_a_lock_that_changed_hands_after_the_prompt(any_store, hold
     assert second.release() == "released", "the new holder's lock must not have been broken"
 
 
-def test_break_takes_the_key_literally(any_store, holder):
+def test_break_takes_the_key_literally(store, holder):
     slash = holder("a/b")
     literal = holder("a%2Fb")
     proc = script("break", "--yes", "a%2Fb")

@@ -19,7 +19,6 @@ import pytest
 
 from delay_proxy import DelayProxy
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, carries_token
 from unimr.memcachedlock.backends.pool import ClientPool
 from unimr.memcachedlock.config import parse_server

@@ -8,8 +8,6 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.errors import NotHeld
 from unimr.memcachedlock.lease import live_leases
 from unimr.memcachedlock.locks import Lock, RLock
@@ -33,17 +31,8 @@ def in_child(check) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-@pytest.fixture(params=["memcached", "file"])
-def store(request, lock_dir, monkeypatch):
-    if request.param == "memcached":
-        request.getfixturevalue("memcached")
-    else:
-        monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
-        registry.reset()
-    return request.param
-
-
 @pytest.mark.parametrize("factory", [Lock, RLock])
+@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_child_does_not_hold_parents_lock(store, factory):
     lock = factory("forked", timeout=2)
     lock.acquire()
@@ -72,6 +61,7 @@ def test_child_does_not_hold_parents_lock(store, factory):
     assert Lock("forked").acquire(blocking=False)
 
 
+@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_child_can_take_its_own_locks(store):
     parent_lock = Lock("parent-only")
     parent_lock.acquire()

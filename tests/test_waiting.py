@@ -284,8 +284,6 @@ def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(memcache
 def _turns_process(address: str, key: str, seconds: float, threads: int, out) -> None:
     os.environ["MEMCACHEDLOCK_SERVERS"] = address
     os.environ["MEMCACHEDLOCK_BACKEND"] = "memcached"
-    from unimr.memcachedlock import config
-
     registry.reset()
     counts = [0] * threads
     stop_at = time.monotonic() + seconds

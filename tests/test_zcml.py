@@ -19,7 +19,6 @@ from zope.configuration.exceptions import ConfigurationError
 from zope.testing.cleanup import cleanUp
 
 from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.zope import patch
 

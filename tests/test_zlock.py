@@ -468,8 +468,6 @@ def test_notes_round_trip_and_foreign_notes_are_ignored():
 @pytest.fixture
 def file_store(lock_dir, monkeypatch):
     """The flock'd lock directory as the only lock store (notes kept next to the locks)."""
-    import unimr.memcachedlock.config as config
-
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", "file")
     registry.reset()
     yield lock_dir

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Callable
 
 import pytest
@@ -36,12 +35,6 @@ import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
 
 TRIES = 4
 HOT = "policies-counter"
-
-
-def burn(ms: float) -> None:
-    end = time.thread_time() + ms / 1000.0
-    while time.thread_time() < end:
-        pass
 
 
 def publish(request: Callable[[], None], stats: dict) -> None:
@@ -106,7 +99,7 @@ def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, pol
         def request() -> None:
             counter = conn.root()["counter"]
             value = counter["value"]
-            burn(2)
+            catalog_contention.burn(2)
             take_lock()
             counter["value"] = value + 1
 
@@ -167,7 +160,7 @@ def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
     cannot check RelStorage's view and says so once."""
     @zlock(lambda fun, conn: HOT, policy="on-conflict")
     def bump(conn) -> None:
-        burn(1)
+        catalog_contention.burn(1)
         conn.root()["counter"]["value"] += 1
 
     db = relstorage_db(str(tmp_path))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 
 import pytest
 import transaction
@@ -21,8 +20,9 @@ from OFS.Folder import Folder
 from OFS.SimpleItem import SimpleItem
 from Products.ZCatalog.ZCatalog import ZCatalog
 
+from test_cli import script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
 
 
 def documented_show() -> tuple[list[str], dict[str, str]]:
@@ -59,11 +59,10 @@ def fields_of(output: str) -> dict[str, str]:
     return dict(line.split(None, 1) for line in output.splitlines())
 
 
-def run_show(memcached, command: list[str]) -> subprocess.CompletedProcess:
+def run_show(command: list[str]) -> subprocess.CompletedProcess:
+    """The console script, in the environment the ``memcached`` fixture set."""
     assert command[:2] == ["memcachedlock", "show"], command
-    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
-    return subprocess.run([SCRIPT, *command[1:]], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    return script(*command[1:])
 
 
 def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
@@ -76,8 +75,8 @@ def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memca
     # it registered: a hook added after it runs while the commit holds the lock.
     stored = "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
     txn.addBeforeCommitHook(lambda: during_commit.extend([
-        run_show(memcached, command),
-        run_show(memcached, ["memcachedlock", "show", "--name", stored]),  # the stored lock name
+        run_show(command),
+        run_show(["memcachedlock", "show", "--name", stored]),  # the stored lock name
     ]))
     transaction.commit()
     shown, by_name = during_commit
@@ -88,5 +87,5 @@ def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memca
     assert printed["thread"].startswith("MainThread") and printed["pid"] == str(os.getpid())
     assert by_name.returncode == 0, by_name.stderr
     assert fields_of(by_name.stdout)["token"] == printed["token"]
-    after = run_show(memcached, command)
+    after = run_show(command)
     assert after.returncode == 1 and "is not locked" in after.stdout

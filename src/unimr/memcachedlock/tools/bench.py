@@ -32,9 +32,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,12 +49,11 @@ REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_mi
 # -- a private memcached -------------------------------------------------------------------
 
 @contextlib.contextmanager
-def private_memcached(binary: str | None = None) -> Iterator[str]:
+def private_memcached() -> Iterator[str]:
     """Start memcached on a free loopback port; yield ``host:port``; stop it afterwards."""
-    binary = binary or shutil.which("memcached")
-    if binary is None:
+    if shutil.which("memcached") is None:
         raise RuntimeError("memcached is not installed (apt-get install memcached) and no --servers given")
-    with MemcachedServer(binary=binary) as server:
+    with MemcachedServer() as server:
         yield server.address
 
 

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import IO, Any, Callable, Iterator, Sequence
 
+from ..config import ServerAddress
 from .servers import free_port
 
 logger = logging.getLogger(__name__)
@@ -211,12 +212,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def memcached_version(host: str | None, port: int | None, timeout: float = 1.0, path: str | None = None) -> str | None:
-    """The server's version if something answers as memcached at host:port (or the unix socket ``path``)."""
+def memcached_version(address: ServerAddress, timeout: float = 1.0) -> str | None:
+    """The server's version if something answers as memcached at ``address``."""
     from ..backends.memcached import server_command
-    from ..config import ServerAddress
 
-    address = ServerAddress(path=path) if path is not None else ServerAddress(host=host, port=port)
     try:
         text = server_command(address, b"version", timeout).strip()
     except OSError:
@@ -386,7 +385,7 @@ def _private_memcached(workspace: Workspace, binary: str) -> LockStore:
         args += ["-u", "root"]
     proc = workspace.spawn_server(args, "memcached.log")
     workspace.wait_listening(proc, port, "memcached", "memcached.log")
-    version = memcached_version("127.0.0.1", port) or "?"
+    version = memcached_version(ServerAddress("127.0.0.1", port)) or "?"
     return LockStore(
         "memcached",
         {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": "127.0.0.1:%d" % port},
@@ -418,7 +417,7 @@ def choose_store(workspace: Workspace, choice: str, environ: dict | None = None)
     configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
     if configured:
         servers = parse_servers(configured)
-        down = [s for s in servers if memcached_version(s.host, s.port, path=s.path) is None]
+        down = [s for s in servers if memcached_version(s) is None]
         if not down:
             return LockStore(
                 "memcached",

@@ -38,9 +38,8 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
 class MemcachedServer:
     """A memcached process on 127.0.0.1:port that a test controls."""
 
-    def __init__(self, port: int | None = None, memory_mb: int = 64, extra: tuple[str, ...] = (),
-                 binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("memcached")
+    def __init__(self, port: int | None = None, memory_mb: int = 64, extra: tuple[str, ...] = ()) -> None:
+        self.binary = shutil.which("memcached")
         if self.binary is None:
             raise RuntimeError("memcached is not installed: run ./run-tests, which installs it")
         self.port = port or free_port()
