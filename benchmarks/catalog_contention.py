@@ -8,7 +8,8 @@ one new document and commits.  What is modelled of Zope's publisher
 3): at most 4 tries per request; a request whose 4th try fails is counted as
 *failed* (the user would get an error page); between tries the transaction is
 aborted and ``HTTPRequest.delay_retry`` sleeps ``random.uniform(0, 2 **
-retry_count)`` seconds (up to 1, 2, 4 s) -- with the patch, the publisher
+retry_count)`` seconds (up to 1, 2, 4 s; the modes of a round draw the same
+pause for the same client, document and try) -- with the patch, the publisher
 patch of ``catalog.zcml`` skips that sleep when the retry will hold the lock
 (:func:`unimr.memcachedlock.zope.publisher.retry_at_once`).  ``--immediate``
 retries without any sleep instead (how the issue's first figures were taken).
@@ -27,7 +28,9 @@ a KeywordIndex and 9 metadata columns).  Two ways to reach the catalog:
 Modes, each on a fresh ZEO server: ``unpatched`` (Zope as shipped: ZCatalog's
 BTrees resolve most conflicts, the rest throw the request's work away) and
 ``patched`` with each zlock policy (``on-conflict``, the default of the
-top-level ``configure.zcml``, and ``always``).
+top-level ``configure.zcml`` with its ``conflicts="3"``, and ``always``);
+``on-conflict:N`` is on-conflict with ``conflicts=N`` (``on-conflict:1``:
+the first retry takes the lock).
 
 Printed per run: wall time, ``catalog_object`` runs wasted per commit (runs
 whose transaction did not commit), ConflictError and LockBusy retries, failed
@@ -120,8 +123,16 @@ def burn(work_ms: float) -> None:
         pass
 
 
-def apply_policy(policy: str) -> None:
-    """Load the site's configure.zcml; re-lock the catalog methods if ``policy`` is not its default."""
+def split_mode(mode: str) -> tuple[str, int | None]:
+    """``on-conflict:1`` -> ("on-conflict", 1); a policy alone keeps the site's ``conflicts``."""
+    policy, _, conflicts = mode.partition(":")
+    if policy not in POLICIES or (conflicts and (not conflicts.isdigit() or policy != "on-conflict")):
+        raise ValueError("unknown mode %r: use unpatched, %s or on-conflict:N" % (mode, ", ".join(POLICIES)))
+    return policy, int(conflicts) if conflicts else None
+
+
+def apply_policy(mode: str) -> None:
+    """Load the site's configure.zcml; re-lock the catalog methods if ``mode`` is not its default."""
     from Products.ZCatalog.ZCatalog import ZCatalog
     from zope.configuration import xmlconfig
 
@@ -129,12 +140,14 @@ def apply_policy(policy: str) -> None:
     from unimr.memcachedlock.zope import patch
 
     xmlconfig.file(SITE_ZCML)
-    if policy == "on-conflict":
+    policy, conflicts = split_mode(mode)
+    if policy == "on-conflict" and conflicts is None:
         return
+    options = {"policy": policy} if conflicts is None else {"policy": policy, "conflicts": conflicts}
     for method in ("catalog_object", "uncatalog_object"):
         patch.unlock_method(ZCatalog, method)
         patch.lock_method(ZCatalog, method, catalog_keys.catalog_key, "zlock",
-                          name=catalog_keys.LOCK_NAME, policy=policy)
+                          name=catalog_keys.LOCK_NAME, **options)
 
 
 def install_queue_processor(conn, counts: dict) -> None:
@@ -166,6 +179,16 @@ def install_queue_processor(conn, counts: dict) -> None:
             pass
 
     provideUtility(BenchmarkProcessor(), IIndexQueueProcessor, name="benchmark")
+
+
+def backoff(seed: int, client: int, doc: int, retry_count: int) -> float:
+    """``HTTPRequest.delay_retry``'s ``random.uniform(0, 2 ** retry_count)``, drawn from common random numbers.
+
+    Every mode of a round draws the same pause for the same client, document
+    and try, so the modes' wall times differ by what the lock changes, not
+    by luck of the draw; each pause is still uniform, and rounds differ.
+    """
+    return random.Random("%d-%d-%d-%d" % (seed, client, doc, retry_count)).uniform(0, 2 ** retry_count)
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -215,7 +238,7 @@ def run_worker(args: argparse.Namespace) -> None:
                 if retry_count == TRIES - 1:
                     counts["failed"] += 1
                 elif not args.immediate and not (patched and retry_at_once(exc)):
-                    pause = random.uniform(0, 2 ** retry_count)  # HTTPRequest.delay_retry
+                    pause = backoff(args.seed, args.client, n, retry_count)
                     counts["slept"] += pause
                     time.sleep(pause)
     counts["seconds"] = time.monotonic() - started
@@ -225,7 +248,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str = "on-conflict",
-             shape: str = "heavy", path: str = "plain", size: int = 0, immediate: bool = False) -> dict[str, Any]:
+             shape: str = "heavy", path: str = "plain", size: int = 0, immediate: bool = False,
+             seed: int = 0) -> dict[str, Any]:
     """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy."""
     import transaction
     import ZEO
@@ -244,7 +268,7 @@ def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str 
             subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--worker", "--client", str(i),
                  "--zeo-port", str(zeo.port), "--docs", str(docs), "--work-ms", str(work_ms),
-                 "--policy", policy, "--path", path] + (["--immediate"] if immediate else []),
+                 "--policy", policy, "--path", path, "--seed", str(seed)] + (["--immediate"] if immediate else []),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=zeo.directory,
             )
             for i in range(clients)
@@ -309,8 +333,9 @@ def cell(clients: int, docs: int, work_ms: float, shape: str, path: str, modes: 
     results = []
     for _ in range(repeat):
         row = {}
+        seed = random.randrange(1 << 30)
         for mode in modes:
-            result = run_once(clients, docs, work_ms, servers, mode, shape, path, size, immediate)
+            result = run_once(clients, docs, work_ms, servers, mode, shape, path, size, immediate, seed)
             print(describe(result), flush=True)
             results.append(result)
             row[mode] = result
@@ -351,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=PATHS, default="plain")
     parser.add_argument("--size", type=int, default=0, help="entries in the catalog before the run")
     parser.add_argument("--modes", default="unpatched,on-conflict,always",
-                        help="comma-separated: unpatched and/or zlock policies")
+                        help="comma-separated: unpatched, zlock policies, on-conflict:N (conflicts=N)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode")
     parser.add_argument("--immediate", action="store_true", help="retry without Zope's back-off sleep")
     parser.add_argument("--matrix", action="store_true",
@@ -361,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--zeo-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--policy", default="unpatched", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         run_worker(args)
@@ -372,8 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--work-ms and --size must not be negative")
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
-        if mode != "unpatched" and mode not in POLICIES:
-            parser.error("unknown mode %r: use unpatched, %s" % (mode, ", ".join(POLICIES)))
+        if mode != "unpatched":
+            try:
+                split_mode(mode)
+            except ValueError as exc:
+                parser.error(str(exc))
     server = None
     servers = args.servers
     if servers is None:

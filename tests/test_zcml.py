@@ -6,6 +6,7 @@ Real memcached, real threads, real ZCML processing; nothing mocked.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import threading
 import time
@@ -217,6 +218,10 @@ def test_double_inclusion_is_harmless(memcached, clean, tmp_path):
     ({"name": "not a name"}, "not a name"),
     ({"kind": "zlock", "policy": "sometimes"}, "sometimes"),
     ({"kind": "lock", "policy": "on-conflict"}, "on-conflict"),
+    ({"kind": "zlock", "policy": "on-conflict", "conflicts": "0"}, "0"),
+    ({"kind": "zlock", "policy": "on-conflict", "conflicts": "two"}, "two"),
+    ({"kind": "zlock", "policy": "always", "conflicts": "3"}, "conflicts=3"),
+    ({"kind": "rlock", "conflicts": "3"}, "conflicts"),
 ])
 def test_bad_values_name_the_value(clean, attrs, word):
     kind = attrs.pop("kind", "lock")
@@ -271,10 +276,28 @@ def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
     assert ZCatalog.catalog_object__roles__ is roles
     assert {p.name for p in patch.patches()} == {"Products.ZCatalog.ZCatalog.ZCatalog"}
     assert {p.kind for p in patch.patches()} == {"zlock"}
+    for method in ("catalog_object", "uncatalog_object"):
+        [found] = [p for p in patch.patches() if p.cls is ZCatalog and p.method == method]
+        assert found.options["policy"] == "on-conflict" and found.options["conflicts"] == 3
     assert HTTPRequest.delay_retry is publisher.delay_retry
     cleanUp()
     assert ZCatalog.__dict__["catalog_object"] is originals["catalog_object"]
     assert not publisher.installed()
+
+
+@pytest.mark.parametrize("retries, warned", [(0, False), (2, True), (3, False)])
+def test_fewer_zope_retries_than_conflicts_are_warned_about(memcached, clean, monkeypatch, caplog, retries,
+                                                            warned):
+    """catalog.zcml locks Zope's 4th try (conflicts=3): say so if zope.conf allows fewer retries."""
+    from ZPublisher.HTTPRequest import HTTPRequest
+
+    monkeypatch.setattr(HTTPRequest, "retry_max_count", retries)
+    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.zope.publisher"):
+        xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
+    messages = [r.getMessage() for r in caplog.records if "max-conflict-retries" in r.getMessage()]
+    assert len(messages) == (2 if warned else 0), messages
+    if warned:
+        assert "ZCatalog.catalog_object: zlock conflicts=3 but max-conflict-retries is 2" in messages[0]
 
 
 def test_catalog_zcml_included_twice_is_harmless(memcached, clean):

@@ -29,8 +29,9 @@ at commit, by a before-commit hook (so every commit that touches the key's
 objects happens under the lock): an acquire, a read and a write of the
 lock's note (exclusive writers, see ``_check_exclusive_commits``) and a
 release.  ZODB's
-conflict resolution decides as usual; a transaction that fails with a
-ConflictError *marks* the key for this thread, and the thread's next
+conflict resolution decides as usual.  After ``conflicts`` ConflictErrors in
+a row (default 1; the catalog patch uses 3, so Zope's fourth and last try is
+the locked one) the key is *marked* for this thread, and the thread's next
 transaction takes the lock when it begins and brings its view forward (a
 server round trip and a poll of invalidations) before it reads anything.  That
 retry holds the lock for its whole transaction, so no other commit of the
@@ -106,8 +107,11 @@ ADOPT_MARGIN = 0.5
 #: Longest wait for this ZEO client to receive the last commit made under the lock.
 CATCH_UP_TIMEOUT = 2.0
 
-#: Seconds a conflict mark (see ``on-conflict``) stays valid for this thread's next transaction.
+#: Seconds a conflict mark, or a run of ConflictErrors (see ``on-conflict``), stays valid for this
+#: thread's next transaction (Zope's back-off before its last try is at most 4 s).
 MARK_FOR = 5.0
+#: Default ``conflicts`` of policy ``on-conflict``: the first retry takes the lock.
+DEFAULT_CONFLICTS = 1
 #: Default of ``MEMCACHEDLOCK_TXN_WAIT``: longest wait for a lock inside a transaction.
 DEFAULT_TXN_WAIT = 5.0
 
@@ -172,6 +176,7 @@ class _Entry:
     policy: str = "always"
     interval: float = DEFAULT_INTERVAL
     wait: float = DEFAULT_TXN_WAIT
+    conflicts: int = DEFAULT_CONFLICTS
 
 
 @dataclasses.dataclass(eq=False)
@@ -188,7 +193,16 @@ class _Request:
     timeout: float
     interval: float
     wait: float
+    conflicts: int = DEFAULT_CONFLICTS
     until: float = 0.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Streak:
+    """ConflictErrors in a row of this thread's transactions that used a key (policy on-conflict)."""
+
+    count: int
+    until: float
 
 
 class _ReservationKeeper:
@@ -205,6 +219,7 @@ class _ReservationKeeper:
     def __init__(self) -> None:
         self.reservations: dict[str, _Reservation] = {}
         self.marks: dict[str, _Request] = {}
+        self.streaks: dict[str, _Streak] = {}
 
     def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
         """Take this thread's reserved and marked locks for ``txn`` and refresh its view."""
@@ -250,6 +265,8 @@ class _TxnLocks:
     pending: dict[str, _Request] = dataclasses.field(default_factory=dict)
     #: Marked by a ConflictError but busy when the transaction began: the call takes them.
     marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
+    #: Locks whose streak of ConflictErrors this transaction's failure was counted in (once each).
+    counted: set[str] = dataclasses.field(default_factory=set)
 
 
 def _register_keeper() -> _ReservationKeeper:
@@ -265,10 +282,14 @@ def txn_wait() -> float:
     return _seconds("MEMCACHEDLOCK_TXN_WAIT", os.environ.get("MEMCACHEDLOCK_TXN_WAIT"), DEFAULT_TXN_WAIT)
 
 
-def check_policy(policy: str) -> str:
-    """``policy`` if it is one of POLICIES, else a ConfigurationError naming it."""
+def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS) -> str:
+    """``policy`` if it is one of POLICIES and ``conflicts`` suits it, else a ConfigurationError naming it."""
     if policy not in POLICIES:
         raise ConfigurationError("unknown zlock policy %r: use one of %s" % (policy, ", ".join(POLICIES)))
+    if isinstance(conflicts, bool) or not isinstance(conflicts, int) or not 1 <= conflicts <= 100:
+        raise ConfigurationError("bad zlock conflicts %r: use a whole number from 1 to 100" % (conflicts,))
+    if policy == "always" and conflicts != DEFAULT_CONFLICTS:
+        raise ConfigurationError("zlock conflicts=%r applies to policy on-conflict only, not always" % (conflicts,))
     return policy
 
 
@@ -471,10 +492,31 @@ def _conflicted() -> bool:
     return ConflictError is not None and isinstance(exc, ConflictError) and not isinstance(exc, LockBusy)
 
 
-def _mark(name: str, request: _Request) -> None:
-    """Let this thread's next transaction take lock ``name`` when it begins."""
-    request.until = time.monotonic() + MARK_FOR
-    _register_keeper().marks[name] = request
+def _mark(name: str, request: _Request, txn: object) -> None:
+    """Count ``txn``'s ConflictError for lock ``name``; after ``request.conflicts`` in a row, mark it.
+
+    A mark lets this thread's next transaction take the lock when it begins.
+    The run of ConflictErrors lasts until a transaction holding the lock
+    commits, or MARK_FOR seconds after the last one; once it is long
+    enough, every further ConflictError marks the key again.
+    """
+    counted = _locks_of(txn).counted
+    if name in counted:
+        return
+    counted.add(name)
+    keeper = _register_keeper()
+    now = time.monotonic()
+    for ended in [other for other, run in keeper.streaks.items() if run.until <= now]:
+        del keeper.streaks[ended]
+    streak = keeper.streaks.setdefault(name, _Streak(0, 0.0))
+    streak.count += 1
+    streak.until = now + MARK_FOR
+    if streak.count < request.conflicts:
+        logger.debug("ConflictError %d of %d under optimistic zlock %s: the retry runs optimistically",
+                     streak.count, request.conflicts, name)
+        return
+    request.until = now + MARK_FOR
+    keeper.marks[name] = request
     logger.debug("ConflictError under optimistic zlock %s: the retry takes the lock at begin", name)
 
 
@@ -518,10 +560,12 @@ def _write_note(entry: _Entry, txn: object) -> None:
 def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
     """Record the commit's tid with the lock (if it succeeded), then release."""
     try:
+        if status:
+            _state.keeper.streaks.pop(entry.lock.name, None)
         if status and entry.lease.held:
             _write_note(entry, txn)
         elif not status:
-            _mark_if_conflicted(entry)
+            _mark_if_conflicted(entry, txn)
     except BackendUnavailable as exc:
         # The store's own outage warning was logged once; say once what it costs here.
         log = logger.debug if _note_failures else logger.warning
@@ -534,15 +578,16 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
-def _mark_if_conflicted(entry: _Entry) -> None:
-    """Policy on-conflict: after a ConflictError, this thread's retry takes the lock when it begins."""
+def _mark_if_conflicted(entry: _Entry, txn: object) -> None:
+    """Policy on-conflict: count a ConflictError; after enough in a row the retry locks at begin."""
     if entry.policy == "on-conflict" and _conflicted():
-        _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait))
+        _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait, entry.conflicts),
+              txn)
 
 
-def _after_abort(entry: _Entry) -> None:
+def _after_abort(entry: _Entry, txn: object) -> None:
     try:
-        _mark_if_conflicted(entry)
+        _mark_if_conflicted(entry, txn)
     except Exception:
         logger.exception("could not mark lock %s for the retry", entry.lock.name)
     finally:
@@ -562,7 +607,7 @@ def _hold(txn: object, name: str, entry: _Entry) -> None:
     """``entry`` is held for ``txn`` from now until it ends."""
     _promote(entry)
     txn.addAfterCommitHook(_after_commit, (entry, txn))
-    txn.addAfterAbortHook(_after_abort, (entry,))
+    txn.addAfterAbortHook(_after_abort, (entry, txn))
     _locks_of(txn).held[name] = entry
 
 
@@ -610,7 +655,7 @@ def _take(request: _Request, policy: str) -> _Entry:
         the_lock.release()
         raise
     return _Entry(request.key, the_lock, the_lock.lease, note, request.timeout, policy, request.interval,
-                  request.wait)
+                  request.wait, request.conflicts)
 
 
 def _promote(entry: _Entry) -> None:
@@ -722,7 +767,7 @@ def _after_abort_pending(txn: object) -> None:
     try:
         if _conflicted():
             for name, request in _locks_of(txn).pending.items():
-                _mark(name, request)
+                _mark(name, request, txn)
     except Exception:
         logger.exception("could not mark the optimistic zlocks for the retry")
 
@@ -763,7 +808,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
-                         policy: str = "always") -> bool:
+                         policy: str = "always", conflicts: int = DEFAULT_CONFLICTS) -> bool:
     """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
@@ -773,12 +818,16 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     lock will be taken at commit.  Returns False, taking nothing, when there
     is no transaction with a ZODB connection (or ZODB is not installed).
 
+    ``conflicts`` (policy ``on-conflict`` only): after this many
+    ConflictErrors in a row in this thread's transactions that used the
+    key, the next transaction takes the lock when it begins.
+
     Raises :class:`LockBusy` (lock kept reserved) when the view is older than
     the last commit under the lock, and LockBusy (not reserved) when the lock
     could not be taken within ``min(wait, txn_wait())`` seconds.
     """
     timeout, interval, wait = check_options(timeout, interval, wait, {})
-    check_policy(policy)
+    check_policy(policy, conflicts)
     name = lock_name(key)
     txn = _current_transaction()
     if txn is None:
@@ -791,7 +840,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
         return False
     marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
-    request = _Request(key, timeout, interval, wait)
+    request = _Request(key, timeout, interval, wait, conflicts)
     if policy == "on-conflict" and marked is None and reservation is None:
         _lock_at_commit(txn, name, request)
         return True
@@ -813,11 +862,11 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     return True
 
 
-def _runner(policy: str) -> Callable:
+def _runner(policy: str, conflicts: int) -> Callable:
     def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple,
                     kwargs: dict):
         """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
-        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy):
+        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts):
             return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
         return fun(*args, **kwargs)
 
@@ -825,7 +874,8 @@ def _runner(policy: str) -> Callable:
 
 
 def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-          wait: float | None = None, policy: str = "always", **kw) -> Callable[[F], F]:
+          wait: float | None = None, policy: str = "always", conflicts: int = DEFAULT_CONFLICTS,
+          **kw) -> Callable[[F], F]:
     """Serialise a function across ZEO clients until the calling transaction ends.
 
     ``get_key(fun, *args, **kw)`` names what is protected, as for ``lock``;
@@ -834,12 +884,12 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
     transaction at most ``txn_wait()``).  ``policy`` is ``always`` (lock the
     call until the transaction ends; for hot objects whose conflicts ZODB
     cannot resolve) or ``on-conflict`` (optimistic; lock at commit, and lock
-    the whole retry after a ConflictError).  The call may raise
-    :class:`LockBusy` (a ConflictError: retry the transaction).
+    the whole retry after ``conflicts`` ConflictErrors in a row).  The call
+    may raise :class:`LockBusy` (a ConflictError: retry the transaction).
     """
-    check_policy(policy)
-    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy))
+    check_policy(policy, conflicts)
+    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy, conflicts))
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
-           "POLICIES", "RESERVE_FOR"]
+           "POLICIES", "RESERVE_FOR", "DEFAULT_CONFLICTS"]

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from .. import decorators
 from ..errors import ConfigurationError
 from ..transactionlock import zlock
-from .publisher import uninstall
+from .publisher import uninstall, warn_if_retries_end_first
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,17 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
     raise ConfigurationError("unknown lock kind %r: use one of %s" % (kind, ", ".join(KINDS)))
 
 
-def check_policy(kind: str, policy: str | None) -> None:
-    """Only zlock has a policy (zlock itself checks its value): name both if another kind gets one."""
-    if policy is not None and kind != "zlock":
-        raise ConfigurationError("policy %r applies to kind zlock only, not %r" % (policy, kind))
+#: Options only zlock takes (zlock itself checks their values).
+ZLOCK_OPTIONS = ("policy", "conflicts")
+
+
+def check_zlock_options(kind: str, options: dict[str, Any]) -> None:
+    """Name the option and the kind if a zlock-only option is given to another kind."""
+    if kind == "zlock":
+        return
+    for option in ZLOCK_OPTIONS:
+        if options.get(option) is not None:
+            raise ConfigurationError("%s %r applies to kind zlock only, not %r" % (option, options[option], kind))
 
 
 def check_lock_name(name: str | None) -> str | None:
@@ -135,7 +142,7 @@ def decorator(kind: str, get_key: Callable, options: dict[str, Any]) -> Callable
     if not callable(get_key):
         raise ConfigurationError("key function %r is not callable" % (get_key,))
     factory = decorator_for(kind)
-    check_policy(kind, options.get("policy"))
+    check_zlock_options(kind, options)
     try:
         return factory(get_key, **options)
     except TypeError as exc:  # an option the decorator does not take
@@ -177,6 +184,8 @@ def lock_method(
         _patches[(cls, method)] = patch
     logger.info("%s.%s.%s now runs under a %s (lock name %s)", cls.__module__, cls.__qualname__,
                 method, kind, name or "%s.%s" % (original.__module__, original.__qualname__))
+    if kind == "zlock" and options.get("policy") == "on-conflict":
+        warn_if_retries_end_first("%s.%s" % (cls.__qualname__, method), options.get("conflicts", 1))
     return patch
 
 

@@ -36,6 +36,25 @@ def retry_at_once(exc: BaseException | None) -> bool:
     return isinstance(exc, LockBusy) and exc.reserved
 
 
+def warn_if_retries_end_first(where: str, conflicts: int) -> bool:
+    """Warn (True) if Zope's ``max-conflict-retries`` ends a request before its try locked after ``conflicts``.
+
+    Zope's startup sets ``HTTPRequest.retry_max_count`` from ``zope.conf``
+    (3 unless configured) before the site's ZCML is loaded; 0 means it did
+    not run (a script, a test), and nothing is said.
+    """
+    from ZPublisher.HTTPRequest import HTTPRequest
+
+    retries = HTTPRequest.retry_max_count
+    if 0 < retries < conflicts:
+        logger.warning(
+            "%s: zlock conflicts=%d but max-conflict-retries is %d: Zope gives up before the try that holds "
+            "the lock, so a request can still fail on conflicts; set conflicts to %d", where, conflicts,
+            retries, retries)
+        return True
+    return False
+
+
 def delay_retry(self) -> None:
     """No delay when the retry holds a reserved zlock; Zope's random back-off otherwise."""
     exc = sys.exc_info()[1]
