@@ -67,8 +67,8 @@ def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(catalog_patch, zeo
 
 @pytest.mark.slow
 def test_zeo_clients_fail_no_request_and_lose_nothing(memcached):
-    """The site default (on-conflict): optimistic first attempts, locked retries that never fail."""
+    """The site default (on-conflict, conflicts=3): optimistic tries, the last one locked, none failed."""
     result = catalog_contention.run_once(3, 10, 2.0, memcached.address, "on-conflict", immediate=True)
     assert result["commits"] == 30
-    assert result["failed"] == 0 and result["most_tries"] <= 2, result
+    assert result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
