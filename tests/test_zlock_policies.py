@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Callable
 
 import pytest
@@ -300,6 +301,42 @@ def test_the_lock_comes_after_conflicts_in_a_row(memcached):
     conflict_once(conn, other, other_tm, 2)
     assert not retry_will_lock()  # the commit ended the run
     transaction.abort()
+    other.close()
+    conn.close()
+    db.close()
+
+
+def test_a_run_of_conflicts_survives_long_tries_and_ends_with_any_other_transaction(memcached, monkeypatch):
+    """A try may run longer than MARK_FOR: only the pause before the next begin is bounded.
+    A transaction between two conflicts that does not fail, or a longer pause, ends the run."""
+    from unimr.memcachedlock import transactionlock
+
+    monkeypatch.setattr(transactionlock, "MARK_FOR", 0.3)
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    other_tm = transaction.TransactionManager()
+    other = db.open(transaction_manager=other_tm)
+    transaction.begin()
+    conflict_once(conn, other, other_tm, 2)
+    transaction.begin()
+    time.sleep(0.5)  # a long try
+    conflict_once(conn, other, other_tm, 2)
+    assert retry_will_lock()  # two in a row
+    transaction.begin()
+    transaction.abort()  # the locked try, aborted without a conflict: the run ends
+    transaction.begin()
+    conflict_once(conn, other, other_tm, 2)
+    assert not retry_will_lock()
+    transaction.begin()
+    transaction.abort()  # a transaction that does not fail in between
+    transaction.begin()
+    conflict_once(conn, other, other_tm, 2)
+    assert not retry_will_lock()
+    time.sleep(0.5)  # a pause longer than MARK_FOR before the next begin
+    transaction.begin()
+    conflict_once(conn, other, other_tm, 2)
+    assert not retry_will_lock()
     other.close()
     conn.close()
     db.close()

@@ -107,8 +107,8 @@ ADOPT_MARGIN = 0.5
 #: Longest wait for this ZEO client to receive the last commit made under the lock.
 CATCH_UP_TIMEOUT = 2.0
 
-#: Seconds a conflict mark, or a run of ConflictErrors (see ``on-conflict``), stays valid for this
-#: thread's next transaction (Zope's back-off before its last try is at most 4 s).
+#: Seconds a conflict mark, or a run of ConflictErrors (see ``on-conflict``), waits for this thread's
+#: next transaction to begin (Zope's back-off before its last try is at most 4 s).
 MARK_FOR = 5.0
 #: Default ``conflicts`` of policy ``on-conflict``: the first retry takes the lock.
 DEFAULT_CONFLICTS = 1
@@ -199,10 +199,16 @@ class _Request:
 
 @dataclasses.dataclass(eq=False)
 class _Streak:
-    """ConflictErrors in a row of this thread's transactions that used a key (policy on-conflict)."""
+    """ConflictErrors in a row of this thread's transactions that used a key (policy on-conflict).
 
-    count: int
-    until: float
+    After a ConflictError the run waits ``until`` for the thread's next
+    transaction to begin; that transaction (``txn``) carries it on however
+    long it runs, and ends it unless it fails with a ConflictError too.
+    """
+
+    count: int = 0
+    until: float = 0.0
+    txn: object = None
 
 
 class _ReservationKeeper:
@@ -224,6 +230,7 @@ class _ReservationKeeper:
     def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
         """Take this thread's reserved and marked locks for ``txn`` and refresh its view."""
         try:
+            _carry_streaks(txn, self)
             _claim_at_begin(txn, self)
         except Exception:
             logger.exception("taking zlocks at the beginning of a transaction failed")
@@ -232,8 +239,9 @@ class _ReservationKeeper:
         """Nothing to do before a transaction ends."""
 
     def afterCompletion(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
-        """Release the reservations made by earlier transactions of this thread."""
+        """End the runs of ConflictErrors ``txn`` did not continue; release earlier reservations."""
         try:
+            _end_streaks(txn, self)
             for name, reservation in list(self.reservations.items()):
                 if reservation.origin is not txn:
                     del self.reservations[name]
@@ -496,9 +504,10 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     """Count ``txn``'s ConflictError for lock ``name``; after ``request.conflicts`` in a row, mark it.
 
     A mark lets this thread's next transaction take the lock when it begins.
-    The run of ConflictErrors lasts until a transaction holding the lock
-    commits, or MARK_FOR seconds after the last one; once it is long
-    enough, every further ConflictError marks the key again.
+    The run of ConflictErrors lasts while each of the thread's next
+    transactions begins within MARK_FOR seconds of the last ConflictError
+    and fails with one too (a try may run as long as it needs); once it is
+    long enough, every further ConflictError marks the key again.
     """
     counted = _locks_of(txn).counted
     if name in counted:
@@ -506,11 +515,10 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     counted.add(name)
     keeper = _register_keeper()
     now = time.monotonic()
-    for ended in [other for other, run in keeper.streaks.items() if run.until <= now]:
-        del keeper.streaks[ended]
-    streak = keeper.streaks.setdefault(name, _Streak(0, 0.0))
+    streak = keeper.streaks.setdefault(name, _Streak())
     streak.count += 1
     streak.until = now + MARK_FOR
+    streak.txn = None
     if streak.count < request.conflicts:
         logger.debug("ConflictError %d of %d under optimistic zlock %s: the retry runs optimistically",
                      streak.count, request.conflicts, name)
@@ -560,8 +568,6 @@ def _write_note(entry: _Entry, txn: object) -> None:
 def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
     """Record the commit's tid with the lock (if it succeeded), then release."""
     try:
-        if status:
-            _state.keeper.streaks.pop(entry.lock.name, None)
         if status and entry.lease.held:
             _write_note(entry, txn)
         elif not status:
@@ -671,6 +677,36 @@ def _reserve(entry: _Entry, txn: object, name: str) -> None:
     """Keep ``entry``'s lock for this thread's next transaction, at most RESERVE_FOR seconds."""
     entry.lease.renew_until = time.monotonic() + RESERVE_FOR
     _register_keeper().reservations[name] = _Reservation(entry, txn)
+
+
+def _carry_streaks(txn: object, keeper: _ReservationKeeper) -> None:
+    """The transaction that begins carries on the runs of ConflictErrors that waited for it; the rest end."""
+    if not keeper.streaks:
+        return
+    now = time.monotonic()
+    for name, streak in list(keeper.streaks.items()):
+        if streak.txn is None and streak.until > now:
+            streak.txn = txn
+        else:
+            del keeper.streaks[name]
+
+
+def _end_streaks(txn: object, keeper: _ReservationKeeper) -> None:
+    """End the runs ``txn`` carried unless it failed with a ConflictError.
+
+    A failed commit ends its transaction before its after-commit hooks
+    count the ConflictError: that count comes later, and a carried run that
+    no hook counted ends when the next transaction begins.
+    """
+    if not keeper.streaks or _conflicted():
+        return
+    try:
+        counted = txn.data(_TXN_DATA_KEY).counted
+    except KeyError:
+        counted = set()
+    for name, streak in list(keeper.streaks.items()):
+        if streak.txn is txn and name not in counted:
+            del keeper.streaks[name]
 
 
 def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
