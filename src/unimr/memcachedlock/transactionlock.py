@@ -165,29 +165,8 @@ else:
 
 
 @dataclasses.dataclass(eq=False)
-class _Entry:
-    """One lock this thread holds (or has reserved) for a transaction."""
-
-    key: object
-    lock: Lock
-    lease: Lease
-    note: dict[str, bytes]
-    timeout: float
-    policy: str = "always"
-    interval: float = DEFAULT_INTERVAL
-    wait: float = DEFAULT_TXN_WAIT
-    conflicts: int = DEFAULT_CONFLICTS
-
-
-@dataclasses.dataclass(eq=False)
-class _Reservation:
-    entry: _Entry
-    origin: object
-
-
-@dataclasses.dataclass(eq=False)
 class _Request:
-    """A lock an ``on-conflict`` transaction needs: at commit, or (marked) when the next one begins."""
+    """What a call asks of a lock: taken now, at commit (``on-conflict``), or, marked (``until``), at begin."""
 
     key: object
     timeout: float
@@ -198,12 +177,30 @@ class _Request:
 
 
 @dataclasses.dataclass(eq=False)
+class _Entry:
+    """One lock this thread holds (or has reserved) for a transaction, taken for ``request``."""
+
+    request: _Request
+    lock: Lock
+    lease: Lease
+    note: dict[str, bytes]
+    policy: str = "always"
+
+
+@dataclasses.dataclass(eq=False)
+class _Reservation:
+    entry: _Entry
+    origin: object
+
+
+@dataclasses.dataclass(eq=False)
 class _Streak:
     """ConflictErrors in a row of this thread's transactions that used a key (policy on-conflict).
 
-    After a ConflictError the run waits ``until`` for the thread's next
-    transaction to begin; that transaction (``txn``) carries it on however
-    long it runs, and ends it unless it fails with a ConflictError too.
+    ``txn`` is the transaction the run is in.  After a ConflictError is
+    counted the run waits ``until`` for the thread's next transaction to
+    begin; that transaction carries it on (``until`` 0) however long it runs,
+    and ends it unless it fails with a ConflictError too.
     """
 
     count: int = 0
@@ -273,8 +270,6 @@ class _TxnLocks:
     pending: dict[str, _Request] = dataclasses.field(default_factory=dict)
     #: Marked by a ConflictError but busy when the transaction began: the call takes them.
     marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
-    #: Locks whose streak of ConflictErrors this transaction's failure was counted in (once each).
-    counted: set[str] = dataclasses.field(default_factory=set)
 
 
 def _register_keeper() -> _ReservationKeeper:
@@ -509,16 +504,14 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     and fails with one too (a try may run as long as it needs); once it is
     long enough, every further ConflictError marks the key again.
     """
-    counted = _locks_of(txn).counted
-    if name in counted:
-        return
-    counted.add(name)
     keeper = _register_keeper()
-    now = time.monotonic()
     streak = keeper.streaks.setdefault(name, _Streak())
+    if streak.txn is txn and streak.until:
+        return  # counted already: an after-commit and an after-abort hook both see a failed commit
+    now = time.monotonic()
     streak.count += 1
     streak.until = now + MARK_FOR
-    streak.txn = None
+    streak.txn = txn
     if streak.count < request.conflicts:
         logger.debug("ConflictError %d of %d under optimistic zlock %s: the retry runs optimistically",
                      streak.count, request.conflicts, name)
@@ -587,8 +580,7 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
 def _mark_if_conflicted(entry: _Entry, txn: object) -> None:
     """Policy on-conflict: count a ConflictError; after enough in a row the retry locks at begin."""
     if entry.policy == "on-conflict" and _conflicted():
-        _mark(entry.lock.name, _Request(entry.key, entry.timeout, entry.interval, entry.wait, entry.conflicts),
-              txn)
+        _mark(entry.lock.name, entry.request, txn)
 
 
 def _after_abort(entry: _Entry, txn: object) -> None:
@@ -660,15 +652,14 @@ def _take(request: _Request, policy: str) -> _Entry:
     except BaseException:
         the_lock.release()
         raise
-    return _Entry(request.key, the_lock, the_lock.lease, note, request.timeout, policy, request.interval,
-                  request.wait, request.conflicts)
+    return _Entry(request, the_lock, the_lock.lease, note, policy)
 
 
 def _promote(entry: _Entry) -> None:
     """Extend an adopted reservation's lease to this call's ``timeout`` if it asks for more."""
-    if entry.timeout > entry.lease.ttl:
+    if entry.request.timeout > entry.lease.ttl:
         try:
-            entry.lease.renew(entry.timeout)
+            entry.lease.renew(entry.request.timeout)
         except BackendUnavailable as exc:
             logger.debug("could not extend lock %s now (%s): the renewer retries", entry.lock.name, exc)
 
@@ -685,14 +676,14 @@ def _carry_streaks(txn: object, keeper: _ReservationKeeper) -> None:
         return
     now = time.monotonic()
     for name, streak in list(keeper.streaks.items()):
-        if streak.txn is None and streak.until > now:
-            streak.txn = txn
+        if streak.until > now:
+            streak.txn, streak.until = txn, 0.0
         else:
             del keeper.streaks[name]
 
 
 def _end_streaks(txn: object, keeper: _ReservationKeeper) -> None:
-    """End the runs ``txn`` carried unless it failed with a ConflictError.
+    """End the runs ``txn`` carried without counting a ConflictError, unless it failed with one.
 
     A failed commit ends its transaction before its after-commit hooks
     count the ConflictError: that count comes later, and a carried run that
@@ -700,12 +691,8 @@ def _end_streaks(txn: object, keeper: _ReservationKeeper) -> None:
     """
     if not keeper.streaks or _conflicted():
         return
-    try:
-        counted = txn.data(_TXN_DATA_KEY).counted
-    except KeyError:
-        counted = set()
     for name, streak in list(keeper.streaks.items()):
-        if streak.txn is txn and name not in counted:
+        if streak.txn is txn and not streak.until:
             del keeper.streaks[name]
 
 
@@ -793,8 +780,8 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
     metrics.record_busy(name)
     raise LockBusy(
         message="lock %r: a transaction holding it exclusively committed (tid %s) after this "
-        "transaction's view began; retry (lock reserved)" % (entry.key, max(tid for _, tid in stale).hex()),
-        key=entry.key, reserved=True,
+        "transaction's view began; retry (lock reserved)" % (entry.request.key, max(tid for _, tid in stale).hex()),
+        key=entry.request.key, reserved=True,
     )
 
 
@@ -885,7 +872,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     adopted = entry is not None
     if entry is None:
         entry = _take(request, policy)
-    entry.timeout = timeout
+    entry.request.timeout = timeout
     try:
         _check_view(entry, txn, connections, name, key, policy, adopted, started)
         _hold(txn, name, entry)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from .. import decorators
 from ..errors import ConfigurationError
-from ..transactionlock import zlock
+from ..transactionlock import DEFAULT_CONFLICTS, zlock
 from .publisher import uninstall, warn_if_retries_end_first
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def lock_method(
     logger.info("%s.%s.%s now runs under a %s (lock name %s)", cls.__module__, cls.__qualname__,
                 method, kind, name or "%s.%s" % (original.__module__, original.__qualname__))
     if kind == "zlock" and options.get("policy") == "on-conflict":
-        warn_if_retries_end_first("%s.%s" % (cls.__qualname__, method), options.get("conflicts", 1))
+        warn_if_retries_end_first("%s.%s" % (cls.__qualname__, method), options.get("conflicts", DEFAULT_CONFLICTS))
     return patch
 
 
