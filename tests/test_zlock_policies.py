@@ -396,7 +396,7 @@ def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(memcached,
     db.close()
 
 
-def test_on_conflict_called_from_a_before_commit_hook_still_commits_under_the_lock(memcached):
+def test_on_conflict_called_from_a_before_commit_hook_still_passes_the_gate(memcached):
     """CMFCore's queue calls catalog_object from a before-commit hook: zlock's own
     hook, added from inside it, still runs before the two-phase commit."""
     from unimr.memcachedlock import get_backend
@@ -404,20 +404,89 @@ def test_on_conflict_called_from_a_before_commit_hook_still_commits_under_the_lo
     db = ZODB.DB(MappingStorage())
     setup_counter(db)
     conn = db.open()
+    gate = get_backend().commit_gate
     seen: list = []
 
     def queue_hook() -> None:
         conn.root()["counter"]["value"] += 1
         assert lock_for_transaction(HOT, policy="on-conflict") is True
-        seen.append(get_backend().holder(lock_name(HOT)))
-        transaction.get().addBeforeCommitHook(lambda: seen.append(get_backend().holder(lock_name(HOT))))
+        seen.append(gate.passing(lock_name(HOT)))
+        transaction.get().addBeforeCommitHook(lambda: seen.append(gate.passing(lock_name(HOT))))
 
     transaction.begin()
     transaction.get().addBeforeCommitHook(queue_hook)
     transaction.commit()
-    assert seen[0] is None and seen[1] is not None and seen[1].thread == threading.get_ident()
-    assert get_backend().holder(lock_name(HOT)) is None
+    assert seen == [0, 1]
+    assert gate.passing(lock_name(HOT)) == 0 and get_backend().holder(lock_name(HOT)) is None
     assert read_counter(db) == 1
+    conn.close()
+    db.close()
+
+
+class SlowVote:
+    """A data manager whose vote takes ``pause`` seconds, and that records when the commit finished."""
+
+    def __init__(self, pause: float, events: list) -> None:
+        self.pause = pause
+        self.events = events
+        self.transaction_manager = transaction.manager
+
+    def sortKey(self) -> str:  # noqa: N802 (IDataManager)
+        return "~slow-vote"
+
+    def tpc_begin(self, txn) -> None:
+        pass
+
+    def commit(self, txn) -> None:
+        pass
+
+    def tpc_vote(self, txn) -> None:
+        time.sleep(self.pause)
+
+    def tpc_finish(self, txn) -> None:
+        self.events.append("finished")
+
+    def tpc_abort(self, txn) -> None:
+        pass
+
+    def abort(self, txn) -> None:
+        pass
+
+
+def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(memcached):
+    """A lock taken while an optimistic commit is passing waits for it, and its note has that commit."""
+    from unimr.memcachedlock import get_backend
+    from unimr.memcachedlock.transactionlock import decode_note, storage_identity
+
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    name = lock_name(HOT)
+    events: list = []
+    taken = threading.Event()
+    found: list = []
+
+    def holder() -> None:
+        with Lock(HOT, timeout=10):
+            taken.set()
+            found.append(decode_note(get_backend().commit_gate.drain(name, 5)))
+            events.append("drained")
+
+    def start_holder() -> None:
+        threading.Thread(target=holder, daemon=True).start()
+        assert taken.wait(5)
+
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="on-conflict") is True
+    transaction.get().join(SlowVote(0.3, events))
+    transaction.get().addBeforeCommitHook(start_holder)  # after zlock's hook: the commit has passed
+    transaction.commit()
+    deadline = time.monotonic() + 10
+    while len(events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert events == ["finished", "drained"]
+    assert found[0][storage_identity(conn)] == db.lastTransaction()
     conn.close()
     db.close()
 

@@ -99,6 +99,53 @@ class IWaiterBoard(Interface):
         """
 
 
+class ICommitPass(Interface):
+    """One optimistic commit let through a commit gate; it must leave, whatever happens."""
+
+    note = Attribute("The lock's note as it was when the pass was given (bytes or None).")
+
+    def leave(entry=None, whole=None):
+        """Record ``entry`` in the note (appended), then leave the gate.
+
+        ``whole`` (optional) replaces the whole note instead, but only if
+        nobody changed it since the pass was given: a compaction that can
+        never drop another commit's entry.  Never raises: a pass that cannot
+        leave is forgotten by the next holder's ``drain``.
+        """
+
+
+class ICommitGate(Interface):
+    """Lets optimistic commits of a key through together while nobody holds its lock.
+
+    Optimistic commits (zlock policy ``on-conflict``) must not come between a
+    holder's view and its commit, but need not exclude each other: ZODB's
+    conflict resolution merges them.  So instead of taking the lock one after
+    another they pass a gate, which counts them, and a holder waits after
+    its acquisition until the commits that passed before it have left.  The
+    count is announced before the lock is read and the lock is taken before
+    the count is read, so a commit and a holder never both miss each other.
+    """
+
+    def enter(name):
+        """One round trip: a pass (an ICommitPass) if nobody holds lock ``name``, else None.
+
+        None tells the caller to take the lock instead.  Raises
+        BackendUnavailable if the store cannot be reached.
+        """
+
+    def passing(name):
+        """How many optimistic commits of ``name`` are passing now (one round trip)."""
+
+    def drain(name, timeout):
+        """Wait up to ``timeout`` seconds until no pass of ``name`` is out; return the note read then.
+
+        Called by the holder of lock ``name`` right after taking it.  A count
+        that does not drop in time (a process died during its commit) is reset
+        and logged: waiting longer would only cost time, and ZODB's conflict
+        detection still guards the commit.
+        """
+
+
 class ILockBackend(Interface):
     """A lock store: memcached, a lock directory, or a fallback between two."""
 
@@ -108,6 +155,11 @@ class ILockBackend(Interface):
         "Where waiters announce themselves to releasers (an IWaiterBoard), or None: "
         "the memcached store is its own board, the fallback store forwards its primary's, "
         "the file store has none (its waiters poll)."
+    )
+    commit_gate = Attribute(
+        "An ICommitGate for optimistic commits, or None: the memcached store is its own gate, "
+        "the fallback store uses its primary's while it answers; without one every optimistic "
+        "commit takes the lock."
     )
 
     def acquire(name, ttl):

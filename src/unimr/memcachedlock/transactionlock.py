@@ -76,6 +76,7 @@ from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, 
 from .keys import lock_name
 from .lease import Lease
 from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
+from .registry import get_backend
 
 try:
     import transaction as _transaction
@@ -114,6 +115,10 @@ MARK_FOR = 5.0
 DEFAULT_CONFLICTS = 1
 #: Default of ``MEMCACHEDLOCK_TXN_WAIT``: longest wait for a lock inside a transaction.
 DEFAULT_TXN_WAIT = 5.0
+#: Longest wait of a new holder for the optimistic commits that passed the gate before it.
+DRAIN_WAIT = 2.0
+#: A note with more entries than this is written whole again by the next optimistic commit.
+COMPACT_AT = 32
 
 #: ``always``: lock from the first call to the end of the transaction;
 #: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
@@ -270,6 +275,8 @@ class _TxnLocks:
     pending: dict[str, _Request] = dataclasses.field(default_factory=dict)
     #: Marked by a ConflictError but busy when the transaction began: the call takes them.
     marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
+    #: Policy on-conflict: committing through the lock store's commit gate, lock not taken.
+    passes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _register_keeper() -> _ReservationKeeper:
@@ -356,16 +363,23 @@ def _committed_tid(conn) -> bytes | None:
     return max(candidates) if candidates else None
 
 
+def encode_entries(tids: dict[str, bytes]) -> bytes:
+    """Note entries: ``identity=tid`` for each storage, as appended by an optimistic commit."""
+    return b" ".join(quote(name, safe="").encode("ascii") + b"=" + tids[name].hex().encode("ascii")
+                     for name in sorted(tids))
+
+
 def encode_note(tids: dict[str, bytes]) -> bytes:
-    """The note stored with a lock: the last tid committed under it, per storage identity."""
-    parts = [NOTE_MAGIC]
-    for name in sorted(tids):
-        parts.append(quote(name, safe="").encode("ascii") + b"=" + tids[name].hex().encode("ascii"))
-    return b" ".join(parts)
+    """The note stored with a lock: the last tid committed with it, per storage identity."""
+    return NOTE_MAGIC + b" " + encode_entries(tids) if tids else NOTE_MAGIC
 
 
 def decode_note(value: bytes | None) -> dict[str, bytes]:
-    """Parse a note; an absent or foreign one means no commit is known."""
+    """Parse a note; an absent or foreign one means no commit is known.
+
+    Optimistic commits append their entries, so a name may occur several
+    times: its newest commit is the highest tid.
+    """
     if not value:
         return {}
     parts = value.split(b" ")
@@ -379,15 +393,21 @@ def decode_note(value: bytes | None) -> dict[str, bytes]:
             tid = bytes.fromhex(tid_hex.decode("ascii"))
             if not sep or len(tid) != 8:
                 raise ValueError(part)
-            tids[unquote(name.decode("ascii"))] = tid
+            identity = unquote(name.decode("ascii"))
+            tids[identity] = max(tid, tids.get(identity, tid))
         except (ValueError, UnicodeDecodeError):
             logger.debug("ignoring a malformed part of a lock note: %r", part[:60])
     return tids
 
 
 def _read_note(lock: Lock) -> dict[str, bytes]:
+    """The note of a lock just taken, read once the optimistic commits that passed before have left."""
+    backend = lock.backend
     try:
-        return decode_note(lock.backend.get_note(lock.name))
+        gate = backend.commit_gate
+        if gate is not None:
+            return decode_note(gate.drain(lock.name, DRAIN_WAIT))
+        return decode_note(backend.get_note(lock.name))
     except BackendUnavailable as exc:
         logger.debug("cannot read the note of lock %s (%s): view not checked", lock.name, exc)
         return {}
@@ -541,20 +561,24 @@ def _exclusive(note: dict[str, bytes]) -> dict[str, bytes]:
     return {name[len(EXCLUSIVE):]: tid for name, tid in note.items() if name.startswith(EXCLUSIVE)}
 
 
-def _write_note(entry: _Entry, txn: object) -> None:
-    """Record the commit just made under the lock: every commit, and an exclusive one apart."""
-    tids = dict(entry.note)
-    wrote = False
+def _committed_tids(txn: object, policy: str) -> dict[str, bytes]:
+    """The note entries of the commit ``txn`` just made: every commit, and an exclusive one apart."""
+    tids = {}
     for conn in _connections(txn, joined_only=True):
         tid = _committed_tid(conn)
         if tid is not None:
             identity = storage_identity(conn)
             tids[identity] = tid
-            if entry.policy == "always":
+            if policy == "always":
                 tids[EXCLUSIVE + identity] = tid
-            wrote = True
-    if wrote:
-        entry.lock.backend.set_note(entry.lock.name, encode_note(tids))
+    return tids
+
+
+def _write_note(entry: _Entry, txn: object) -> None:
+    """Record the commit just made under the lock (the whole note: nobody else writes it now)."""
+    tids = _committed_tids(txn, entry.policy)
+    if tids:
+        entry.lock.backend.set_note(entry.lock.name, encode_note({**entry.note, **tids}))
         _note_failures.clear()
 
 
@@ -741,19 +765,70 @@ def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
 
 
 def _take_pending(txn: object) -> None:
-    """Before-commit hook: take every lock this transaction used optimistically, in name order.
+    """Before-commit hook: pass the commit gate of every lock used optimistically, or take the lock.
 
-    Every commit that touches a key's objects thus happens under its lock, so
-    a retry holding the lock from its begin can never see one come between.
-    Runs after hooks added by earlier hooks too (CMFCore's indexing queue).
+    Every commit that touches a key's objects thus either passes the key's
+    gate while nobody holds its lock, or happens under the lock; a holder
+    waits for the passes before it, so a retry holding the lock from its
+    begin never sees a commit come between.  Stores without a gate, and
+    keys whose lock is held, take the lock (in name order).  Runs after
+    hooks added by earlier hooks too (CMFCore's indexing queue).
     """
     locks = _locks_of(txn)
     for name in sorted(locks.pending):
-        if name in locks.held:
+        if name in locks.held or name in locks.passes or _pass_gate(txn, name, locks):
             continue
         entry = _take(locks.pending[name], "on-conflict")
         _check_exclusive_commits(entry, txn, name)
         _hold(txn, name, entry)
+
+
+def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
+    """Let ``txn`` commit through lock ``name``'s commit gate; False if it must take the lock.
+
+    It must when the store has no gate or cannot be reached, when the lock
+    is held, and when a policy-always holder committed after this
+    transaction's view (the locked way then reserves the lock for the retry).
+    """
+    gate = get_backend().commit_gate
+    if gate is None:
+        return False
+    try:
+        entered = gate.enter(name)
+    except BackendUnavailable as exc:
+        logger.debug("commit gate of %s unavailable (%s): taking the lock", name, exc)
+        return False
+    if entered is None:
+        return False
+    try:
+        if _stale(_connections(txn), _exclusive(decode_note(entered.note))):
+            entered.leave()
+            return False
+        txn.addAfterCommitHook(_leave_gate, (entered, txn, name))
+        txn.addAfterAbortHook(_leave_gate, (False, entered, txn, name))
+        locks.passes[name] = entered
+    except BaseException:
+        entered.leave()
+        raise
+    return True
+
+
+def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
+    """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError."""
+    try:
+        entry = whole = None
+        if status:
+            tids = _committed_tids(txn, "on-conflict")
+            entry = encode_entries(tids) if tids else None
+            if entry and entered.note and entered.note.count(b" ") >= COMPACT_AT:
+                whole = encode_note({**decode_note(entered.note), **tids})
+        elif _conflicted():
+            _mark(name, _locks_of(txn).pending[name], txn)
+        entered.leave(entry, whole)
+    except Exception:
+        logger.exception("could not leave the commit gate of lock %s", name)
+    finally:
+        entered.leave()
 
 
 def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:

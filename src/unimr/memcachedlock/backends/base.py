@@ -20,6 +20,8 @@ class Backend:
     kind = "base"
     #: An IWaiterBoard, or None: waiters of this store poll.
     waiter_board = None
+    #: An ICommitGate, or None: optimistic commits of this store take the lock one at a time.
+    commit_gate = None
     _lock_id_suffix = os.urandom(4).hex()
 
     @property

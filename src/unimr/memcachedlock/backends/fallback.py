@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import logging
 
+from zope.interface import implementer
+
 from .. import metrics
 from ..config import Settings
 from ..errors import BackendUnavailable
+from ..interfaces import ICommitGate, ICommitPass
 from .records import Holder
 from ..lease import Lease
 from .base import Backend
@@ -41,6 +44,44 @@ from .file import FileBackend
 from .memcached import MemcachedBackend
 
 logger = logging.getLogger(__name__)
+
+
+@implementer(ICommitGate)
+class FallbackCommitGate:
+    """The primary's commit gate while memcached answers and the lock directory has nothing on the name.
+
+    A lock or a note left in the lock directory by an outage sends optimistic
+    commits the locked way (a failed ``open`` each when there is none), so
+    they respect that holder and the first note written clears the old one.
+    """
+
+    def __init__(self, backend: "FallbackBackend") -> None:
+        self.backend = backend
+
+    def enter(self, name: str) -> ICommitPass | None:
+        backend = self.backend
+        if backend._held_in_files(name) or backend.secondary.get_note(name) is not None:
+            return None
+        try:
+            return backend.primary.commit_gate.enter(name)
+        except BackendUnavailable as exc:
+            logger.debug("optimistic commit of %s takes the lock: %s", name, exc)
+            return None
+
+    def passing(self, name: str) -> int:
+        try:
+            return self.backend.primary.commit_gate.passing(name)
+        except BackendUnavailable:
+            return 0
+
+    def drain(self, name: str, timeout: float) -> bytes | None:
+        note = None
+        try:
+            note = self.backend.primary.commit_gate.drain(name, timeout)
+        except BackendUnavailable as exc:
+            logger.debug("commit gate of %s not drained: %s", name, exc)
+        written_in_outage = self.backend.secondary.get_note(name)
+        return written_in_outage if written_in_outage is not None else note
 
 
 class FallbackBackend(Backend):
@@ -51,6 +92,7 @@ class FallbackBackend(Backend):
     def __init__(self, primary: MemcachedBackend, secondary: FileBackend) -> None:
         self.primary = primary
         self.secondary = secondary
+        self.commit_gate = FallbackCommitGate(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FallbackBackend":

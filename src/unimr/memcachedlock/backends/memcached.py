@@ -42,6 +42,7 @@ from ..interfaces import IWaiterBoard
 from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
+from .memcachedgate import GATE_SUFFIX, MemcachedCommitGate
 from .pool import ClientPool
 from .records import WANT_TTL, Want
 
@@ -298,6 +299,7 @@ class MemcachedBackend(Backend):
             raise ValueError("MemcachedBackend needs at least one server")
         self.prefix = prefix
         self._hash_ids = [str(s).encode("utf-8") for s in self.servers]
+        self.commit_gate = MemcachedCommitGate(self, NOTE_SUFFIX, NOTE_TTL)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MemcachedBackend":
@@ -429,7 +431,7 @@ class MemcachedBackend(Backend):
         for server in self.servers:
             keys = [
                 k for k in metadump_keys(server.address)
-                if k.startswith(self.prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX))
+                if k.startswith(self.prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX, GATE_SUFFIX))
             ]
             for start in range(0, len(keys), 100):
                 values = server.call(ClientPool.get_many, keys[start : start + 100])

@@ -212,6 +212,10 @@ class ClientPool:
         request = b"gets %s\r\n" % b" ".join(key.encode("ascii") for key in keys)
         return self._exchange(request, _read_values)[0]
 
+    def meta(self, request: bytes, count: int) -> list[tuple[bytes, bytes | None]]:
+        """Send ``count`` pipelined meta commands; return each one's (status line, value or None)."""
+        return self._exchange(request, functools.partial(_read_meta_answers, count))[0]
+
     add = _client_method(Client.add)
     set = _client_method(Client.set)
     cas = _client_method(Client.cas)
@@ -273,6 +277,20 @@ def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | No
     if not found.startswith(b"VA "):
         _raise_for(found)
     return deleted, _read_data(sock, buf, int(found.split()[1]))
+
+
+def _read_meta_answers(count: int, sock: Any, buf: bytearray) -> list[tuple[bytes, bytes | None]]:
+    """``count`` meta answers: a value (``VA``) with its status line, or a bare status (HD, EN, NS, EX, NF)."""
+    answers: list[tuple[bytes, bytes | None]] = []
+    for _ in range(count):
+        line = _read_line(sock, buf)
+        if line.startswith(b"VA "):
+            answers.append((line, _read_data(sock, buf, int(line.split()[1]))))
+        elif line[:2] in (b"HD", b"EN", b"NS", b"EX", b"NF"):
+            answers.append((line, None))
+        else:
+            _raise_for(line)
+    return answers
 
 
 def _raise_for(line: bytes) -> None:

@@ -1,0 +1,145 @@
+"""The commit gate in memcached: a counter next to the lock (see ``interfaces.ICommitGate``).
+
+An optimistic commit increments ``<lock>#gate`` and reads the lock and its
+note in the same request; a holder reads the counter after its ``add``.
+memcached carries out one connection's commands in order and each command
+atomically, so whichever of the two comes second sees the first: the
+commit sees the lock (and leaves at once, to take the lock instead), or the
+holder sees the count (and waits for it to drop).
+
+A pass appends its entry to the note (``ms`` mode A) and decrements the
+counter in one request, so a holder that saw the count drop reads every
+entry of the commits it waited for.  A long note is compacted by the pass
+that finds it so, with the cas read on entry: only a note nobody changed
+since is replaced, and the pass appends its own entry in the same request
+anyway, so no entry is ever dropped.
+
+The counter lives ``GATE_TTL`` seconds after its last increment.  A process
+that dies inside a commit leaves its count behind; the next holder waits
+``timeout`` for it, resets the counter and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from zope.interface import implementer
+
+from ..errors import BackendUnavailable
+from ..interfaces import ICommitGate, ICommitPass
+from .pool import ClientPool
+
+logger = logging.getLogger(__name__)
+
+GATE_SUFFIX = "#gate"
+#: Seconds the counter outlives its last increment.
+GATE_TTL = 60
+#: First and longest pause between two reads of the counter while draining.
+DRAIN_FIRST_POLL = 0.0005
+DRAIN_MAX_POLL = 0.01
+#: A note with more entries than this is compacted by the next pass.
+COMPACT_AT = 32
+#: What a note starts with (``transactionlock.NOTE_MAGIC``): the gate writes it before the first entry.
+NOTE_HEADER = b"zlock2"
+
+#: Locks whose counter was reset: one warning per lock.
+_reset_warned: set[str] = set()
+
+
+def _meta_set(key: bytes, value: bytes, flags: bytes) -> bytes:
+    return b"ms %s %d %s\r\n%s\r\n" % (key, len(value), flags, value)
+
+
+@implementer(ICommitPass)
+class MemcachedCommitPass:
+    """One optimistic commit counted in ``gate`` (see the module docstring)."""
+
+    __slots__ = ("server", "gate", "note_key", "note_ttl", "note", "note_cas", "left")
+
+    def __init__(self, server: Any, gate: bytes, note_key: bytes, note_ttl: int,
+                 note: bytes | None, note_cas: bytes | None) -> None:
+        self.server = server
+        self.gate = gate
+        self.note_key = note_key
+        self.note_ttl = note_ttl
+        self.note = note
+        self.note_cas = note_cas
+        self.left = False
+
+    def leave(self, entry: bytes | None = None, whole: bytes | None = None) -> None:
+        if self.left:
+            return
+        self.left = True
+        commands = []
+        if whole is not None and self.note_cas is not None:
+            commands.append(_meta_set(self.note_key, whole, b"C%s T%d" % (self.note_cas, self.note_ttl)))
+        if entry:
+            commands.append(_meta_set(self.note_key, NOTE_HEADER, b"ME T%d" % self.note_ttl))
+            commands.append(_meta_set(self.note_key, b" " + entry, b"MA"))
+        commands.append(b"ma %s MD\r\n" % self.gate)
+        try:
+            self.server.call(ClientPool.meta, b"".join(commands), len(commands))
+        except BackendUnavailable as exc:
+            logger.debug("optimistic commit could not leave gate %s (%s): the next holder resets it",
+                         self.gate.decode(), exc)
+
+    def __repr__(self) -> str:
+        return "<commit pass %s%s>" % (self.gate.decode(), " (left)" if self.left else "")
+
+
+@implementer(ICommitGate)
+class MemcachedCommitGate:
+    """The commit gates of a memcached store, one counter per lock name."""
+
+    def __init__(self, backend: Any, note_suffix: str, note_ttl: int) -> None:
+        self.backend = backend
+        self.note_suffix = note_suffix.encode("ascii")
+        self.note_ttl = note_ttl
+
+    def _keys(self, name: str) -> tuple[bytes, bytes, bytes]:
+        key = (self.backend.prefix + name).encode("ascii")
+        return key, key + GATE_SUFFIX.encode("ascii"), key + self.note_suffix
+
+    def enter(self, name: str) -> MemcachedCommitPass | None:
+        server = self.backend.server_for(name)
+        key, gate, note_key = self._keys(name)
+        request = b"ma %s N%d J1 T%d\r\nmg %s\r\nmg %s v c\r\n" % (gate, GATE_TTL, GATE_TTL, key, note_key)
+        answers = server.call(ClientPool.meta, request, 3)
+        found, note = answers[1][0], answers[2]
+        cas = next((flag[1:] for flag in note[0].split()[1:] if flag.startswith(b"c")), None)
+        entered = MemcachedCommitPass(server, gate, note_key, self.note_ttl, note[1], cas)
+        if found.startswith(b"HD"):
+            entered.leave()
+            return None
+        return entered
+
+    def passing(self, name: str) -> int:
+        server = self.backend.server_for(name)
+        _, gate, _ = self._keys(name)
+        (_, count), = server.call(ClientPool.meta, b"mg %s v\r\n" % gate, 1)
+        return max(0, int(count)) if count is not None else 0
+
+    def drain(self, name: str, timeout: float) -> bytes | None:
+        server = self.backend.server_for(name)
+        _, gate, note_key = self._keys(name)
+        request = b"mg %s v\r\nmg %s v\r\n" % (gate, note_key)
+        deadline = time.monotonic() + timeout
+        pause = DRAIN_FIRST_POLL
+        while True:
+            (_, count), (_, note) = server.call(ClientPool.meta, request, 2)
+            if count is None or int(count) <= 0:
+                return note
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            time.sleep(min(pause, deadline - now))
+            pause = min(DRAIN_MAX_POLL, pause * 2)
+        server.call(ClientPool.meta, _meta_set(gate, b"0", b"T%d" % GATE_TTL), 1)
+        log = logger.debug if name in _reset_warned else logger.warning
+        _reset_warned.add(name)
+        log("%s optimistic commit(s) of lock %s still counted after %.1fs: counter reset (a process may "
+            "have died during a commit; ZODB's conflict detection still guards this one)",
+            int(count), name, timeout)
+        return note
