@@ -65,14 +65,12 @@ def run_show(command: list[str]) -> subprocess.CompletedProcess:
     return script(*command[1:])
 
 
-def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
+def test_documented_show_finds_the_lock_refresh_catalog_holds(catalog_site, memcached):
     command, fields = documented_show()
     assert fields["key"] == "Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog"
     txn = transaction.begin()
-    catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
+    catalog_site.portal_catalog.refreshCatalog()  # policy always: held until the transaction ends
     during_commit: list[subprocess.CompletedProcess] = []
-    # catalog_object's policy on-conflict takes the lock in a before-commit hook
-    # it registered: a hook added after it runs while the commit holds the lock.
     stored = "Products.ZCatalog.ZCatalog.ZCatalog:%2Fplone%2Fportal_catalog"
     txn.addBeforeCommitHook(lambda: during_commit.extend([
         run_show(command),
@@ -89,3 +87,19 @@ def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memca
     assert fields_of(by_name.stdout)["token"] == printed["token"]
     after = run_show(command)
     assert after.returncode == 1 and "is not locked" in after.stdout
+
+
+def test_show_counts_the_optimistic_commit_of_catalog_object(catalog_site, memcached):
+    """catalog_object's commit (policy on-conflict) passes the commit gate: show says so."""
+    command, _ = documented_show()
+    txn = transaction.begin()
+    catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
+    during_commit: list[subprocess.CompletedProcess] = []
+    txn.addBeforeCommitHook(lambda: during_commit.append(run_show(command)))  # runs after zlock's hook
+    transaction.commit()
+    shown, = during_commit
+    assert shown.returncode == 1
+    assert shown.stdout == ("Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog is not locked, "
+                            "1 optimistic commit(s) passing\n")
+    after = run_show(command)
+    assert after.stdout == "Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog is not locked\n"

@@ -268,10 +268,12 @@ def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     name = target_name(args)
     holder = find_holder(store, name)
     if holder is None:
+        passing = passing_commits(store, name)
         if args.json:
-            print_json({"name": name, "key": key_of(name), "held": False}, out)
+            print_json({"name": name, "key": key_of(name), "held": False, "passing": passing}, out)
         else:
-            out.write("%s is not locked\n" % clean(shown_key(name)))
+            out.write("%s is not locked%s\n" % (
+                clean(shown_key(name)), ", %d optimistic commit(s) passing" % passing if passing else ""))
         return EXIT_NO
     if args.json:
         print_json(dict(holder_json(holder), held=True), out)
@@ -290,6 +292,17 @@ def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     ]
     out.write("\n".join("%-9s %s" % (label, clean(value)) for label, value in rows) + "\n")
     return EXIT_OK
+
+
+def passing_commits(store, name: str) -> int:
+    """How many optimistic commits pass the lock's commit gate now (0 if the store has no gate)."""
+    gate = store.commit_gate
+    if gate is None:
+        return 0
+    try:
+        return gate.passing(name)
+    except BackendUnavailable:
+        return 0
 
 
 def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
