@@ -104,13 +104,14 @@ class ICommitPass(Interface):
 
     note = Attribute("The lock's note as it was when the pass was given (bytes or None).")
 
-    def leave(entry=None, whole=None):
-        """Record ``entry`` in the note (appended), then leave the gate.
+    def leave(entry=None, compact=None):
+        """Record ``entry`` (bytes) in the note, then leave the gate.
 
-        ``whole`` (optional) replaces the whole note instead, but only if
-        nobody changed it since the pass was given: a compaction that can
-        never drop another commit's entry.  Never raises: a pass that cannot
-        leave is forgotten by the next holder's ``drain``.
+        The entry is appended.  ``compact`` (optional), given a note,
+        returns it written whole with ``entry`` in it; a store calls it when
+        it can replace the note without dropping another commit's entry (a
+        long note of appended entries is compacted that way).  Never raises:
+        a pass that cannot leave is forgotten by the next holder's ``drain``.
         """
 
 

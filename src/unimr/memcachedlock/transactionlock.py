@@ -406,7 +406,10 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
     try:
         gate = backend.commit_gate
         if gate is not None:
-            return decode_note(gate.drain(lock.name, DRAIN_WAIT))
+            try:
+                return decode_note(gate.drain(lock.name, DRAIN_WAIT))
+            except BackendUnavailable as exc:
+                logger.debug("commit gate of lock %s not drained (%s)", lock.name, exc)
         return decode_note(backend.get_note(lock.name))
     except BackendUnavailable as exc:
         logger.debug("cannot read the note of lock %s (%s): view not checked", lock.name, exc)
@@ -816,15 +819,16 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
 def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
     """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError."""
     try:
-        entry = whole = None
+        entry = compact = None
         if status:
             tids = _committed_tids(txn, "on-conflict")
             entry = encode_entries(tids) if tids else None
             if entry and entered.note and entered.note.count(b" ") >= COMPACT_AT:
-                whole = encode_note({**decode_note(entered.note), **tids})
+                def compact(note: bytes | None) -> bytes:
+                    return encode_note({**decode_note(note), **tids})
         elif _conflicted():
             _mark(name, _locks_of(txn).pending[name], txn)
-        entered.leave(entry, whole)
+        entered.leave(entry, compact)
     except Exception:
         logger.exception("could not leave the commit gate of lock %s", name)
     finally:

@@ -53,100 +53,16 @@ from ..errors import BackendUnavailable, ConfigurationError
 from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease
 from .base import Backend
+from .filegate import FileCommitGate
+from .lockdir import (
+    LOCK_SUFFIX, NOTE_SUFFIX, OPEN_FLAGS, READ_FLAGS, NotRegularFile, open_regular,
+    open_to_read, prepare_lock_dir, read_note, remove_note, same_file, write_note,
+)
 
 logger = logging.getLogger(__name__)
 
-LOCK_SUFFIX = ".lock"
-NOTE_SUFFIX = ".note"
-NOTE_TTL = 86400
 #: Attempts to lock a path whose file is being removed and recreated by others.
 _REOPEN_ATTEMPTS = 8
-
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-class NotRegularFile(BackendUnavailable):
-    """A path in the lock directory is not a regular file (a FIFO, a device, a directory)."""
-
-
-def check_lock_dir(path: str) -> None:
-    """Refuse a lock directory others could tamper with; ConfigurationError names it and the fix.
-
-    It must be a directory, not a symlink, owned by this uid and not writable
-    by group or others.
-    """
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise ConfigurationError(
-            "cannot use lock directory %r (MEMCACHEDLOCK_DIR): %s" % (path, exc.strerror or exc)) from exc
-    if stat.S_ISLNK(info.st_mode):
-        raise ConfigurationError(
-            "lock directory %r (MEMCACHEDLOCK_DIR) is a symlink: point MEMCACHEDLOCK_DIR at the real "
-            "directory" % path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigurationError("lock directory %r (MEMCACHEDLOCK_DIR) is not a directory" % path)
-    uid = os.geteuid()
-    if info.st_uid != uid:
-        raise ConfigurationError(
-            "lock directory %r (MEMCACHEDLOCK_DIR) belongs to uid %d, not to this process's uid %d: "
-            "another user could remove lock files under a live holder; remove it or set "
-            "MEMCACHEDLOCK_DIR to a directory of your own" % (path, info.st_uid, uid))
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigurationError(
-            "lock directory %r (MEMCACHEDLOCK_DIR) is writable by group or others (mode %04o): "
-            "run chmod go-w %s" % (path, stat.S_IMODE(info.st_mode), path))
-
-
-def prepare_lock_dir(path: str, create: bool = True) -> str:
-    """Create ``path`` (mode 0700) if needed and check it is private and writable.
-
-    Returns the absolute path; raises ConfigurationError naming the directory.
-    With ``create=False`` a missing directory is left missing (nothing is
-    locked there) and an existing one is checked.
-    """
-    path = os.path.abspath(path)
-    if not os.path.lexists(path):
-        if not create:
-            return path
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                "cannot create lock directory %r (MEMCACHEDLOCK_DIR): %s" % (path, exc.strerror or exc)
-            ) from exc
-    check_lock_dir(path)
-    if create and not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigurationError(
-            "lock directory %r (MEMCACHEDLOCK_DIR) is not writable by uid %d" % (path, os.geteuid())
-        )
-    return path
-
-
-def _open_regular(path: str, flags: int, mode: int = 0o600) -> int:
-    """Open ``path`` without following a symlink or blocking; NotRegularFile unless it is a regular file."""
-    fd = os.open(path, flags, mode)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile("%s is not a regular file: the lock store does not use it; remove it" % path)
-        return fd  # inside the try: an interrupt before the return closes the descriptor
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _open_to_read(path: str, what: str) -> int | None:
-    """``path`` opened for reading (see ``_open_regular``), None if it does not exist.
-
-    Any other failure is BackendUnavailable, "cannot <what> <path>: <why>".
-    """
-    try:
-        return _open_regular(path, _READ_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise BackendUnavailable("cannot %s %s: %s" % (what, path, exc)) from exc
 
 
 def _made_by_us(fd: int) -> bool:
@@ -156,16 +72,6 @@ def _made_by_us(fd: int) -> bool:
         return False
     head = os.pread(fd, len(MAGIC) + 1, 0)
     return head in (b"", MAGIC + b" ")
-
-
-def _same_file(fd: int, path: str) -> bool:
-    """True if ``path`` still names the inode open as ``fd``."""
-    try:
-        on_disk = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
 def _write_value(fd: int, value: bytes) -> None:
@@ -191,7 +97,7 @@ class FileLease(Lease):
             if fd is None:
                 return False
             try:
-                ours = _same_file(fd, self.path)
+                ours = same_file(fd, self.path)
                 if ours:
                     os.unlink(self.path)
             finally:
@@ -209,7 +115,7 @@ class FileLease(Lease):
             if self.fd is None:
                 return False
             try:
-                if not _same_file(self.fd, self.path):
+                if not same_file(self.fd, self.path):
                     return False
                 value = renewed_value(self.value, ttl)
                 _write_value(self.fd, value)
@@ -238,6 +144,7 @@ class FileBackend(Backend):
     def __init__(self, directory: str, create: bool = True) -> None:
         """``create=False`` (for inspection: ``list``, ``show``, ``break``) never makes the directory."""
         self.directory = prepare_lock_dir(directory, create)
+        self.commit_gate = FileCommitGate(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FileBackend":
@@ -255,12 +162,12 @@ class FileBackend(Backend):
 
     def _open(self, path: str) -> int:
         try:
-            return _open_regular(path, _OPEN_FLAGS)
+            return open_regular(path, OPEN_FLAGS)
         except FileNotFoundError:
             # The directory was removed under us: make it again (checked), once.
             try:
                 prepare_lock_dir(self.directory)
-                return _open_regular(path, _OPEN_FLAGS)
+                return open_regular(path, OPEN_FLAGS)
             except ConfigurationError as exc:
                 raise BackendUnavailable(str(exc)) from exc
             except OSError as exc:
@@ -283,7 +190,7 @@ class FileBackend(Backend):
                 except OSError as exc:
                     raise BackendUnavailable("cannot lock %s: %s" % (path, exc)) from exc
                 try:
-                    if not _same_file(fd, path):
+                    if not same_file(fd, path):
                         # Its holder removed it on release after we opened it: the
                         # lock we got is on a dead inode.  Open the path again.
                         continue
@@ -309,7 +216,7 @@ class FileBackend(Backend):
         store made it.  Symlinks and non-regular files are skipped with a warning.
         """
         try:
-            fd = _open_regular(path, _READ_FLAGS)
+            fd = open_regular(path, READ_FLAGS)
         except FileNotFoundError:
             return None
         except NotRegularFile as exc:
@@ -325,7 +232,7 @@ class FileBackend(Backend):
                 fcntl.flock(fd, (fcntl.LOCK_EX if clean else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
                 return self._read_holder(fd, name)
-            if clean and _same_file(fd, path) and _made_by_us(fd):
+            if clean and same_file(fd, path) and _made_by_us(fd):
                 logger.debug("removing stale lock file %s", path)
                 os.unlink(path)
             return None
@@ -382,7 +289,7 @@ class FileBackend(Backend):
         changed and report the lock lost.  Only files the store made are removed.
         """
         path = self.path_for(name)
-        fd = _open_to_read(path, "open lock file")
+        fd = open_to_read(path, "open lock file")
         if fd is None:
             return False
         try:
@@ -396,7 +303,7 @@ class FileBackend(Backend):
                 recorded = decode_value(name, os.pread(fd, 4096, 0))
                 if not held or recorded is None or recorded.token != token:
                     return False
-            if _same_file(fd, path) and _made_by_us(fd):
+            if same_file(fd, path) and _made_by_us(fd):
                 os.unlink(path)
                 return held
             return False
@@ -408,72 +315,17 @@ class FileBackend(Backend):
 
     def get_note(self, name: str) -> bytes | None:
         """The note, if it is a regular file written in the last NOTE_TTL seconds (never a symlink's target)."""
-        return _read_note(self._note_path(name))
+        return read_note(self._note_path(name))
 
     def remove_note(self, name: str) -> None:
         """Forget ``name``'s note (the fallback store does when memcached has a newer one).
 
         Only a note the store wrote (a regular file of this uid) is removed.
         """
-        _remove_note(self._note_path(name), name)
+        remove_note(self._note_path(name), name)
 
     def set_note(self, name: str, value: bytes) -> None:
         """Write the note to a temporary file and rename it: readers never see half."""
         if not isinstance(value, bytes):
             raise TypeError("a note is bytes, not %s" % type(value).__name__)
-        _write_note(self.directory, self._note_path(name), value)
-
-
-# -- notes: one small file beside the lock file ------------------------------------------
-
-
-def _read_note(path: str) -> bytes | None:
-    fd = _open_to_read(path, "read note")
-    if fd is None:
-        return None
-    try:
-        if time.time() - os.fstat(fd).st_mtime > NOTE_TTL:
-            return None
-        return os.pread(fd, 65536, 0)
-    except OSError as exc:
-        raise BackendUnavailable("cannot read note %s: %s" % (path, exc)) from exc
-    finally:
-        os.close(fd)
-
-
-def _remove_note(path: str, name: str) -> None:
-    try:
-        info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise NotRegularFile("note %s was not written by the lock store: remove it" % path)
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except NotRegularFile:
-        raise
-    except OSError as exc:
-        raise BackendUnavailable("cannot remove note of %s: %s" % (name, exc)) from exc
-
-
-def _write_note(directory: str, path: str, value: bytes) -> None:
-    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(4).hex())
-    try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            try:
-                prepare_lock_dir(directory)
-            except ConfigurationError as exc:
-                raise BackendUnavailable(str(exc)) from exc
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, value)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise BackendUnavailable("cannot write note %s: %s" % (path, exc)) from exc
+        write_note(self.directory, self._note_path(name), value)

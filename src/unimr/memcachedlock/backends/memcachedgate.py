@@ -10,7 +10,7 @@ holder sees the count (and waits for it to drop).
 A pass appends its entry to the note (``ms`` mode A) and decrements the
 counter in one request, so a holder that saw the count drop reads every
 entry of the commits it waited for.  A long note is compacted by the pass
-that finds it so, with the cas read on entry: only a note nobody changed
+that found it so, with the cas read on entry: only a note nobody changed
 since is replaced, and the pass appends its own entry in the same request
 anyway, so no entry is ever dropped.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from zope.interface import implementer
 
@@ -68,12 +68,13 @@ class MemcachedCommitPass:
         self.note_cas = note_cas
         self.left = False
 
-    def leave(self, entry: bytes | None = None, whole: bytes | None = None) -> None:
+    def leave(self, entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
         if self.left:
             return
         self.left = True
         commands = []
-        if whole is not None and self.note_cas is not None:
+        if entry and compact is not None and self.note_cas is not None:
+            whole = compact(self.note)
             commands.append(_meta_set(self.note_key, whole, b"C%s T%d" % (self.note_cas, self.note_ttl)))
         if entry:
             commands.append(_meta_set(self.note_key, NOTE_HEADER, b"ME T%d" % self.note_ttl))

@@ -1,0 +1,186 @@
+"""The commit gate in the lock directory: a shared ``flock`` (see ``interfaces.ICommitGate``).
+
+An optimistic commit takes a shared flock on ``<name>.gate`` and then looks
+at the lock file; a holder takes the lock and then an exclusive flock on the
+gate file, which the kernel grants once every shared one is gone.  flock
+calls are atomic, so a commit and a holder never both miss each other.  A
+process that dies during its commit loses its flock with it: nothing to
+reset.
+
+A pass appends its entry to the note under an exclusive flock of the note
+file, after checking that the path still names the file it locked; a pass
+that found the note long compacts it instead, by a rename made while it
+holds that flock (a pass that waited for it then finds a new file).  A holder that
+has drained the gate writes the whole note as before (no pass is out).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from ..errors import BackendUnavailable
+from ..interfaces import ICommitGate, ICommitPass
+from .lockdir import LOCK_SUFFIX, NOTE_SUFFIX, OPEN_FLAGS, open_regular, open_to_read, same_file, write_note
+
+logger = logging.getLogger(__name__)
+
+GATE_SUFFIX = ".gate"
+#: What a note starts with (``transactionlock.NOTE_MAGIC``): the first entry is written after it.
+NOTE_HEADER = b"zlock2"
+#: First and longest pause between two tries of a flock while draining or appending.
+FIRST_POLL = 0.0005
+MAX_POLL = 0.01
+#: Longest wait of a pass for the note file's flock (other passes hold it for one write).
+NOTE_WAIT = 1.0
+#: Attempts to append to a note that is being replaced by others.
+_REOPEN_ATTEMPTS = 8
+
+_APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+#: Locks whose drain timed out: one warning per lock.
+_slow_warned: set[str] = set()
+
+
+def _flock_within(fd: int, operation: int, timeout: float) -> bool:
+    """``flock(fd, operation)`` without blocking longer than ``timeout`` seconds; True if granted."""
+    deadline = time.monotonic() + timeout
+    pause = FIRST_POLL
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(pause, deadline - now))
+        pause = min(MAX_POLL, pause * 2)
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return open_regular(path, flags)
+    except BackendUnavailable:
+        raise
+    except OSError as exc:
+        raise BackendUnavailable("cannot open %s: %s" % (path, exc)) from exc
+
+
+def _append_or_compact(path: str, directory: str, entry: bytes,
+                       compact: Callable[[bytes | None], bytes] | None) -> None:
+    """Append `` entry`` to the note at ``path``, or replace it by ``compact(note)``, under its flock."""
+    for _ in range(_REOPEN_ATTEMPTS):
+        fd = _open(path, _APPEND_FLAGS)
+        try:
+            if not _flock_within(fd, fcntl.LOCK_EX, NOTE_WAIT):
+                raise BackendUnavailable("note %s stayed locked for %.1fs" % (path, NOTE_WAIT))
+            if not same_file(fd, path):
+                continue  # replaced while we waited: append to the new one
+            size = os.fstat(fd).st_size
+            if compact is not None:
+                write_note(directory, path, compact(os.pread(fd, size, 0) or None))
+            else:
+                os.write(fd, (NOTE_HEADER if size == 0 else b"") + b" " + entry)
+            return
+        except OSError as exc:
+            raise BackendUnavailable("cannot append to note %s: %s" % (path, exc)) from exc
+        finally:
+            os.close(fd)
+    raise BackendUnavailable("note %s kept being replaced" % path)
+
+
+@implementer(ICommitPass)
+class FileCommitPass:
+    """One optimistic commit holding a shared flock on the gate file."""
+
+    __slots__ = ("fd", "note_path", "directory", "note", "left")
+
+    def __init__(self, fd: int, note_path: str, directory: str, note: bytes | None) -> None:
+        self.fd = fd
+        self.note_path = note_path
+        self.directory = directory
+        self.note = note
+        self.left = False
+
+    def leave(self, entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
+        if self.left:
+            return
+        self.left = True
+        try:
+            if entry:
+                _append_or_compact(self.note_path, self.directory, entry, compact)
+        except BackendUnavailable as exc:
+            logger.debug("could not record an optimistic commit in %s: %s", self.note_path, exc)
+        finally:
+            os.close(self.fd)  # drops the shared flock
+
+    def __repr__(self) -> str:
+        return "<commit pass %s%s>" % (self.note_path, " (left)" if self.left else "")
+
+
+@implementer(ICommitGate)
+class FileCommitGate:
+    """The commit gates of a file store: one gate file per lock name."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def _paths(self, name: str) -> tuple[str, str]:
+        base = self.backend.path_for(name)[: -len(LOCK_SUFFIX)]
+        return base + GATE_SUFFIX, base + NOTE_SUFFIX
+
+    def enter(self, name: str) -> FileCommitPass | None:
+        gate_path, note_path = self._paths(name)
+        fd = _open(gate_path, OPEN_FLAGS)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # a new holder is draining: it holds the lock
+            if self.backend.is_held(name):
+                return None
+            entered, fd = FileCommitPass(fd, note_path, self.backend.directory, self.backend.get_note(name)), None
+            return entered
+        except OSError as exc:
+            raise BackendUnavailable("cannot enter gate %s: %s" % (gate_path, exc)) from exc
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def passing(self, name: str) -> int:
+        """1 if commits are passing (flock does not count them), else 0."""
+        gate_path, _ = self._paths(name)
+        fd = open_to_read(gate_path, "read gate")
+        if fd is None:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return 0
+        except BlockingIOError:
+            return 1
+        finally:
+            os.close(fd)
+
+    def drain(self, name: str, timeout: float) -> bytes | None:
+        gate_path, _ = self._paths(name)
+        fd = open_to_read(gate_path, "read gate")
+        if fd is not None:
+            try:
+                drained = _flock_within(fd, fcntl.LOCK_EX, timeout)
+            except OSError as exc:
+                raise BackendUnavailable("cannot lock gate %s: %s" % (gate_path, exc)) from exc
+            finally:
+                os.close(fd)
+            if not drained:
+                log = logger.debug if name in _slow_warned else logger.warning
+                _slow_warned.add(name)
+                log("optimistic commits of lock %s still passing after %.1fs: going on (ZODB's conflict "
+                    "detection still guards this commit)", name, timeout)
+        return self.backend.get_note(name)
