@@ -117,8 +117,8 @@ DEFAULT_CONFLICTS = 1
 DEFAULT_TXN_WAIT = 5.0
 #: Longest wait of a new holder for the optimistic commits that passed the gate before it.
 DRAIN_WAIT = 2.0
-#: A note with more entries than this is written whole again by the next optimistic commit.
-COMPACT_AT = 32
+#: A note with this many entries is written whole again by the next optimistic commit.
+COMPACT_AT = 8
 
 #: ``always``: lock from the first call to the end of the transaction;
 #: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
@@ -386,17 +386,20 @@ def decode_note(value: bytes | None) -> dict[str, bytes]:
     if parts[0] != NOTE_MAGIC:
         logger.debug("ignoring a lock note not written by zlock: %r", value[:60])
         return {}
-    tids: dict[str, bytes] = {}
+    latest: dict[bytes, bytes] = {}
     for part in parts[1:]:
         name, sep, tid_hex = part.partition(b"=")
-        try:
-            tid = bytes.fromhex(tid_hex.decode("ascii"))
-            if not sep or len(tid) != 8:
-                raise ValueError(part)
-            identity = unquote(name.decode("ascii"))
-            tids[identity] = max(tid, tids.get(identity, tid))
-        except (ValueError, UnicodeDecodeError):
+        if sep and len(tid_hex) == 16:
+            if tid_hex > latest.get(name, b""):  # same-length lowercase hex orders like the tids
+                latest[name] = tid_hex
+        else:
             logger.debug("ignoring a malformed part of a lock note: %r", part[:60])
+    tids: dict[str, bytes] = {}
+    for name, tid_hex in latest.items():
+        try:
+            tids[unquote(name.decode("ascii"))] = bytes.fromhex(tid_hex.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            logger.debug("ignoring a malformed part of a lock note: %r", name[:60])
     return tids
 
 
@@ -557,6 +560,12 @@ _note_failures: set = set()
 
 #: Prefix of a note entry that records the last commit made with policy ``always`` (exclusively).
 EXCLUSIVE = "exclusive:"
+_EXCLUSIVE_STORED = quote(EXCLUSIVE, safe="").encode("ascii")
+
+
+def _has_exclusive(note: bytes | None) -> bool:
+    """True if a note (as stored) may record an exclusive commit: most do not, and need no parsing."""
+    return bool(note) and _EXCLUSIVE_STORED in note
 
 
 def _exclusive(note: dict[str, bytes]) -> dict[str, bytes]:
@@ -804,7 +813,7 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
     if entered is None:
         return False
     try:
-        if _stale(_connections(txn), _exclusive(decode_note(entered.note))):
+        if _has_exclusive(entered.note) and _stale(_connections(txn), _exclusive(decode_note(entered.note))):
             entered.leave()
             return False
         txn.addAfterCommitHook(_leave_gate, (entered, txn, name))

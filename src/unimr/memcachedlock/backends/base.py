@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Callable
 
 from zope.interface import implementer
 
 from .. import lease as _lease
-from ..interfaces import ILockBackend
+from ..interfaces import ICommitPass, ILockBackend
 
 
 @implementer(ILockBackend)
@@ -47,3 +48,24 @@ class Backend:
 
     def close(self) -> None:
         """Drop connections and file handles (the store stays usable)."""
+
+
+@implementer(ICommitPass)
+class CommitPass:
+    """Base of the stores' commit passes: owns leaving once; stores implement ``_leave``."""
+
+    __slots__ = ("note", "left")
+
+    def __init__(self, note: bytes | None) -> None:
+        self.note = note
+        self.left = False
+
+    def leave(self, entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
+        """Record ``entry`` (see ICommitPass) and leave the gate; a second call does nothing."""
+        if self.left:
+            return
+        self.left = True
+        self._leave(entry, compact)
+
+    def _leave(self, entry: bytes | None, compact: Callable[[bytes | None], bytes] | None) -> None:
+        raise NotImplementedError

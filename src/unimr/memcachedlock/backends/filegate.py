@@ -25,7 +25,8 @@ from typing import Any, Callable
 from zope.interface import implementer
 
 from ..errors import BackendUnavailable
-from ..interfaces import ICommitGate, ICommitPass
+from ..interfaces import ICommitGate
+from .base import CommitPass
 from .lockdir import LOCK_SUFFIX, NOTE_SUFFIX, OPEN_FLAGS, open_regular, open_to_read, same_file, write_note
 
 logger = logging.getLogger(__name__)
@@ -96,23 +97,16 @@ def _append_or_compact(path: str, directory: str, entry: bytes,
     raise BackendUnavailable("note %s kept being replaced" % path)
 
 
-@implementer(ICommitPass)
-class FileCommitPass:
+class FileCommitPass(CommitPass):
     """One optimistic commit holding a shared flock on the gate file."""
 
-    __slots__ = ("fd", "note_path", "directory", "note", "left")
+    __slots__ = ("fd", "note_path", "directory")
 
     def __init__(self, fd: int, note_path: str, directory: str, note: bytes | None) -> None:
-        self.fd = fd
-        self.note_path = note_path
-        self.directory = directory
-        self.note = note
-        self.left = False
+        super().__init__(note)
+        self.fd, self.note_path, self.directory = fd, note_path, directory
 
-    def leave(self, entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
-        if self.left:
-            return
-        self.left = True
+    def _leave(self, entry: bytes | None, compact: Callable[[bytes | None], bytes] | None) -> None:
         try:
             if entry:
                 _append_or_compact(self.note_path, self.directory, entry, compact)

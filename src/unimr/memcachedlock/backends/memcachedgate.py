@@ -28,7 +28,8 @@ from typing import Any, Callable
 from zope.interface import implementer
 
 from ..errors import BackendUnavailable
-from ..interfaces import ICommitGate, ICommitPass
+from ..interfaces import ICommitGate
+from .base import CommitPass
 from .pool import ClientPool
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ GATE_TTL = 60
 #: First and longest pause between two reads of the counter while draining.
 DRAIN_FIRST_POLL = 0.0005
 DRAIN_MAX_POLL = 0.01
-#: A note with more entries than this is compacted by the next pass.
-COMPACT_AT = 32
 #: What a note starts with (``transactionlock.NOTE_MAGIC``): the gate writes it before the first entry.
 NOTE_HEADER = b"zlock2"
 
@@ -52,26 +51,17 @@ def _meta_set(key: bytes, value: bytes, flags: bytes) -> bytes:
     return b"ms %s %d %s\r\n%s\r\n" % (key, len(value), flags, value)
 
 
-@implementer(ICommitPass)
-class MemcachedCommitPass:
+class MemcachedCommitPass(CommitPass):
     """One optimistic commit counted in ``gate`` (see the module docstring)."""
 
-    __slots__ = ("server", "gate", "note_key", "note_ttl", "note", "note_cas", "left")
+    __slots__ = ("server", "gate", "note_key", "note_ttl", "note_cas")
 
     def __init__(self, server: Any, gate: bytes, note_key: bytes, note_ttl: int,
                  note: bytes | None, note_cas: bytes | None) -> None:
-        self.server = server
-        self.gate = gate
-        self.note_key = note_key
-        self.note_ttl = note_ttl
-        self.note = note
-        self.note_cas = note_cas
-        self.left = False
+        super().__init__(note)
+        self.server, self.gate, self.note_key, self.note_ttl, self.note_cas = server, gate, note_key, note_ttl, note_cas
 
-    def leave(self, entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
-        if self.left:
-            return
-        self.left = True
+    def _leave(self, entry: bytes | None, compact: Callable[[bytes | None], bytes] | None) -> None:
         commands = []
         if entry and compact is not None and self.note_cas is not None:
             whole = compact(self.note)
