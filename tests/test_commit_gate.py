@@ -121,27 +121,28 @@ KILLED_IN_COMMIT = textwrap.dedent("""
 def test_a_process_killed_during_its_commit_delays_the_next_holder_once(store, caplog):
     """memcached keeps the dead pass's count until a holder's drain gives up and resets it (one
     warning); a flock dies with its process."""
+    name = "%s-%s" % (NAME, store)  # one warning per lock and process: a name of its own
     backend = registry.get_backend()
     gate = backend.commit_gate
-    child = subprocess.Popen([sys.executable, "-c", KILLED_IN_COMMIT, NAME], stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", KILLED_IN_COMMIT, name], stdout=subprocess.PIPE,
                              env=dict(os.environ))
     try:
         assert child.stdout.readline() == b"entered\n"
-        assert gate.passing(NAME) == 1
+        assert gate.passing(name) == 1
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     caplog.set_level(logging.WARNING)
-    lease = backend.acquire(NAME, 10)
-    gate.drain(NAME, 0.5)
+    lease = backend.acquire(name, 10)
+    gate.drain(name, 0.5)
     lease.release()
     resets = [r for r in caplog.records if "still" in r.getMessage()]
     assert len(resets) == (0 if store == "file" else 1)
-    assert gate.passing(NAME) == 0
-    entered = gate.enter(NAME)
+    assert gate.passing(name) == 0
+    entered = gate.enter(name)
     entered.leave()
-    lease = backend.acquire(NAME, 10)
-    gate.drain(NAME, 0.5)
+    lease = backend.acquire(name, 10)
+    gate.drain(name, 0.5)
     lease.release()
     assert len([r for r in caplog.records if "still" in r.getMessage()]) == len(resets)
 
