@@ -24,11 +24,14 @@ transaction, or after :data:`RESERVE_FOR` seconds (plus at most one renewal
 period) at the latest.
 
 That is policy ``always``.  Policy ``on-conflict`` (the catalog patch's
-default) is optimistic: the function runs unlocked and the lock is taken only
-at commit, by a before-commit hook (so every commit that touches the key's
-objects happens under the lock): an acquire, a read and a write of the
-lock's note (exclusive writers, see ``_check_exclusive_commits``) and a
-release.  ZODB's
+default) is optimistic: the function runs unlocked, and a before-commit hook
+passes the key's *commit gate* (``interfaces.ICommitGate``): optimistic
+commits go in together but never while the lock is held, and a new holder
+waits for those that passed before it, so no commit of the key's objects
+comes between a holder's view and its commit.  Two store round trips: into
+the gate (reading the note: exclusive writers, see
+``_check_exclusive_commits``) and out of it (appending the commit's tid).
+Stores without a gate take the lock at commit instead.  ZODB's
 conflict resolution decides as usual.  After ``conflicts`` ConflictErrors in
 a row (default 1; the catalog patch uses 3, so Zope's fourth and last try is
 the locked one) the key is *marked* for this thread, and the thread's next
