@@ -380,13 +380,14 @@ def encode_note(tids: dict[str, bytes]) -> bytes:
 def decode_note(value: bytes | None) -> dict[str, bytes]:
     """Parse a note; an absent or foreign one means no commit is known.
 
-    Optimistic commits append their entries, so a name may occur several
+    Optimistic commits append their entries (to an empty note if there was
+    none, which therefore starts with a space), so a name may occur several
     times: its newest commit is the highest tid.
     """
     if not value:
         return {}
     parts = value.split(b" ")
-    if parts[0] != NOTE_MAGIC:
+    if parts[0] not in (NOTE_MAGIC, b""):
         logger.debug("ignoring a lock note not written by zlock: %r", value[:60])
         return {}
     latest: dict[bytes, bytes] = {}
@@ -829,7 +830,11 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
 
 
 def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
-    """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError."""
+    """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError.
+
+    A failed commit is counted here, before the abort that follows it, so that
+    ``retry_will_lock`` tells the publisher at once (the count is deduped).
+    """
     try:
         entry = compact = None
         if status:

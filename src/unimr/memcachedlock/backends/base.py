@@ -1,7 +1,8 @@
-"""What every lock store shares: the process's lock id, waiting, release_all."""
+"""What every lock store shares: the process's lock id, waiting, release_all, commit passes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -11,6 +12,13 @@ from zope.interface import implementer
 
 from .. import lease as _lease
 from ..interfaces import ICommitPass, ILockBackend
+
+#: First and longest pause between two looks at a commit gate (seconds).
+FIRST_POLL = 0.0005
+MAX_POLL = 0.01
+
+#: Locks whose gate did not drain in time: one warning per lock and process.
+_slow_gates: set[str] = set()
 
 
 @implementer(ILockBackend)
@@ -69,3 +77,23 @@ class CommitPass:
 
     def _leave(self, entry: bytes | None, compact: Callable[[bytes | None], bytes] | None) -> None:
         raise NotImplementedError
+
+
+def poll(ready: Callable[[], bool], timeout: float) -> bool:
+    """Call ``ready`` until it is True (return True) or ``timeout`` seconds passed (return False), backing off."""
+    deadline = time.monotonic() + timeout
+    pause = FIRST_POLL
+    while not ready():
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(pause, deadline - now))
+        pause = min(MAX_POLL, pause * 2)
+    return True
+
+
+def gate_not_drained(logger: logging.Logger, message: str, name: str, *args: object) -> None:
+    """Log that lock ``name``'s gate did not drain: a warning the first time per lock, then debug."""
+    log = logger.debug if name in _slow_gates else logger.warning
+    _slow_gates.add(name)
+    log(message, name, *args)

@@ -19,24 +19,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import time
 from typing import Any, Callable
 
 from zope.interface import implementer
 
 from ..errors import BackendUnavailable
 from ..interfaces import ICommitGate
-from .base import CommitPass
+from .base import CommitPass, gate_not_drained, poll
 from .lockdir import LOCK_SUFFIX, NOTE_SUFFIX, OPEN_FLAGS, open_regular, open_to_read, same_file, write_note
 
 logger = logging.getLogger(__name__)
 
 GATE_SUFFIX = ".gate"
-#: What a note starts with (``transactionlock.NOTE_MAGIC``): the first entry is written after it.
-NOTE_HEADER = b"zlock2"
-#: First and longest pause between two tries of a flock while draining or appending.
-FIRST_POLL = 0.0005
-MAX_POLL = 0.01
 #: Longest wait of a pass for the note file's flock (other passes hold it for one write).
 NOTE_WAIT = 1.0
 #: Attempts to append to a note that is being replaced by others.
@@ -44,25 +38,18 @@ _REOPEN_ATTEMPTS = 8
 
 _APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
-#: Locks whose drain timed out: one warning per lock.
-_slow_warned: set[str] = set()
-
 
 def _flock_within(fd: int, operation: int, timeout: float) -> bool:
     """``flock(fd, operation)`` without blocking longer than ``timeout`` seconds; True if granted."""
-    deadline = time.monotonic() + timeout
-    pause = FIRST_POLL
-    while True:
+
+    def granted() -> bool:
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            pass
-        now = time.monotonic()
-        if now >= deadline:
             return False
-        time.sleep(min(pause, deadline - now))
-        pause = min(MAX_POLL, pause * 2)
+
+    return poll(granted, timeout)
 
 
 def _open(path: str, flags: int) -> int:
@@ -88,7 +75,7 @@ def _append_or_compact(path: str, directory: str, entry: bytes,
             if compact is not None:
                 write_note(directory, path, compact(os.pread(fd, size, 0) or None))
             else:
-                os.write(fd, (NOTE_HEADER if size == 0 else b"") + b" " + entry)
+                os.write(fd, b" " + entry)
             return
         except OSError as exc:
             raise BackendUnavailable("cannot append to note %s: %s" % (path, exc)) from exc
@@ -173,8 +160,6 @@ class FileCommitGate:
             finally:
                 os.close(fd)
             if not drained:
-                log = logger.debug if name in _slow_warned else logger.warning
-                _slow_warned.add(name)
-                log("optimistic commits of lock %s still passing after %.1fs: going on (ZODB's conflict "
-                    "detection still guards this commit)", name, timeout)
+                gate_not_drained(logger, "optimistic commits of lock %s still passing after %.1fs: going on "
+                                 "(ZODB's conflict detection still guards this commit)", name, timeout)
         return self.backend.get_note(name)

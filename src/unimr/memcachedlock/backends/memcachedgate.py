@@ -22,29 +22,20 @@ that dies inside a commit leaves its count behind; the next holder waits
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from zope.interface import implementer
 
 from ..errors import BackendUnavailable
 from ..interfaces import ICommitGate
-from .base import CommitPass
-from .pool import ClientPool
+from .base import CommitPass, gate_not_drained, poll
+from .pool import ClientPool, cas_flag
 
 logger = logging.getLogger(__name__)
 
 GATE_SUFFIX = "#gate"
 #: Seconds the counter outlives its last increment.
 GATE_TTL = 60
-#: First and longest pause between two reads of the counter while draining.
-DRAIN_FIRST_POLL = 0.0005
-DRAIN_MAX_POLL = 0.01
-#: What a note starts with (``transactionlock.NOTE_MAGIC``): the gate writes it before the first entry.
-NOTE_HEADER = b"zlock2"
-
-#: Locks whose counter was reset: one warning per lock.
-_reset_warned: set[str] = set()
 
 
 def _meta_set(key: bytes, value: bytes, flags: bytes) -> bytes:
@@ -67,7 +58,7 @@ class MemcachedCommitPass(CommitPass):
             whole = compact(self.note)
             commands.append(_meta_set(self.note_key, whole, b"C%s T%d" % (self.note_cas, self.note_ttl)))
         if entry:
-            commands.append(_meta_set(self.note_key, NOTE_HEADER, b"ME T%d" % self.note_ttl))
+            commands.append(_meta_set(self.note_key, b"", b"ME T%d" % self.note_ttl))  # append needs an item
             commands.append(_meta_set(self.note_key, b" " + entry, b"MA"))
         commands.append(b"ma %s MD\r\n" % self.gate)
         try:
@@ -99,8 +90,7 @@ class MemcachedCommitGate:
         request = b"ma %s N%d J1 T%d\r\nmg %s\r\nmg %s v c\r\n" % (gate, GATE_TTL, GATE_TTL, key, note_key)
         answers = server.call(ClientPool.meta, request, 3)
         found, note = answers[1][0], answers[2]
-        cas = next((flag[1:] for flag in note[0].split()[1:] if flag.startswith(b"c")), None)
-        entered = MemcachedCommitPass(server, gate, note_key, self.note_ttl, note[1], cas)
+        entered = MemcachedCommitPass(server, gate, note_key, self.note_ttl, note[1], cas_flag(note[0]))
         if found.startswith(b"HD"):
             entered.leave()
             return None
@@ -116,21 +106,15 @@ class MemcachedCommitGate:
         server = self.backend.server_for(name)
         _, gate, note_key = self._keys(name)
         request = b"mg %s v\r\nmg %s v\r\n" % (gate, note_key)
-        deadline = time.monotonic() + timeout
-        pause = DRAIN_FIRST_POLL
-        while True:
-            (_, count), (_, note) = server.call(ClientPool.meta, request, 2)
-            if count is None or int(count) <= 0:
-                return note
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            time.sleep(min(pause, deadline - now))
-            pause = min(DRAIN_MAX_POLL, pause * 2)
-        server.call(ClientPool.meta, _meta_set(gate, b"0", b"T%d" % GATE_TTL), 1)
-        log = logger.debug if name in _reset_warned else logger.warning
-        _reset_warned.add(name)
-        log("%s optimistic commit(s) of lock %s still counted after %.1fs: counter reset (a process may "
-            "have died during a commit; ZODB's conflict detection still guards this one)",
-            int(count), name, timeout)
-        return note
+        last: list = []
+
+        def empty() -> bool:
+            last[:] = [answer for _, answer in server.call(ClientPool.meta, request, 2)]
+            return last[0] is None or int(last[0]) <= 0
+
+        if not poll(empty, timeout):
+            server.call(ClientPool.meta, _meta_set(gate, b"0", b"T%d" % GATE_TTL), 1)
+            gate_not_drained(logger, "optimistic commits of lock %s still counted (%s) after %.1fs: counter "
+                             "reset (a process may have died during a commit; ZODB's conflict detection "
+                             "still guards this one)", name, int(last[0]), timeout)
+        return last[1]

@@ -126,7 +126,7 @@ class ClientPool:
         request = b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value)
         line, connection = self._exchange(request, _read_line)
         if line.startswith(b"HD"):
-            return True, _cas_flag(line), connection
+            return True, cas_flag(line), connection
         if line.startswith(b"NS"):
             return False, None, None
         _raise_for(line)
@@ -174,7 +174,7 @@ class ClientPool:
             return None
         status, other = answer
         if status.startswith(b"HD"):
-            new_cas = _cas_flag(status)
+            new_cas = cas_flag(status)
             return (new_cas, other) if new_cas else None
         if status.startswith((b"EX", b"NF", b"NS")):
             return None
@@ -263,7 +263,7 @@ def _read_data(sock: Any, buf: bytearray, size: int) -> bytes:
     return data
 
 
-def _cas_flag(status: bytes) -> bytes | None:
+def cas_flag(status: bytes) -> bytes | None:
     """The ``c`` flag (the item's cas) of a meta command's status line, or None."""
     return next((flag[1:] for flag in status.split()[1:] if flag.startswith(b"c")), None)
 
