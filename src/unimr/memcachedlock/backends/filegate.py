@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from typing import Any, Callable
 
 from zope.interface import implementer
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 GATE_SUFFIX = ".gate"
 #: Longest wait of a pass for the note file's flock (other passes hold it for one write).
 NOTE_WAIT = 1.0
-#: Attempts to append to a note that is being replaced by others.
-_REOPEN_ATTEMPTS = 8
 
 _APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
@@ -62,17 +61,25 @@ def _open(path: str, flags: int) -> int:
 
 
 def _append_or_compact(path: str, directory: str, entry: bytes,
-                       compact: Callable[[bytes | None], bytes] | None) -> None:
-    """Append `` entry`` to the note at ``path``, or replace it by ``compact(note)``, under its flock."""
-    for _ in range(_REOPEN_ATTEMPTS):
+                       compact: Callable[[bytes | None], bytes] | None, seen: int) -> None:
+    """Append `` entry`` to the note at ``path``, or replace it by ``compact(note)``, under its flock.
+
+    A note shorter than the ``seen`` bytes the pass found on entry was
+    compacted since: it is appended to, so that passes that found the same
+    long note do not each replace it (every replacement sends the passes
+    waiting for the old file's flock to open the new one).  Retries until
+    NOTE_WAIT seconds have passed, however often the file is replaced.
+    """
+    deadline = time.monotonic() + NOTE_WAIT
+    while True:
         fd = _open(path, _APPEND_FLAGS)
         try:
-            if not _flock_within(fd, fcntl.LOCK_EX, NOTE_WAIT):
+            if not _flock_within(fd, fcntl.LOCK_EX, max(0.0, deadline - time.monotonic())):
                 raise BackendUnavailable("note %s stayed locked for %.1fs" % (path, NOTE_WAIT))
             if not same_file(fd, path):
                 continue  # replaced while we waited: append to the new one
             size = os.fstat(fd).st_size
-            if compact is not None:
+            if compact is not None and size >= seen:
                 write_note(directory, path, compact(os.pread(fd, size, 0) or None))
             else:
                 os.write(fd, b" " + entry)
@@ -81,7 +88,6 @@ def _append_or_compact(path: str, directory: str, entry: bytes,
             raise BackendUnavailable("cannot append to note %s: %s" % (path, exc)) from exc
         finally:
             os.close(fd)
-    raise BackendUnavailable("note %s kept being replaced" % path)
 
 
 class FileCommitPass(CommitPass):
@@ -96,7 +102,7 @@ class FileCommitPass(CommitPass):
     def _leave(self, entry: bytes | None, compact: Callable[[bytes | None], bytes] | None) -> None:
         try:
             if entry:
-                _append_or_compact(self.note_path, self.directory, entry, compact)
+                _append_or_compact(self.note_path, self.directory, entry, compact, len(self.note or b""))
         except BackendUnavailable as exc:
             logger.debug("could not record an optimistic commit in %s: %s", self.note_path, exc)
         finally:
