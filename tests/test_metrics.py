@@ -39,6 +39,8 @@ def test_counts_per_prefix_with_percentiles():
         metrics.record_release("app.f:k%d" % i, i / 100.0)
     metrics.record_acquire("plain", 0.0, False)
     metrics.record_busy("app.f:x")
+    metrics.record_view_move("app.f:x")
+    metrics.record_view_move("app.f:y")
     metrics.record_timeout("app.f:x")
     snap = metrics.snapshot()
     app = snap["app.f"]
@@ -47,6 +49,7 @@ def test_counts_per_prefix_with_percentiles():
     assert app["wait_p50"] == pytest.approx(0.049) and app["wait_p99"] == pytest.approx(0.098)
     assert app["hold_p50"] == pytest.approx(0.49) and app["hold_p99"] == pytest.approx(0.98)
     assert app["busy_retries"] == 1 and app["timeouts"] == 1 and app["lost"] == 0 and app["fallbacks"] == 0
+    assert app["view_moves"] == 2
     assert snap["(other)"]["acquisitions"] == 1 and snap["(other)"]["hold_p50"] is None
 
 

@@ -20,11 +20,14 @@ def test_the_private_names_zlock_reads_still_exist():
     try:
         txn = manager.begin()
         conn.root()["canary"] = 1
+        txn.savepoint()
         instances = {
             "ZODB.Connection.Connection": conn,
+            "ZODB.Connection.TmpStore": conn._savepoint_storage,
             "ZODB.mvccadapter.MVCCAdapterInstance": conn._normal_storage,
             "transaction.Transaction": txn,
         }
+        assert zodbprivate.touched_oids(conn) == {conn.root()._p_oid}
         assert conn in zodbprivate.resources(txn)
         seen: list = []
         zodbprivate.each_synchronizer(txn, seen.append)
@@ -41,7 +44,24 @@ def test_the_private_names_zlock_reads_still_exist():
         assert isinstance(storage, MVCCAdapterInstance)
         assert zodbprivate.last_committed(storage) == db.lastTransaction()
         manager.begin()
-        assert zodbprivate.view_start(zodbprivate.normal_storage(conn)) is not None
+        storage = zodbprivate.normal_storage(conn)
+        start = zodbprivate.view_start(storage)
+        assert start is not None and zodbprivate.pending_invalidations(storage) == set()
+        other_manager = transaction.TransactionManager()
+        other = db.open(other_manager)
+        other_manager.begin()
+        other.root()["canary"] = 2
+        other_manager.commit()
+        other.close()
+        assert zodbprivate.pending_invalidations(storage) == {conn.root()._p_oid}
+        ghosted: list = []
+        assert zodbprivate.advance_view(storage, db.lastTransaction(), lambda oids: False, ghosted.append) is None
+        assert zodbprivate.view_start(storage) == start and ghosted == []
+        assert zodbprivate.advance_view(storage, db.lastTransaction(), lambda oids: True,
+                                        ghosted.append) == {conn.root()._p_oid}
+        assert ghosted == [{conn.root()._p_oid}]
+        assert zodbprivate.view_start(storage) > db.lastTransaction() >= start
+        assert zodbprivate.pending_invalidations(storage) == set()
     finally:
         manager.abort()
         conn.close()

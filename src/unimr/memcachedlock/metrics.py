@@ -4,7 +4,7 @@ A lock name made by a decorator reads ``module.function:key``; its prefix is
 the part before the first colon, so every catalog's lock counts under
 ``Products.ZCatalog.ZCatalog.ZCatalog.catalog_object``.  Per prefix the
 module counts acquisitions, contended acquisitions (waits), LockBusy
-retries, timeouts, fallbacks to the file store and lost leases, and keeps the
+retries, views moved forward in place instead, timeouts, fallbacks to the file store and lost leases, and keeps the
 last :data:`SAMPLES` wait and hold times for their p50/p99.  Recording is one
 dict update under a lock: cheap enough for every acquisition.
 
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 SAMPLES = 1000
 DEFAULT_INTERVAL = 60.0
 COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
-            "busy_retries", "timeouts", "fallbacks", "lost")
+            "busy_retries", "view_moves", "timeouts", "fallbacks", "lost")
 SNAPSHOT_FORMAT = 1
 #: Prefixes with a record of their own per process; the rest count under OTHER.
 MAX_PREFIXES = 64
@@ -137,6 +137,11 @@ def record_timeout(name: str) -> None:
 def record_busy(name: str) -> None:
     """zlock raised LockBusy, asking the transaction to be retried."""
     _count(name, "busy_retries")
+
+
+def record_view_move(name: str) -> None:
+    """zlock moved a transaction's view forward in place instead of raising LockBusy."""
+    _count(name, "view_moves")
 
 
 def record_fallback(name: str) -> None:

@@ -13,18 +13,24 @@ from before the first one's commit and conflicts anyway.  zlock therefore
 2. records, when a transaction commits under the lock, the tid it committed
    (a *note* in the lock store that outlives the lock);
 3. after taking the lock, compares that tid with the transaction's view.  If
-   the view is older, the function is not run: the lock is kept *reserved* for
-   this thread, the ZEO client is brought up to date (one server round trip),
-   and :class:`LockBusy` -- a ``ConflictError`` -- asks
-   ``transaction.manager.attempts()``, ``run()`` or the Zope publisher to retry.
-   The retry adopts the reservation without waiting and sees the commit.
+   the view is older, the ZEO client is brought up to date (one server round
+   trip if the commit has not arrived yet) and the view is moved forward in
+   place, provided nothing the transaction used before the lock was changed
+   by the newer commits (``viewrefresh``): the function then runs on the
+   current state, and no work is retried.  Otherwise the function is not
+   run: the lock is kept *reserved* for this thread and :class:`LockBusy` --
+   a ``ConflictError`` -- asks ``transaction.manager.attempts()``, ``run()``
+   or the Zope publisher to retry.  The retry adopts the reservation without
+   waiting and sees the commit.
 
 A reservation that no retry claims is freed at the end of the thread's next
 transaction, or after :data:`RESERVE_FOR` seconds (plus at most one renewal
-period) at the latest.
+period) at the latest.  Where each view begins is marked by this module's
+transaction synchronizer, registered for a thread when it first uses zlock:
+a thread's first transaction therefore cannot move its view (LockBusy).
 
-That is policy ``always``.  Policy ``on-conflict`` (the catalog patch's
-default) is optimistic: the function runs unlocked, and a before-commit hook
+That is policy ``always``, the catalog patch's.  Policy ``on-conflict`` is
+optimistic: the function runs unlocked, and a before-commit hook
 passes the key's *commit gate* (``interfaces.ICommitGate``): optimistic
 commits go in together but never while the lock is held, and a new holder
 waits for those that passed before it, so no commit of the key's objects
@@ -33,8 +39,8 @@ the gate (reading the note: exclusive writers, see
 ``_check_exclusive_commits``) and out of it (appending the commit's tid).
 Stores without a gate take the lock at commit instead.  ZODB's
 conflict resolution decides as usual.  After ``conflicts`` ConflictErrors in
-a row (default 1; the catalog patch uses 3, so Zope's fourth and last try is
-the locked one) the key is *marked* for this thread, and the thread's next
+a row (default 1; 3 makes Zope's fourth and last try the locked one) the key
+is *marked* for this thread, and the thread's next
 transaction takes the lock when it begins and brings its view forward (a
 server round trip and a poll of invalidations) before it reads anything.  That
 retry holds the lock for its whole transaction, so no other commit of the
@@ -72,7 +78,7 @@ import time
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, unquote
 
-from . import metrics, zodbprivate
+from . import metrics, viewrefresh, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -231,10 +237,19 @@ class _ReservationKeeper:
         self.reservations: dict[str, _Reservation] = {}
         self.marks: dict[str, _Request] = {}
         self.streaks: dict[str, _Streak] = {}
+        #: True while ``registerSynch`` runs: it calls newTransaction for the transaction in progress.
+        self.joining = False
 
     def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
-        """Take this thread's reserved and marked locks for ``txn`` and refresh its view."""
+        """Mark where the views begin; take this thread's reserved and marked locks for ``txn``.
+
+        Not a view's beginning when ``registerSynch`` calls it for the
+        transaction in progress: the transaction may have used objects, so no
+        mark is made (its uses stay unknown, and its view is never moved).
+        """
         try:
+            if not self.joining:
+                _mark_views(txn)
             _carry_streaks(txn, self)
             _claim_at_begin(txn, self)
         except Exception:
@@ -244,8 +259,13 @@ class _ReservationKeeper:
         """Nothing to do before a transaction ends."""
 
     def afterCompletion(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
-        """End the runs of ConflictErrors ``txn`` did not continue; release earlier reservations."""
+        """End the runs of ConflictErrors ``txn`` did not continue; release earlier reservations.
+
+        ZODB begins the connections' next views here too (for callers that
+        never call ``begin()``): mark where they begin.
+        """
         try:
+            _mark_views(txn)
             _end_streaks(txn, self)
             for name, reservation in list(self.reservations.items()):
                 if reservation.origin is not txn:
@@ -282,10 +302,20 @@ class _TxnLocks:
     passes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _mark_views(txn: object) -> None:
+    """The views of ``txn``'s connections begin now: nothing has been used on them (see viewrefresh)."""
+    for conn in _connections(txn):
+        viewrefresh.mark_view_begin(conn)
+
+
 def _register_keeper() -> _ReservationKeeper:
     keeper = _state.keeper
     if not _state.registered:
-        _transaction.manager.registerSynch(keeper)
+        keeper.joining = True
+        try:
+            _transaction.manager.registerSynch(keeper)
+        finally:
+            keeper.joining = False
         _state.registered = True
     return keeper
 
@@ -668,15 +698,25 @@ def _busy(key: object, timeout: float, waited: float) -> LockBusy:
     )
 
 
-def _acquire(the_lock: Lock, key: object, timeout: float, wait: float) -> None:
-    """Acquire within ``min(wait, txn_wait())`` seconds, else LockBusy naming the configured lease."""
+def _acquire(the_lock: Lock, key: object, timeout: float, wait: float,
+             before_waiting: Callable[[], None] | None = None) -> None:
+    """Acquire within ``min(wait, txn_wait())`` seconds, else LockBusy naming the configured lease.
+
+    ``before_waiting`` is called once if the lock is busy at first, before the wait.
+    """
     started = time.monotonic()
-    if not the_lock.acquire(timeout=min(wait, txn_wait())):
+    limit = min(wait, txn_wait())
+    if before_waiting is not None:
+        if the_lock.acquire(blocking=False):
+            return
+        before_waiting()
+        limit = max(0.0, limit - (time.monotonic() - started))
+    if not the_lock.acquire(timeout=limit):
         metrics.record_timeout(the_lock.name)
         raise _busy(key, timeout, time.monotonic() - started)
 
 
-def _take(request: _Request, policy: str) -> _Entry:
+def _take(request: _Request, policy: str, before_waiting: Callable[[], None] | None = None) -> _Entry:
     """Acquire (bounded wait) with the full lease and read the lock's note: every path that takes a lock.
 
     The full lease at once, as at commit and at begin: a short lease promoted
@@ -686,7 +726,7 @@ def _take(request: _Request, policy: str) -> _Entry:
     that dies inside the function does.
     """
     the_lock = Lock(request.key, request.timeout, request.interval)
-    _acquire(the_lock, request.key, request.timeout, request.wait)
+    _acquire(the_lock, request.key, request.timeout, request.wait, before_waiting)
     try:
         note = _read_note(the_lock)
     except BaseException:
@@ -903,8 +943,15 @@ def _fresh_after_ping(connections: list) -> bool:
 
 
 def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
-                adopted: bool, started: float) -> None:
-    """Raise LockBusy, keeping the lock reserved, if the view predates the last commit under the lock."""
+                adopted: bool, started: float, used: dict) -> None:
+    """Bring a view that predates the last commit under the lock forward, or raise LockBusy.
+
+    The view is moved forward in place when nothing the transaction used so
+    far (``used``: known before the wait, if there was one) was changed by
+    the newer commits (``viewrefresh``); otherwise
+    LockBusy keeps the lock reserved for the retry, which begins after that
+    commit.
+    """
     if policy == "always":
         _warn_unchecked(connections, name)
         stale = _stale(connections, entry.note)
@@ -914,15 +961,22 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
     else:
         stale = [] if adopted or _fresh_after_ping(connections) else [None]
         last = ""
-    if stale:
-        _reserve(entry, txn, name)
-        metrics.record_busy(name)
-        raise LockBusy(
-            message="lock %r is busy: the transaction's view predates the last commit made under it%s; "
-            "retry (lock reserved, waited %.3fs%s)"
-            % (key, last, time.monotonic() - started, ", reservation adopted" if adopted else ""),
-            key=key, reserved=True,
-        )
+    if not stale:
+        return
+    why = viewrefresh.refresh(connections, used)
+    if why is None:
+        metrics.record_view_move(name)
+        logger.debug("zlock %s: the view was moved forward in place past the last commit under the lock%s",
+                     name, last)
+        return
+    _reserve(entry, txn, name)
+    metrics.record_busy(name)
+    raise LockBusy(
+        message="lock %r is busy: the transaction's view predates the last commit made under it%s and %s; "
+        "retry (lock reserved, waited %.3fs%s)"
+        % (key, last, why, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+        key=key, reserved=True,
+    )
 
 
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
@@ -941,9 +995,11 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     ConflictErrors in a row in this thread's transactions that used the
     key, the next transaction takes the lock when it begins.
 
-    Raises :class:`LockBusy` (lock kept reserved) when the view is older than
-    the last commit under the lock, and LockBusy (not reserved) when the lock
-    could not be taken within ``min(wait, txn_wait())`` seconds.
+    A view older than the last commit under the lock is moved forward in
+    place if nothing the transaction used so far was changed since.  Raises
+    :class:`LockBusy` (lock kept reserved) when it cannot be, and LockBusy
+    (not reserved) when the lock could not be taken within ``min(wait,
+    txn_wait())`` seconds.
     """
     timeout, interval, wait = check_options(timeout, interval, wait, {})
     check_policy(policy, conflicts)
@@ -957,6 +1013,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     connections = _connections(txn)
     if not connections:
         return False
+    _register_keeper()  # from the thread's next transaction on, views are marked where they begin
     marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
     request = _Request(key, timeout, interval, wait, conflicts)
@@ -966,11 +1023,13 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
+    used: dict = {}
     if entry is None:
-        entry = _take(request, policy)
+        # What the transaction used is worked out while the lock is busy, not once it is held.
+        entry = _take(request, policy, lambda: used.update(viewrefresh.uses(connections)))
     entry.request.timeout = timeout
     try:
-        _check_view(entry, txn, connections, name, key, policy, adopted, started)
+        _check_view(entry, txn, connections, name, key, policy, adopted, started, used)
         _hold(txn, name, entry)
     except LockBusy:
         raise

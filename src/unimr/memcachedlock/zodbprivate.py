@@ -5,7 +5,12 @@ connection's storage instance (``Connection._normal_storage``), the tid its
 snapshot reads before and the last tid it committed
 (``MVCCAdapterInstance._start`` and ``._ltid``), and the resources and
 synchronizers of a transaction (``Transaction._resources`` and
-``._synchronizers``).  Keeping them here means one place to change when
+``._synchronizers``).  To move a view forward in the middle of a
+transaction (``viewrefresh.py``) it also reads the invalidations a storage
+instance has received but not yet applied (``._invalidations`` under
+``._lock``), and what the connection changed or asked to keep current
+(``Connection._registered_objects``, ``._readCurrent``, the oids in
+``._savepoint_storage.index``) and its pickle cache (``._cache``).  Keeping them here means one place to change when
 ZODB or transaction renames something, and one canary test
 (``tests/test_zodb_private.py``) that fails loudly when they do.  Each
 function degrades to "unknown" instead of raising.
@@ -15,10 +20,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+try:
+    from ZODB.utils import p64, u64
+except ImportError:  # zlock then behaves like rlock and never asks
+    p64 = u64 = None
+
 #: The private names read, per owner, as the canary test checks them.
 PRIVATE_NAMES = {
-    "ZODB.Connection.Connection": ("_normal_storage",),
-    "ZODB.mvccadapter.MVCCAdapterInstance": ("_start", "_ltid"),
+    "ZODB.Connection.Connection": ("_normal_storage", "_cache", "_registered_objects", "_savepoint_storage",
+                                   "_readCurrent"),
+    "ZODB.Connection.TmpStore": ("index",),
+    "ZODB.mvccadapter.MVCCAdapterInstance": ("_start", "_ltid", "_lock", "_invalidations"),
     "transaction.Transaction": ("_resources", "_synchronizers"),
 }
 
@@ -50,3 +62,66 @@ def each_synchronizer(txn: Any, function: Callable[[Any], None]) -> None:
     synchronizers = getattr(txn, "_synchronizers", None)
     if synchronizers is not None:
         synchronizers.map(function)
+
+
+def pickle_cache(conn: Any) -> Any:
+    """The connection's pickle cache, or None."""
+    return getattr(conn, "_cache", None)
+
+
+def touched_oids(conn: Any) -> set[bytes]:
+    """Oids the connection's transaction changed (also before a savepoint) or asked to keep current.
+
+    ``Connection._modified`` is not used: it is reset when a commit begins,
+    not when a transaction ends, so it still lists the last commit's objects.
+    """
+    oids = {obj._p_oid for obj in getattr(conn, "_registered_objects", ())}
+    savepoints = getattr(conn, "_savepoint_storage", None)
+    if savepoints is not None:
+        oids.update(savepoints.index)
+    oids.update(getattr(conn, "_readCurrent", {}))
+    return oids
+
+
+def pending_invalidations(storage: Any) -> set[bytes] | None:
+    """Oids changed by commits newer than the storage instance's view, or None if unknown.
+
+    These are the invalidations the instance has received and will apply
+    when its connection's next transaction begins.  None when the storage
+    keeps no such set (RelStorage) or its cache must be dropped whole.
+    """
+    lock = getattr(storage, "_lock", None)
+    if lock is None or view_start(storage) is None:
+        return None
+    with lock:
+        pending = getattr(storage, "_invalidations", None)
+        return None if pending is None else set(pending)
+
+
+def advance_view(storage: Any, last_tid: bytes, accept: Callable[[set[bytes]], bool],
+                 invalidate: Callable[[set[bytes]], None]) -> set[bytes] | None:
+    """Move the instance's view past every commit it has received; the oids those commits changed.
+
+    What ``poll_invalidations`` does when a transaction begins, but only if
+    ``accept(oids)`` agrees, with the instance's lock held so that no
+    invalidation arrives between the check and the move.  ``invalidate(oids)``
+    ghostifies them in the connection's cache before the view moves, and the
+    received set is emptied only after: an interrupt at any point leaves
+    either the old view, or the new view with every changed object a ghost
+    (its invalidation still queued for the next poll, which is harmless).
+    ``last_tid`` is the storage's ``lastTransaction()``, read by the caller
+    *before*: ZEO holds its cache lock while it takes this instance's lock,
+    so reading it here could deadlock.  Returns None, changing nothing, if
+    not accepted.
+    """
+    with storage._lock:
+        pending = storage._invalidations
+        if pending is None:
+            return None
+        oids = set(pending)
+        if not accept(oids):
+            return None
+        invalidate(oids)
+        storage._start = p64(u64(max(last_tid, storage._ltid)) + 1)
+        pending.difference_update(oids)
+        return oids

@@ -523,10 +523,11 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
             prefix, data["processes"], int(data["acquisitions"]), int(data["waits"]),
             seconds(data["wait_p50"]), seconds(data["wait_p99"]),
             seconds(data["hold_p50"]), seconds(data["hold_p99"]),
-            int(data["busy_retries"]), int(data["timeouts"]), int(data["fallbacks"]), int(data["lost"]),
+            int(data["busy_retries"]), int(data["view_moves"]), int(data["timeouts"]), int(data["fallbacks"]),
+            int(data["lost"]),
         ])
     out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
-                     "BUSY", "TIMEOUTS", "FALLBACKS", "LOST"), rows, right=tuple(range(1, 12))) + "\n")
+                     "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST"), rows, right=tuple(range(1, 13))) + "\n")
     return EXIT_OK
 
 
