@@ -27,10 +27,11 @@ a KeywordIndex and 9 metadata columns).  Two ways to reach the catalog:
 
 Modes, each on a fresh ZEO server: ``unpatched`` (Zope as shipped: ZCatalog's
 BTrees resolve most conflicts, the rest throw the request's work away) and
-``patched`` with each zlock policy (``on-conflict``, the default of the
-top-level ``configure.zcml`` with its ``conflicts="3"``, and ``always``);
-``on-conflict:N`` is on-conflict with ``conflicts=N`` (``on-conflict:1``:
-the first retry takes the lock).
+``patched`` with each zlock policy: ``always``, the default of the top-level
+``configure.zcml`` (every catalog write holds the lock to the end of its
+transaction; a waiter's view is moved forward in place), and ``on-conflict``
+(optimistic; ``conflicts="3"``: Zope's fourth and last try holds the lock
+from its begin); ``on-conflict:N`` is on-conflict with ``conflicts=N``.
 
 Printed per run: wall time, ``catalog_object`` runs wasted per commit (runs
 whose transaction did not commit), ConflictError and LockBusy retries, failed
@@ -67,7 +68,11 @@ WORDS = ("zope", "zodb", "zeo", "catalog", "lock", "memcached", "plone", "index"
 TRIES = 4
 CATALOGS = ("light", "heavy")
 PATHS = ("plain", "cmfcore")
-POLICIES = ("on-conflict", "always")
+POLICIES = ("always", "on-conflict")
+#: The policy of the site's configure.zcml (catalog.zcml).
+SITE_POLICY = "always"
+#: ``on-conflict`` alone: Zope's fourth and last try locked (its default max-conflict-retries is 3).
+ON_CONFLICT_CONFLICTS = 3
 #: Attributes the heavy catalog indexes (FieldIndex each) and stores as metadata.
 HEAVY_FIELDS = ("id", "title", "number", "portal_type", "review_state", "creator", "language", "created",
                 "modified")
@@ -124,11 +129,13 @@ def burn(work_ms: float) -> None:
 
 
 def split_mode(mode: str) -> tuple[str, int | None]:
-    """``on-conflict:1`` -> ("on-conflict", 1); a policy alone keeps the site's ``conflicts``."""
+    """``on-conflict:1`` -> ("on-conflict", 1); ``on-conflict`` alone locks Zope's last try (conflicts=3)."""
     policy, _, conflicts = mode.partition(":")
     if policy not in POLICIES or (conflicts and (not conflicts.isdigit() or policy != "on-conflict")):
         raise ValueError("unknown mode %r: use unpatched, %s or on-conflict:N" % (mode, ", ".join(POLICIES)))
-    return policy, int(conflicts) if conflicts else None
+    if policy == "on-conflict":
+        return policy, int(conflicts) if conflicts else ON_CONFLICT_CONFLICTS
+    return policy, None
 
 
 def apply_policy(mode: str) -> None:
@@ -141,7 +148,7 @@ def apply_policy(mode: str) -> None:
 
     xmlconfig.file(SITE_ZCML)
     policy, conflicts = split_mode(mode)
-    if policy == "on-conflict" and conflicts is None:
+    if policy == SITE_POLICY:
         return
     options = {"policy": policy} if conflicts is None else {"policy": policy, "conflicts": conflicts}
     for method in ("catalog_object", "uncatalog_object"):
@@ -247,7 +254,7 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(counts), flush=True)
 
 
-def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str = "on-conflict",
+def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str = SITE_POLICY,
              shape: str = "heavy", path: str = "plain", size: int = 0, immediate: bool = False,
              seed: int = 0) -> dict[str, Any]:
     """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy."""
@@ -375,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", choices=CATALOGS, default="heavy")
     parser.add_argument("--path", choices=PATHS, default="plain")
     parser.add_argument("--size", type=int, default=0, help="entries in the catalog before the run")
-    parser.add_argument("--modes", default="unpatched,on-conflict,always",
+    parser.add_argument("--modes", default="unpatched,always,on-conflict",
                         help="comma-separated: unpatched, zlock policies, on-conflict:N (conflicts=N)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode")
     parser.add_argument("--immediate", action="store_true", help="retry without Zope's back-off sleep")

@@ -19,47 +19,98 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
 
 
-def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(catalog_patch, zeo_server):
-    """Policy on-conflict (the site default): the calls run unlocked, and the commit
-    passes the catalog's one commit gate once, leaving the lock free for a holder
-    (who waits for the commit: see test_zlock_policies)."""
+def relock(method_policy: str) -> None:
+    """Re-lock catalog_object/uncatalog_object with another policy, as a site's overrides.zcml would."""
+    from Products.ZCatalog.ZCatalog import ZCatalog
+
+    from unimr.memcachedlock.zope import catalog as catalog_keys
+    from unimr.memcachedlock.zope import patch
+
+    for method in ("catalog_object", "uncatalog_object"):
+        patch.unlock_method(ZCatalog, method)
+        patch.lock_method(ZCatalog, method, catalog_keys.catalog_key, "zlock", name=catalog_keys.LOCK_NAME,
+                          policy=method_policy, conflicts=3 if method_policy == "on-conflict" else 1)
+
+
+def new_catalog(tm, conn):
+    from Products.ZCatalog.ZCatalog import ZCatalog
+
+    tm.begin()
+    conn.root()["catalog"] = ZCatalog("catalog")
+    tm.commit()
+
+
+class OtherThread:
+    """Looks at the catalog's lock from another thread: can it be taken, how many commits pass its gate."""
+
+    def __init__(self) -> None:
+        self.name = lock_name("Products.ZCatalog.ZCatalog.ZCatalog:catalog")
+        self.backend = registry.get_backend()
+        self.seen: list = []
+        self.passing: list = []
+
+    def look_now(self) -> None:
+        self.passing.append(self.backend.commit_gate.passing(self.name))
+        lease = self.backend.acquire(self.name, 5)
+        self.seen.append(lease is not None)
+        if lease is not None:
+            lease.release()
+
+    def look(self) -> None:
+        thread = threading.Thread(target=self.look_now)
+        thread.start()
+        thread.join(10)
+
+
+def test_catalog_and_uncatalog_share_one_lock_held_until_the_transaction_ends(catalog_patch, zeo_server):
+    """Policy always (the site default): the first call takes the catalog's lock, the other
+    calls re-enter it, and it is held through the commit, then released."""
     db = ZEO.DB(zeo_server.address)
     try:
         tm = transaction.manager  # zlock follows the thread's current transaction
         conn = db.open()
-        tm.begin()
-        from Products.ZCatalog.ZCatalog import ZCatalog
-
-        conn.root()["catalog"] = ZCatalog("catalog")
-        tm.commit()
-        name = lock_name("Products.ZCatalog.ZCatalog.ZCatalog:catalog")
-        backend = registry.get_backend()
-        seen: list = []
-        passing: list = []
-
-        def other_thread_can_take() -> None:
-            passing.append(backend.commit_gate.passing(name))
-            lease = backend.acquire(name, 5)
-            seen.append(lease is not None)
-            if lease is not None:
-                lease.release()
-
-        def in_other_thread() -> None:
-            thread = threading.Thread(target=other_thread_can_take)
-            thread.start()
-            thread.join(10)
-
+        new_catalog(tm, conn)
+        other = OtherThread()
         txn = tm.begin()
         catalog = conn.root()["catalog"]
         result = catalog.catalog_object(catalog_contention.Document("a", 1), "a")
         assert result is None  # ZCatalog 7.4's catalog_object returns None; the wrapper passes it on
-        in_other_thread()
+        other.look()
         catalog.uncatalog_object("a")
         catalog.catalog_object(catalog_contention.Document("b", 2), "b")
-        txn.addBeforeCommitHook(in_other_thread)  # runs after zlock's own before-commit hook
+        txn.addBeforeCommitHook(other.look)
         tm.commit()
-        other_thread_can_take()
-        assert seen == [True, True, True] and passing == [0, 1, 0]
+        other.look_now()
+        assert other.seen == [False, False, True] and other.passing == [0, 0, 0]
+        tm.begin()
+        assert sorted(conn.root()["catalog"]._catalog.uids.keys()) == ["b"]
+        tm.abort()
+        conn.close()
+    finally:
+        db.close()
+
+
+def test_on_conflict_catalog_calls_pass_the_gate_at_commit(catalog_patch, zeo_server):
+    """Policy on-conflict (overridden): the calls run unlocked, and the commit passes the
+    catalog's one commit gate once, leaving the lock free for a holder (who waits for the
+    commit: see test_zlock_policies)."""
+    relock("on-conflict")
+    db = ZEO.DB(zeo_server.address)
+    try:
+        tm = transaction.manager
+        conn = db.open()
+        new_catalog(tm, conn)
+        other = OtherThread()
+        txn = tm.begin()
+        catalog = conn.root()["catalog"]
+        catalog.catalog_object(catalog_contention.Document("a", 1), "a")
+        other.look()
+        catalog.uncatalog_object("a")
+        catalog.catalog_object(catalog_contention.Document("b", 2), "b")
+        txn.addBeforeCommitHook(other.look)  # runs after zlock's own before-commit hook
+        tm.commit()
+        other.look_now()
+        assert other.seen == [True, True, True] and other.passing == [0, 1, 0]
         tm.begin()
         assert sorted(conn.root()["catalog"]._catalog.uids.keys()) == ["b"]
         tm.abort()
@@ -69,9 +120,10 @@ def test_catalog_and_uncatalog_share_one_lock_taken_at_commit(catalog_patch, zeo
 
 
 @pytest.mark.slow
-def test_zeo_clients_fail_no_request_and_lose_nothing(memcached):
-    """The site default (on-conflict, conflicts=3): optimistic tries, the last one locked, none failed."""
-    result = catalog_contention.run_once(3, 10, 2.0, memcached.address, "on-conflict", immediate=True)
+@pytest.mark.parametrize("path", ["plain", "cmfcore"])
+def test_zeo_clients_fail_no_request_waste_nothing_and_lose_nothing(memcached, path):
+    """The site default (always): every catalog write takes turns, none conflicts or fails."""
+    result = catalog_contention.run_once(3, 10, 2.0, memcached.address, "always", path=path, immediate=True)
     assert result["commits"] == 30
-    assert result["failed"] == 0, result
+    assert result["failed"] == 0 and result["conflicts"] == 0 and result["wasted"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result

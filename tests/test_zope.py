@@ -85,9 +85,11 @@ def test_concurrent_catalog_requests_in_two_zope_processes(memcached, zeo_server
     # Nothing lost, nothing twice.
     assert set(content["uids"]) == expected
     assert content["entries"] == len(expected)
-    # Policy on-conflict: a request catalogs optimistically; one whose commit met a
-    # ConflictError is retried holding the lock from its begin, so it never fails twice.
-    conflicts = retried(logs, "ConflictError", "/@@mcl-index")
-    assert runs == len(expected) + conflicts + retried(logs, "LockBusy", "/@@mcl-index")
-    assert conflicts <= len(expected)
+    # Policy always (the site default): catalog writes take turns and a waiter's view is moved
+    # forward once it holds the lock, so no catalog commit conflicts and catalog_object runs once
+    # per document; a LockBusy (a thread's first request, whose uses zlock does not know yet)
+    # comes before catalog_object runs.
+    assert retried(logs, "ConflictError", "/@@mcl-index") == 0
+    assert runs == len(expected)
+    assert retried(logs, "LockBusy", "/@@mcl-index") <= 4  # 2 processes x 2 threads
     assert "Traceback" not in logs

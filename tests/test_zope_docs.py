@@ -20,6 +20,7 @@ from OFS.Folder import Folder
 from OFS.SimpleItem import SimpleItem
 from Products.ZCatalog.ZCatalog import ZCatalog
 
+from test_catalog import relock
 from test_cli import script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,8 +90,21 @@ def test_documented_show_finds_the_lock_refresh_catalog_holds(catalog_site, memc
     assert after.returncode == 1 and "is not locked" in after.stdout
 
 
+def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memcached):
+    """Policy always (the site default): catalog_object holds the lock until the commit ends."""
+    command, fields = documented_show()
+    transaction.begin()
+    catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
+    shown = run_show(command)
+    transaction.commit()
+    assert shown.returncode == 0, shown.stderr
+    assert fields_of(shown.stdout)["key"] == fields["key"]
+    assert run_show(command).returncode == 1
+
+
 def test_show_counts_the_optimistic_commit_of_catalog_object(catalog_site, memcached):
-    """catalog_object's commit (policy on-conflict) passes the commit gate: show says so."""
+    """catalog_object's commit with policy on-conflict (overridden) passes the commit gate: show says so."""
+    relock("on-conflict")
     command, _ = documented_show()
     txn = transaction.begin()
     catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
