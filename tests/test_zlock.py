@@ -29,7 +29,9 @@ from unimr.memcachedlock import transactionlock as zlock_module
 from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.transactionlock import LockBusy, decode_note, encode_note, lock_for_transaction, zlock
+from unimr.memcachedlock.transactionlock import (
+    MAX_NOTE_ENTRIES, LockBusy, decode_note, encode_note, lock_for_transaction, merge_note, storage_identity, zlock,
+)
 
 HOT = "hot-object"
 
@@ -463,6 +465,49 @@ def test_notes_round_trip_and_foreign_notes_are_ignored():
     assert decode_note(None) == {}
     assert decode_note(b"something else") == {}
     assert decode_note(b"zlock2 main=zz x=0102") == {}
+
+
+def test_a_note_keeps_the_entries_written_last_and_stays_bounded():
+    count = MAX_NOTE_ENTRIES + 14
+    old = {"zeo:gone-%d" % n: bytes([0] * 7 + [n]) for n in range(count)}
+    merged = merge_note(old, {"zeo:gone-3": b"\x09" * 8, "new": b"\x01" * 8})
+    assert len(merged) == MAX_NOTE_ENTRIES
+    assert list(merged)[-2:] == ["zeo:gone-3", "new"] and merged["zeo:gone-3"] == b"\x09" * 8
+    assert list(merged)[:-2] == ["zeo:gone-%d" % n for n in range(count - MAX_NOTE_ENTRIES + 2, count)]
+    # other processes' local storages go first, then the oldest of the rest
+    mine = storage_identity(type("Conn", (), {"db": lambda self: type("DB", (), {"storage": object()})()})())
+    others = {"local:elsewhere:1:%d" % n: b"\x01" * 8 for n in range(4)}
+    old = {"zeo:main": b"\x01" * 8, "exclusive:local:elsewhere:2:1": b"\x01" * 8, mine: b"\x01" * 8, **others,
+           **{"zeo:gone-%d" % n: b"\x01" * 8 for n in range(MAX_NOTE_ENTRIES - 6)}}
+    merged = merge_note(old, {"zeo:new": b"\x02" * 8, "zeo:newer": b"\x02" * 8})
+    assert len(merged) == MAX_NOTE_ENTRIES
+    assert "zeo:main" in merged and mine in merged and "exclusive:local:elsewhere:2:1" not in merged
+    assert [name for name in merged if name.startswith("local:elsewhere")] == ["local:elsewhere:1:2", "local:elsewhere:1:3"]
+    # appended entries: a name written again moves to the end, its highest tid kept
+    assert list(decode_note(b" a=0000000000000002 b=0000000000000001 a=0000000000000001").items()) == [
+        ("b", b"\x00" * 7 + b"\x01"), ("a", b"\x00" * 7 + b"\x02")]
+
+
+def test_storages_that_come_and_go_do_not_grow_the_note(memcached):
+    """Each process's temporary storage has an identity of its own: the note keeps the latest ones."""
+    transaction.abort()
+    databases = []  # kept open: a storage's identity includes id(storage)
+    for _ in range(MAX_NOTE_ENTRIES // 2 + 4):  # two entries per storage (policy always)
+        database = ZODB.DB(MappingStorage())
+        databases.append(database)
+        with database.transaction() as conn:
+            conn.root()["x"] = 1
+        conn = database.open()
+        transaction.begin()
+        assert lock_for_transaction(HOT) is True
+        conn.root()["x"] = 2
+        transaction.commit()
+        conn.close()
+        stored = decode_note(get_backend().get_note(lock_name(HOT)))
+        assert stored[storage_identity(conn)] == database.lastTransaction()
+    assert len(stored) == MAX_NOTE_ENTRIES
+    for database in databases:
+        database.close()
 
 
 @pytest.fixture

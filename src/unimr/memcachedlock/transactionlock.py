@@ -128,6 +128,8 @@ DEFAULT_TXN_WAIT = 5.0
 DRAIN_WAIT = 2.0
 #: A note with this many entries is written whole again by the next optimistic commit.
 COMPACT_AT = 8
+#: The most entries a note keeps (two per storage for policy always: its last and its last exclusive commit).
+MAX_NOTE_ENTRIES = 32
 
 #: ``always``: lock from the first call to the end of the transaction;
 #: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
@@ -364,6 +366,20 @@ def _connections(txn: object, joined_only: bool = False) -> list:
 _HOST = socket.gethostname()
 
 
+def _local_identity_prefix() -> str:
+    """The start of this process's local storage identities."""
+    return "local:%s:%d:" % (_HOST, os.getpid())
+
+
+def _strip_exclusive(name: str) -> str:
+    return name[len(EXCLUSIVE):] if name.startswith(EXCLUSIVE) else name
+
+
+def _is_local(name: str) -> bool:
+    """True for a note entry of a storage local to some process (see ``storage_identity``)."""
+    return _strip_exclusive(name).startswith("local:")
+
+
 def storage_identity(conn) -> str:
     """A name of the connection's storage that every client of a shared storage computes alike.
 
@@ -376,7 +392,7 @@ def storage_identity(conn) -> str:
     storage = conn.db().storage
     if _ClientStorage is not None and isinstance(storage, _ClientStorage):
         return "zeo:%s" % (storage.sortKey(),)
-    return "local:%s:%d:%x" % (_HOST, os.getpid(), id(storage))
+    return "%s%x" % (_local_identity_prefix(), id(storage))
 
 
 def _view_start(conn) -> bytes | None:
@@ -397,9 +413,9 @@ def _committed_tid(conn) -> bytes | None:
 
 
 def encode_entries(tids: dict[str, bytes]) -> bytes:
-    """Note entries: ``identity=tid`` for each storage, as appended by an optimistic commit."""
-    return b" ".join(quote(name, safe="").encode("ascii") + b"=" + tids[name].hex().encode("ascii")
-                     for name in sorted(tids))
+    """Note entries: ``identity=tid`` for each storage, in the dict's order, as appended by an optimistic commit."""
+    return b" ".join(quote(name, safe="").encode("ascii") + b"=" + tid.hex().encode("ascii")
+                     for name, tid in tids.items())
 
 
 def encode_note(tids: dict[str, bytes]) -> bytes:
@@ -407,12 +423,34 @@ def encode_note(tids: dict[str, bytes]) -> bytes:
     return NOTE_MAGIC + b" " + encode_entries(tids) if tids else NOTE_MAGIC
 
 
+def merge_note(note: dict[str, bytes], fresh: dict[str, bytes]) -> dict[str, bytes]:
+    """The note after a commit: ``fresh`` entries last, the others before them, at most MAX_NOTE_ENTRIES.
+
+    Storage identities come and go (a temporary storage's includes its
+    process id, a ZEO server may move), so the note is bounded.  Over the
+    bound, entries of other processes' local storages go first (only their
+    own process compares them, and it writes them again with its next
+    commit), then the entries written longest ago.
+    """
+    merged = {name: tid for name, tid in note.items() if name not in fresh}
+    merged.update(fresh)
+    excess = len(merged) - MAX_NOTE_ENTRIES
+    if excess > 0:
+        mine = _local_identity_prefix()
+        older = [name for name in merged if name not in fresh]
+        foreign = [name for name in older if _is_local(name) and not _strip_exclusive(name).startswith(mine)]
+        for name in (foreign + [name for name in older if name not in foreign])[:excess]:
+            del merged[name]
+    return merged
+
+
 def decode_note(value: bytes | None) -> dict[str, bytes]:
     """Parse a note; an absent or foreign one means no commit is known.
 
     Optimistic commits append their entries (to an empty note if there was
     none, which therefore starts with a space), so a name may occur several
-    times: its newest commit is the highest tid.
+    times: its newest commit is the highest tid.  Names come in the order
+    they were last written.
     """
     if not value:
         return {}
@@ -424,8 +462,8 @@ def decode_note(value: bytes | None) -> dict[str, bytes]:
     for part in parts[1:]:
         name, sep, tid_hex = part.partition(b"=")
         if sep and len(tid_hex) == 16:
-            if tid_hex > latest.get(name, b""):  # same-length lowercase hex orders like the tids
-                latest[name] = tid_hex
+            previous = latest.pop(name, b"")  # same-length lowercase hex orders like the tids
+            latest[name] = max(previous, tid_hex)
         else:
             logger.debug("ignoring a malformed part of a lock note: %r", part[:60])
     tids: dict[str, bytes] = {}
@@ -624,7 +662,7 @@ def _write_note(entry: _Entry, txn: object) -> None:
     """Record the commit just made under the lock (the whole note: nobody else writes it now)."""
     tids = _committed_tids(txn, entry.policy)
     if tids:
-        entry.lock.backend.set_note(entry.lock.name, encode_note({**entry.note, **tids}))
+        entry.lock.backend.set_note(entry.lock.name, encode_note(merge_note(entry.note, tids)))
         _note_failures.clear()
 
 
@@ -882,7 +920,7 @@ def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
             entry = encode_entries(tids) if tids else None
             if entry and entered.note and entered.note.count(b" ") >= COMPACT_AT:
                 def compact(note: bytes | None) -> bytes:
-                    return encode_note({**decode_note(note), **tids})
+                    return encode_note(merge_note(decode_note(note), tids))
         elif _conflicted():
             _mark(name, _locks_of(txn).pending[name], txn)
         entered.leave(entry, compact)
