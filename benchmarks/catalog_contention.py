@@ -264,9 +264,11 @@ def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str 
     sys.path.insert(0, TESTS)
     from zeoserver import ZEOServer
 
-    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=servers, MEMCACHEDLOCK_BACKEND="memcached",
-               PYTHONPATH=os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])))
     with ZEOServer() as zeo:
+        # Keys of their own per run: a site's lock notes hold one ZEO server, not every run's.
+        env = dict(os.environ, MEMCACHEDLOCK_SERVERS=servers, MEMCACHEDLOCK_BACKEND="memcached",
+                   MEMCACHEDLOCK_PREFIX="bench%d:" % zeo.port,
+                   PYTHONPATH=os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])))
         db = ZEO.DB(zeo.address)
         conn = db.open()
         make_catalog(conn, size, shape)
