@@ -252,3 +252,17 @@ def test_a_thread_that_never_used_zlock_never_moves_its_view(memcached, zeo_serv
     thread.join(30)
     db.close()
     assert len(outcome) == 1 and "what it used so far is unknown" in outcome[0], outcome
+
+
+def test_a_failing_prefetch_does_not_fail_the_move(waiter, zeo_server, monkeypatch):
+    """The prefetch only saves round trips: if ZEO refuses it, the loads fetch what they need."""
+    def refuse(*oids):
+        raise ConnectionError("ZEO went away for a moment")
+
+    monkeypatch.setattr(waiter, "prefetch", refuse)
+    transaction.begin()
+    root = waiter.root()
+    other_client_bumps(zeo_server.address)
+    assert bump(root) == 3
+    transaction.commit()
+    assert moves() == (1, 0)

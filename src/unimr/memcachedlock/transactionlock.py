@@ -986,9 +986,8 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 
     The view is moved forward in place when nothing the transaction used so
     far (``used``: known before the wait, if there was one) was changed by
-    the newer commits (``viewrefresh``); otherwise
-    LockBusy keeps the lock reserved for the retry, which begins after that
-    commit.
+    the newer commits (``viewrefresh``); otherwise LockBusy keeps the lock
+    reserved for the retry, which begins after that commit.
     """
     if policy == "always":
         _warn_unchecked(connections, name)

@@ -218,7 +218,10 @@ def _move(conn: Any, storage: Any, reads: _Reads, checked: set[bytes]) -> str | 
     if oids is None:
         return _why(refused[0]) if refused else "its view cannot be moved now"
     if wanted:
-        conn.prefetch(wanted)
+        try:
+            conn.prefetch(wanted)
+        except Exception as exc:  # only a speed-up: the loads that follow fetch what is missing
+            logger.debug("prefetch after moving the view of %r failed: %s", conn, exc)
     logger.debug("view of %r moved forward in place: %d objects changed, %d prefetched",
                  conn, len(oids), len(wanted))
     return None
