@@ -266,3 +266,18 @@ def test_a_failing_prefetch_does_not_fail_the_move(waiter, zeo_server, monkeypat
     assert bump(root) == 3
     transaction.commit()
     assert moves() == (1, 0)
+
+
+def test_a_client_that_must_drop_its_cache_retries(waiter, zeo_server):
+    """ZEO tells a reconnected client with too old a cache to drop it (invalidations unknown): no move."""
+    from unimr.memcachedlock import zodbprivate
+
+    transaction.begin()
+    root = waiter.root()
+    other_client_bumps(zeo_server.address)
+    zodbprivate.normal_storage(waiter)._invalidateCache()  # what DB.invalidateCache does after a stale reconnect
+    with pytest.raises(LockBusy, match="its view cannot be moved"):
+        bump(root)
+    transaction.abort()
+    with transaction.manager:  # the retry begins on a fresh view (the whole cache dropped)
+        assert bump(waiter.root()) == 3
