@@ -7,7 +7,9 @@ through ``ZPublisher.WSGIPublisher.publish_module`` as in production.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -93,3 +95,15 @@ def test_concurrent_catalog_requests_in_two_zope_processes(memcached, zeo_server
     assert runs == len(expected)
     assert retried(logs, "LockBusy", "/@@mcl-index") <= 4  # 2 processes x 2 threads
     assert "Traceback" not in logs
+
+
+@pytest.mark.slow
+def test_cmfcore_indexing_queue_through_the_publisher(memcached):
+    """Plone's path through the real publisher: the queue catalogs inside commit(), the view moves there."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import publisher_contention
+
+    result = publisher_contention.run_once("patched", 2, 2, 4, 3.0, "cmfcore", memcached.address)
+    assert result["failed"] == 0 and result["missing"] == 0, result
+    assert result["conflicts"] == 0 and result["wasted"] == 0, result
+    assert result["busy"] <= 4, result  # each worker thread's first request at most

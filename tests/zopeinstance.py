@@ -8,7 +8,8 @@ a free loopback port.  Nothing is mocked; the views below are what a site's
 code would do:
 
 ``@@mcl-setup?size=N``  create ``/catalog`` (a ZCatalog with typical indexes)
-``@@mcl-index?uid=U&work_ms=W``  W ms of CPU work, then ``catalog_object``
+``@@mcl-index?uid=U&work_ms=W[&queue=1]``  W ms of CPU work, then ``catalog_object``
+(with ``queue``, through Products.CMFCore's indexing queue at commit)
 ``@@mcl-count``  the catalog's entries and uids, as JSON
 ``@@mcl-raise?kind=busy|conflict&times=T&token=X``  raise LockBusy or a
 ConflictError on the first T attempts of request X, then report the attempts'
@@ -114,15 +115,62 @@ class Setup(BrowserView):
 
 
 class IndexDocument(BrowserView):
-    """A request that does its own work, then catalogs one document."""
+    """A request that does its own work, then catalogs one document.
+
+    With ``queue=1`` the document is queued in Products.CMFCore's indexing
+    queue instead, as Plone does: the queue's before-commit hook catalogs it
+    through :class:`QueueProcessor`, inside ``commit()``.
+    """
 
     def __call__(self) -> str:
         uid = self.request.form["uid"]
         burn(float(self.request.form.get("work_ms", 0)))
-        self.context.catalog.catalog_object(Document(uid), uid)
-        with _stats_lock:
-            STATS["runs"] += 1
+        document = Document(uid)
+        if self.request.form.get("queue"):
+            from Products.CMFCore.indexing import getQueue
+
+            document.catalog = self.context.catalog
+            getQueue().index(document)
+        else:
+            catalog_document(self.context.catalog, document)
         return "ok"
+
+
+def catalog_document(catalog, document: Document) -> None:
+    catalog.catalog_object(document, document.id)
+    with _stats_lock:
+        STATS["runs"] += 1
+
+
+class QueueProcessor:
+    """An ``IIndexQueueProcessor`` that catalogs queued documents into their catalog."""
+
+    def index(self, obj, attributes=None) -> None:
+        catalog_document(obj.catalog, obj)
+
+    def reindex(self, obj, attributes=None, update_metadata=1) -> None:
+        self.index(obj, attributes)
+
+    def unindex(self, obj) -> None:
+        obj.catalog.uncatalog_object(obj.id)
+
+    def begin(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def register_queue_processor() -> None:
+    from Products.CMFCore.interfaces import IIndexQueueProcessor
+    from zope.component import provideUtility
+    from zope.interface import classImplements
+
+    classImplements(QueueProcessor, IIndexQueueProcessor)
+    provideUtility(QueueProcessor(), IIndexQueueProcessor, name="zopeinstance")
 
 
 class Count(BrowserView):
@@ -177,6 +225,7 @@ def serve(directory: str, port: int, threads: int) -> None:
     from Zope2.Startup.run import make_wsgi_app
 
     app = make_wsgi_app({}, os.path.join(directory, "etc", "zope.conf"))
+    register_queue_processor()
     waitress.serve(stats_middleware(app), host="127.0.0.1", port=port, threads=threads,
                    _quiet=True)
 
