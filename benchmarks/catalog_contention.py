@@ -140,16 +140,21 @@ def split_mode(mode: str) -> tuple[str, int | None]:
 
 def apply_policy(mode: str) -> None:
     """Load the site's configure.zcml; re-lock the catalog methods if ``mode`` is not its default."""
-    from Products.ZCatalog.ZCatalog import ZCatalog
     from zope.configuration import xmlconfig
+
+    xmlconfig.file(SITE_ZCML)
+    policy, conflicts = split_mode(mode)
+    if policy != SITE_POLICY:
+        relock_catalog(policy, conflicts)
+
+
+def relock_catalog(policy: str, conflicts: int | None = None) -> None:
+    """Lock catalog_object and uncatalog_object with another policy, as a site's overrides.zcml would."""
+    from Products.ZCatalog.ZCatalog import ZCatalog
 
     from unimr.memcachedlock.zope import catalog as catalog_keys
     from unimr.memcachedlock.zope import patch
 
-    xmlconfig.file(SITE_ZCML)
-    policy, conflicts = split_mode(mode)
-    if policy == SITE_POLICY:
-        return
     options = {"policy": policy} if conflicts is None else {"policy": policy, "conflicts": conflicts}
     for method in ("catalog_object", "uncatalog_object"):
         patch.unlock_method(ZCatalog, method)

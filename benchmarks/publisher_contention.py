@@ -85,9 +85,11 @@ def run_once(mode: str, processes: int, threads: int, docs: int, work_ms: float,
             for zope in zopes:
                 zope.__exit__(None, None, None)
     expected = {"p%d-t%d-%d" % (p, t, n) for p in range(processes) for t in range(threads) for n in range(docs)}
+    uids = set(content["uids"])
     return dict(mode=mode, wall=wall, conflicts=retried(log, "ConflictError"), busy=retried(log, "LockBusy"),
-                wasted=runs - len(expected) + len(failed), failed=len(failed),
-                missing=len(expected - set(content["uids"])) - len(failed))
+                runs=runs, wasted=runs - len(expected) + len(failed), failed=len(failed),
+                missing=len(expected - uids) - len(failed), unexpected=len(uids - expected),
+                entries=content["entries"], documents=len(expected), tracebacks=log.count("Traceback"))
 
 
 def describe(result: dict) -> str:

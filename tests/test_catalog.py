@@ -19,19 +19,6 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
 
 
-def relock(method_policy: str) -> None:
-    """Re-lock catalog_object/uncatalog_object with another policy, as a site's overrides.zcml would."""
-    from Products.ZCatalog.ZCatalog import ZCatalog
-
-    from unimr.memcachedlock.zope import catalog as catalog_keys
-    from unimr.memcachedlock.zope import patch
-
-    for method in ("catalog_object", "uncatalog_object"):
-        patch.unlock_method(ZCatalog, method)
-        patch.lock_method(ZCatalog, method, catalog_keys.catalog_key, "zlock", name=catalog_keys.LOCK_NAME,
-                          policy=method_policy, conflicts=3 if method_policy == "on-conflict" else 1)
-
-
 def new_catalog(tm, conn):
     from Products.ZCatalog.ZCatalog import ZCatalog
 
@@ -94,7 +81,7 @@ def test_on_conflict_catalog_calls_pass_the_gate_at_commit(catalog_patch, zeo_se
     """Policy on-conflict (overridden): the calls run unlocked, and the commit passes the
     catalog's one commit gate once, leaving the lock free for a holder (who waits for the
     commit: see test_zlock_policies)."""
-    relock("on-conflict")
+    catalog_contention.relock_catalog("on-conflict", 3)
     db = ZEO.DB(zeo_server.address)
     try:
         tm = transaction.manager

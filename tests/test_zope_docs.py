@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 import transaction
@@ -20,10 +21,12 @@ from OFS.Folder import Folder
 from OFS.SimpleItem import SimpleItem
 from Products.ZCatalog.ZCatalog import ZCatalog
 
-from test_catalog import relock
 from test_cli import script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import catalog_contention  # noqa: E402  (benchmarks/ is not a package)
 
 
 def documented_show() -> tuple[list[str], dict[str, str]]:
@@ -104,7 +107,7 @@ def test_documented_show_finds_the_lock_catalog_object_holds(catalog_site, memca
 
 def test_show_counts_the_optimistic_commit_of_catalog_object(catalog_site, memcached):
     """catalog_object's commit with policy on-conflict (overridden) passes the commit gate: show says so."""
-    relock("on-conflict")
+    catalog_contention.relock_catalog("on-conflict", 3)
     command, _ = documented_show()
     txn = transaction.begin()
     catalog_site.portal_catalog.catalog_object(SimpleItem(), "/plone/front-page")
