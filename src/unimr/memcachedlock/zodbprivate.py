@@ -10,10 +10,11 @@ transaction (``viewrefresh.py``) it also reads the invalidations a storage
 instance has received but not yet applied (``._invalidations`` under
 ``._lock``), and what the connection changed or asked to keep current
 (``Connection._registered_objects``, ``._readCurrent``, the oids in
-``._savepoint_storage.index``) and its pickle cache (``._cache``).  Keeping them here means one place to change when
-ZODB or transaction renames something, and one canary test
-(``tests/test_zodb_private.py``) that fails loudly when they do.  Each
-function degrades to "unknown" instead of raising.
+``._savepoint_storage.index``) and its pickle cache (``._cache``).
+Keeping them here means one place to change when ZODB or transaction
+renames something, and one canary test (``tests/test_zodb_private.py``)
+that fails loudly when they do.  Each function degrades to "unknown"
+instead of raising.
 """
 
 from __future__ import annotations
