@@ -290,3 +290,67 @@ def test_stores_provide_the_backend_interface(file_store, lock_dir):
     assert verifyObject(ILease, lease)
     lease.release()
     fallback.close()
+
+
+TRY_HOLD = r"""
+import sys
+from unimr.memcachedlock.locks import Lock
+lock = Lock("two-working-directories")
+try:
+    held = lock.acquire(blocking=False)
+except Exception as exc:
+    print("%s: %s" % (type(exc).__name__, exc), flush=True)
+    sys.exit(2)
+print("held" if held else "refused", flush=True)
+sys.stdin.readline()
+"""
+
+
+def try_to_hold(cwd, lock_dir: str) -> subprocess.Popen:
+    """A process in ``cwd`` on the file store at ``lock_dir`` that tries the key once and says what happened."""
+    env = dict(os.environ, MEMCACHEDLOCK_BACKEND="file", MEMCACHEDLOCK_DIR=lock_dir)
+    return subprocess.Popen([sys.executable, "-c", TRY_HOLD], cwd=str(cwd), env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def both_try(tmp_path, lock_dir: str) -> list[tuple[str, int]]:
+    """Two processes in different working directories try the same key, the second while the first holds it.
+
+    Returns what each said and its exit code; both hold the key until told to exit.
+    """
+    procs = []
+    said = []
+    try:
+        for name in ("a", "b"):
+            cwd = tmp_path / name
+            cwd.mkdir()
+            proc = try_to_hold(cwd, lock_dir)
+            procs.append(proc)
+            said.append(proc.stdout.readline().strip())
+        for proc in procs:
+            proc.communicate("exit\n", timeout=30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [(line, proc.returncode) for line, proc in zip(said, procs)]
+
+
+@pytest.mark.parametrize("relative", ["locks", " ", "./locks"])
+def test_a_relative_lock_dir_is_refused_in_every_working_directory(tmp_path, relative):
+    """Issue 25 item 3: ``locks`` was resolved in each process's own directory and both held the key."""
+    outcome = both_try(tmp_path, relative)
+    assert [line for line, _ in outcome].count("held") <= 1, outcome
+    if relative.strip():
+        for line, code in outcome:
+            assert code != 0 and line.startswith("ConfigurationError"), outcome
+            assert "MEMCACHEDLOCK_DIR=%r" % relative in line, outcome
+        assert not (tmp_path / "a" / "locks").exists() and not (tmp_path / "b" / "locks").exists()
+    else:  # blank: not set, so both use the default directory and exclude each other
+        assert outcome == [("held", 0), ("refused", 0)], outcome
+
+
+def test_an_absolute_lock_dir_excludes_across_working_directories(tmp_path):
+    outcome = both_try(tmp_path, str(tmp_path / "locks"))
+    assert outcome == [("held", 0), ("refused", 0)], outcome

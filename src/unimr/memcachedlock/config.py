@@ -9,24 +9,43 @@ Environment variables:
     ``fallback`` (default: memcached, and the file backend while memcached is
     unreachable), ``memcached`` (memcached only) or ``file`` (one host only).
 ``MEMCACHEDLOCK_DIR``
-    Directory of the file backend.  Default ``<tmp>/unimr.memcachedlock-<uid>``.
+    Directory of the file backend, an absolute path.  Default
+    ``<tmp>/unimr.memcachedlock-<uid>``.
 ``MEMCACHEDLOCK_CONNECT_TIMEOUT`` / ``MEMCACHEDLOCK_IO_TIMEOUT``
     Seconds before an unreachable / hung memcached counts as down (0.5 / 1.0).
 ``MEMCACHEDLOCK_RETRY``
     Seconds a down memcached is left alone before it is tried again (2.0).
 ``MEMCACHEDLOCK_PREFIX``
     Namespace of the package's keys in memcached (``memcachedlock:``).
+
+``MEMCACHEDLOCK_TXN_WAIT`` (:func:`.transactionlock.txn_wait`) and
+``MEMCACHEDLOCK_METRICS_DIR`` / ``_INTERVAL`` (:mod:`.metrics`) are read where
+they are used, with the helpers here.
+
+One rule for every setting, however it comes in (the environment, zope.conf's
+``<environment>``, ``configure()``, a ``<memcachedlock:store>`` attribute, a
+command-line option): surrounding whitespace is ignored, and a value that is
+then empty counts as not given -- an unset variable (the default), a keyword
+not passed to ``configure()`` (the value in force stays), an attribute left
+out.  A template that leaves a value out writes ``NAME `` with nothing after
+it; that must not stop a Zope instance from starting, nor mean anything but
+"not set".  Every other value is checked, and a bad one is a
+ConfigurationError naming the variable and the value.  A directory must be
+absolute: a relative one would be resolved in each process's own working
+directory, and processes started in different directories would lock in
+different places.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import os
 import tempfile
 import threading
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .errors import ConfigurationError
 
@@ -140,9 +159,34 @@ def parse_servers(value: str) -> tuple[ServerAddress, ...]:
     return servers
 
 
-def _seconds(name: str, text: str, default: float, low: float = 0.0, high: float = 3600.0) -> float:
-    if text is None or text == "":
+def is_unset(value: object) -> bool:
+    """True for None and for text that is empty or only whitespace: such a value counts as not given.
+
+    zope.conf's ``<environment>`` and buildout's ``environment-vars`` write
+    ``NAME `` when a template leaves the value out; that means "not set",
+    for every setting alike (see the module docstring).
+    """
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(name: str, value: object) -> str:
+    """``value`` as text without its surrounding whitespace; a path-like object is accepted."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigurationError("%s=%r is not text" % (name, value))
+    return value.strip()
+
+
+def _seconds(name: str, text: object, default: float, low: float = 0.0, high: float = 3600.0) -> float:
+    """Seconds above ``low`` and at most ``high`` from text or a number; ``default`` if not given.
+
+    ``name`` (the variable) and the value are in the ConfigurationError.
+    """
+    if is_unset(text):
         return default
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ConfigurationError("%s=%r is not a number of seconds" % (name, text))
     try:
         value = float(text)
     except ValueError:
@@ -152,13 +196,78 @@ def _seconds(name: str, text: str, default: float, low: float = 0.0, high: float
     return value
 
 
+def absolute_directory(name: str, value: object) -> str:
+    """A directory setting (lock or metrics directory), checked: absolute, no NUL byte.
+
+    A relative path would be resolved in each process's own working directory:
+    two processes started in different directories would then lock (or
+    count) in different places, and both hold one key.  A NUL byte would only
+    fail on first use, with an error naming nothing.
+    """
+    text = _text(name, value)
+    if "\0" in text:
+        raise ConfigurationError("%s=%r contains a NUL byte" % (name, value))
+    if not os.path.isabs(text):
+        raise ConfigurationError(
+            "%s=%r is not an absolute path: a relative directory is resolved in each process's own working "
+            "directory, so processes started in different directories would not exclude each other"
+            % (name, value))
+    return text
+
+
+def _servers(name: str, value: object) -> tuple[ServerAddress, ...]:
+    if isinstance(value, (tuple, list)) and value and all(isinstance(s, ServerAddress) for s in value):
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigurationError("%s=%r is not a server list" % (name, value))
+    try:
+        return parse_servers(value)
+    except ConfigurationError as exc:
+        # Name the variable, and the whole list unless the message quotes it already (one entry).
+        given = "" if repr(value) in str(exc) else "=%r" % (value,)
+        raise ConfigurationError("%s%s: %s" % (name, given, exc)) from None
+
+
+def _backend(name: str, value: object) -> str:
+    kind = _text(name, value).lower()
+    if kind not in BACKEND_KINDS:
+        raise ConfigurationError("%s=%r is not a lock store: use one of %s" % (name, value, ", ".join(BACKEND_KINDS)))
+    return kind
+
+
+def _prefix(name: str, value: object) -> str:
+    prefix = _text(name, value)
+    if any(c.isspace() or ord(c) < 33 or ord(c) > 126 for c in prefix) or len(prefix) > 40:
+        raise ConfigurationError(
+            "%s=%r is not a key prefix: printable ASCII, no spaces, 40 characters at most" % (name, value))
+    return prefix
+
+
 def default_lock_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "unimr.memcachedlock-%d" % os.getuid())
 
 
+#: Settings field -> (its environment variable, its parser: ``(variable, given value) -> value``).
+FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
+    "servers": ("MEMCACHEDLOCK_SERVERS", _servers),
+    "backend": ("MEMCACHEDLOCK_BACKEND", _backend),
+    "lock_dir": ("MEMCACHEDLOCK_DIR", absolute_directory),
+    "connect_timeout": ("MEMCACHEDLOCK_CONNECT_TIMEOUT", functools.partial(_seconds, default=0.5, high=60)),
+    "io_timeout": ("MEMCACHEDLOCK_IO_TIMEOUT", functools.partial(_seconds, default=1.0, high=60)),
+    "retry": ("MEMCACHEDLOCK_RETRY", functools.partial(_seconds, default=2.0)),
+    "prefix": ("MEMCACHEDLOCK_PREFIX", _prefix),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything that decides which lock store is used and how."""
+    """Everything that decides which lock store is used and how.
+
+    Every field is parsed and checked here, whoever builds the settings (the
+    environment, ``configure()``, ZCML, the command line), so the same value
+    means the same thing and is refused in the same words on every way in.
+    A field given as None or blank text gets its default.
+    """
 
     servers: tuple[ServerAddress, ...] = (ServerAddress("127.0.0.1", DEFAULT_PORT),)
     backend: str = "fallback"
@@ -169,29 +278,20 @@ class Settings:
     prefix: str = "memcachedlock:"
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKEND_KINDS:
-            raise ConfigurationError(
-                "unknown lock backend %r: use one of %s" % (self.backend, ", ".join(BACKEND_KINDS))
-            )
-        if not self.servers:
-            raise ConfigurationError("no memcached server configured")
-        if not self.prefix or any(c.isspace() or ord(c) < 33 or ord(c) > 126 for c in self.prefix) or len(self.prefix) > 40:
-            raise ConfigurationError("bad key prefix %r: printable ASCII, no spaces, 40 characters at most" % self.prefix)
-        if not self.lock_dir:
-            raise ConfigurationError("empty lock directory")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if is_unset(value):
+                value = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            else:
+                variable, parse = FIELDS[field.name]
+                value = parse(variable, value)
+            object.__setattr__(self, field.name, value)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """The settings ``environ`` (default ``os.environ``) describes; ConfigurationError names a bad value."""
         env = os.environ if environ is None else environ
-        return cls(
-            servers=parse_servers(env.get("MEMCACHEDLOCK_SERVERS", DEFAULT_SERVERS)),
-            backend=env.get("MEMCACHEDLOCK_BACKEND", "fallback").strip().lower() or "fallback",
-            lock_dir=env.get("MEMCACHEDLOCK_DIR") or default_lock_dir(),
-            connect_timeout=_seconds("MEMCACHEDLOCK_CONNECT_TIMEOUT", env.get("MEMCACHEDLOCK_CONNECT_TIMEOUT"), 0.5, high=60),
-            io_timeout=_seconds("MEMCACHEDLOCK_IO_TIMEOUT", env.get("MEMCACHEDLOCK_IO_TIMEOUT"), 1.0, high=60),
-            retry=_seconds("MEMCACHEDLOCK_RETRY", env.get("MEMCACHEDLOCK_RETRY"), 2.0),
-            prefix=env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:"),
-        )
+        return cls(**{name: env.get(variable) for name, (variable, _) in FIELDS.items()})
 
 
 _lock = threading.Lock()
@@ -210,14 +310,18 @@ def get_settings() -> Settings:
 def replace_settings(**changes) -> Settings:
     """Put ``changes`` in force; unnamed settings keep their values.
 
-    ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  Only the
+    A value is given as its environment variable would be, or as the field's
+    type (``servers`` a string in ``MEMCACHEDLOCK_SERVERS`` form or a tuple of
+    ServerAddress).  None or blank text is a setting not given: it keeps its
+    value, as an empty variable is an unset one.  Only the
     settings: :func:`.registry.configure` also drops the store built from them.
     """
     global _settings
-    servers = changes.get("servers")
-    if isinstance(servers, str):
-        changes["servers"] = parse_servers(servers)
-    new = dataclasses.replace(get_settings(), **changes)
+    unknown = sorted(set(changes) - set(FIELDS))
+    if unknown:
+        raise TypeError("unknown setting(s) %s: use %s" % (", ".join(unknown), ", ".join(FIELDS)))
+    given = {name: value for name, value in changes.items() if not is_unset(value)}
+    new = dataclasses.replace(get_settings(), **given)
     with _lock:
         _settings = new
     return new

@@ -43,6 +43,7 @@ import threading
 import time
 from typing import Iterable
 
+from . import config
 from .errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 #: Wait and hold times kept per prefix for the percentiles (the most recent ones).
 SAMPLES = 1000
 DEFAULT_INTERVAL = 60.0
+#: Bounds of MEMCACHEDLOCK_METRICS_INTERVAL, in seconds.
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 86400.0
 COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
             "busy_retries", "view_moves", "timeouts", "fallbacks", "lost")
 SNAPSHOT_FORMAT = 1
@@ -241,34 +245,31 @@ def metrics_settings(environ=None) -> tuple[str, float]:
     ConfigurationError names a bad value.
     """
     env = os.environ if environ is None else environ
-    directory = env.get("MEMCACHEDLOCK_METRICS_DIR", "").strip()
-    text = env.get("MEMCACHEDLOCK_METRICS_INTERVAL", "").strip()
-    interval = DEFAULT_INTERVAL
-    if text:
-        try:
-            interval = float(text)
-        except ValueError:
-            raise ConfigurationError(
-                "MEMCACHEDLOCK_METRICS_INTERVAL=%r is not a number of seconds" % text) from None
-        if math.isnan(interval) or not 0.1 <= interval <= 86400:
-            raise ConfigurationError(
-                "MEMCACHEDLOCK_METRICS_INTERVAL=%r must be between 0.1 and 86400 seconds" % text)
-    if directory and not os.path.isabs(directory):
-        raise ConfigurationError("MEMCACHEDLOCK_METRICS_DIR=%r must be an absolute path" % directory)
-    return directory, interval
+    return _checked_settings(env.get("MEMCACHEDLOCK_METRICS_DIR"), env.get("MEMCACHEDLOCK_METRICS_INTERVAL"))
 
 
-def configure_metrics(directory: str = "", interval: float = DEFAULT_INTERVAL) -> None:
+def _checked_settings(directory: object, interval: object) -> tuple[str, float]:
+    """The metrics settings parsed by the package's one rule (``config``): blank is not given, errors name it."""
+    if config.is_unset(directory):
+        directory = ""
+    else:
+        directory = config.absolute_directory("MEMCACHEDLOCK_METRICS_DIR", directory)
+    seconds = config._seconds("MEMCACHEDLOCK_METRICS_INTERVAL", interval, DEFAULT_INTERVAL, high=MAX_INTERVAL)
+    if seconds < MIN_INTERVAL:
+        raise ConfigurationError("MEMCACHEDLOCK_METRICS_INTERVAL=%r must be at least %s seconds: a shorter one "
+                                 "would rewrite the snapshot file in a busy loop" % (interval, MIN_INTERVAL))
+    return directory, seconds
+
+
+def configure_metrics(directory: str = "", interval: float | str = DEFAULT_INTERVAL) -> None:
     """Set the snapshot directory and interval in code (overrides the environment).
 
-    ``directory=""`` turns the periodic snapshots off.
+    ``directory=""`` turns the periodic snapshots off.  Values follow the
+    environment's rule: blank text is not given (no directory, the default
+    interval) and a bad value is a ConfigurationError naming it.
     """
     global _settings_cache
-    if directory and not os.path.isabs(directory):
-        raise ConfigurationError("metrics directory %r must be an absolute path" % directory)
-    if not isinstance(interval, (int, float)) or math.isnan(interval) or not 0.1 <= interval <= 86400:
-        raise ConfigurationError("metrics interval %r must be between 0.1 and 86400 seconds" % (interval,))
-    _settings_cache = (directory, float(interval))
+    _settings_cache = _checked_settings(directory, interval)
     _start_writer(force=True)
 
 

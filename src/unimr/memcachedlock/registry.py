@@ -39,8 +39,10 @@ def make_backend(settings: Settings):
 def configure(**changes) -> Settings:
     """Set settings in code (tests use this); unnamed ones keep their values.
 
-    ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  The lock
-    store is rebuilt on its next use; locks held now stay with their store.
+    ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  A value
+    is checked as its environment variable would be; None or blank text is a
+    setting not given (see :mod:`.config`).  The lock store is rebuilt on its
+    next use; locks held now stay with their store.
     A store given with ``set_backend`` is dropped.
     """
     global _own, _pinned

@@ -12,6 +12,7 @@ import os
 import stat
 import time
 
+from ..config import absolute_directory
 from ..errors import BackendUnavailable, ConfigurationError
 
 LOCK_SUFFIX = ".lock"
@@ -58,11 +59,13 @@ def check_lock_dir(path: str) -> None:
 def prepare_lock_dir(path: str, create: bool = True) -> str:
     """Create ``path`` (mode 0700) if needed and check it is private and writable.
 
-    Returns the absolute path; raises ConfigurationError naming the directory.
+    Returns the normalized path; raises ConfigurationError naming the directory.
+    A relative path is refused, as in the settings: resolved in each process's
+    own working directory, it would give two processes two lock directories.
     With ``create=False`` a missing directory is left missing (nothing is
     locked there) and an existing one is checked.
     """
-    path = os.path.abspath(path)
+    path = os.path.normpath(absolute_directory("MEMCACHEDLOCK_DIR", path))
     if not os.path.lexists(path):
         if not create:
             return path
