@@ -30,7 +30,8 @@ the terminal.
 ``list``, ``show``, ``break`` and ``check`` read the same environment as the
 package (``MEMCACHEDLOCK_SERVERS``, ``MEMCACHEDLOCK_BACKEND``,
 ``MEMCACHEDLOCK_DIR``, ``MEMCACHEDLOCK_PREFIX``...); ``--servers``,
-``--backend`` and ``--dir`` override it for one call.
+``--backend`` and ``--dir`` override it for one call.  They follow the
+variables' rule: an empty option is not given, a bad one is refused naming it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ..backends.pool import ClientPool
 from .cliargs import (
     EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
 )
-from ..config import BACKEND_KINDS, ServerAddress, Settings
+from ..config import BACKEND_KINDS, ServerAddress, Settings, is_unset
 from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
 from ..backends.records import Holder, token_of
 from ..keys import lock_name
@@ -93,12 +94,17 @@ class _CleanFormatter(logging.Formatter):
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    """The package's settings from the environment, with the command line's overrides."""
+    """The package's settings from the environment, with the command line's overrides.
+
+    An override is parsed as its variable would be: ``--dir ""`` is no
+    ``--dir`` (as ``MEMCACHEDLOCK_DIR=`` is no variable), ``--dir locks`` is
+    refused as ``MEMCACHEDLOCK_DIR=locks`` is.
+    """
     env = dict(os.environ)
     for option, variable in (("servers", "MEMCACHEDLOCK_SERVERS"), ("backend", "MEMCACHEDLOCK_BACKEND"),
                              ("dir", "MEMCACHEDLOCK_DIR")):
         value = getattr(args, option, None)
-        if value is not None:
+        if not is_unset(value):
             env[variable] = value
     return Settings.from_environ(env)
 
@@ -498,9 +504,8 @@ def _check_creatable(path: str) -> None:
 def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
     from .. import metrics
 
-    directory = args.dir
-    if directory is None:
-        directory = metrics.metrics_settings()[0]
+    # A blank --dir is no --dir (the settings' rule); a relative one is fine here: it only reads.
+    directory = metrics.metrics_settings()[0] if is_unset(args.dir) else args.dir
     if not directory:
         raise CommandError("no metrics directory: give --dir or set MEMCACHEDLOCK_METRICS_DIR", EXIT_USAGE)
     if not os.path.isdir(directory):
@@ -656,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--servers", help="memcached servers, overrides MEMCACHEDLOCK_SERVERS "
                                          "(host:port,host:port)")
-    store.add_argument("--backend", choices=BACKEND_KINDS, help="lock store, overrides MEMCACHEDLOCK_BACKEND")
+    store.add_argument("--backend", metavar="{%s}" % ",".join(BACKEND_KINDS),
+                       help="lock store, overrides MEMCACHEDLOCK_BACKEND")
     store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
     store.add_argument("--json", action="store_true", help="print JSON for scripts")
 

@@ -5,8 +5,8 @@ registers the process's lock store as the ILockBackend utility: its action
 is the one ``<utility provides="...ILockBackend"/>`` makes (discriminator
 ``('utility', ILockBackend, '')``), so two stores -- or a store and a
 ``<utility>`` -- conflict, and ``overrides.zcml`` replaces either.  The locks
-use that utility (:func:`..registry.get_backend`); attributes left out come
-from the ``MEMCACHEDLOCK_*`` environment, then the defaults.
+use that utility (:func:`..registry.get_backend`); attributes left out, or
+empty, come from the ``MEMCACHEDLOCK_*`` environment, then the defaults.
 
 ``<memcachedlock:lock class="..." method="..." key="..." kind="zlock"/>``
 locks a method of a class (see :mod:`.patch`).  The action's discriminator
@@ -28,15 +28,15 @@ import dataclasses
 from typing import Any, Callable
 
 from zope.configuration.exceptions import ConfigurationError
-from zope.configuration.fields import GlobalObject, Path, PythonIdentifier
+from zope.configuration.fields import GlobalObject, PythonIdentifier
 from zope.interface import Interface
-from zope.schema import Choice, Float, Int, TextLine
+from zope.schema import Choice, Float, Int, Text, TextLine
 
 from .. import config
 from ..registry import make_backend
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
-from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, check_seconds
+from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
 from ..transactionlock import POLICIES
 from . import patch, publisher
 
@@ -47,24 +47,28 @@ def _field(field: type, title: str, description: str, required: bool = False, **
 
 
 class IStoreDirective(Interface):
-    """Register the lock store the locks of this process use."""
+    """Register the lock store the locks of this process use.
+
+    Every attribute is text parsed by :class:`.config.Settings` as its
+    environment variable would be, so an empty attribute counts as left out
+    and ``dir`` must be absolute (a zope.schema Float or Choice would refuse
+    an empty value, and a Path would turn an empty or relative ``dir`` into
+    the ZCML package's directory, or the working directory).
+    """
 
     backend = _field(
-        Choice, "Store", "fallback (memcached, the lock directory while memcached is down), memcached or file.",
-        values=config.BACKEND_KINDS,
+        Text, "Store", "fallback (memcached, the lock directory while memcached is down), memcached or file.",
     )
-    servers = _field(TextLine, "memcached servers", "Comma-separated host:port, [ipv6]:port or unix socket paths.")
-    dir = _field(Path, "Lock directory", "Directory of the file store (relative to the ZCML file's package).")
-    connect_timeout = _field(Float, "Connect timeout", "Seconds before an unreachable memcached counts as down.")
-    io_timeout = _field(Float, "I/O timeout", "Seconds before a hung memcached counts as down.")
-    retry = _field(Float, "Retry", "Seconds a down memcached is left alone before it is tried again.")
-    prefix = _field(TextLine, "Key prefix", "Namespace of the package's keys in memcached.")
+    servers = _field(Text, "memcached servers", "Comma-separated host:port, [ipv6]:port or unix socket paths.")
+    dir = _field(Text, "Lock directory", "Absolute directory of the file store.")
+    connect_timeout = _field(Text, "Connect timeout", "Seconds before an unreachable memcached counts as down.")
+    io_timeout = _field(Text, "I/O timeout", "Seconds before a hung memcached counts as down.")
+    retry = _field(Text, "Retry", "Seconds a down memcached is left alone before it is tried again.")
+    prefix = _field(Text, "Key prefix", "Namespace of the package's keys in memcached.")
 
 
 #: Store directive attribute -> Settings field, where the names differ.
 _SETTING_NAMES = {"dir": "lock_dir"}
-#: Upper bounds (seconds) of the store's timeouts, as for the environment variables.
-_SECONDS_LIMITS = {"connect_timeout": 60.0, "io_timeout": 60.0, "retry": 3600.0}
 
 
 class StoreFactory:
@@ -81,16 +85,17 @@ class StoreFactory:
 
 
 def store_settings(**given: Any) -> config.Settings:
-    """The environment's settings with the directive's attributes applied; errors name the value."""
+    """The environment's settings with the directive's attributes applied; errors name the value.
+
+    An attribute that is empty or blank counts as left out, as an empty
+    environment variable counts as unset.  Values are taken as written:
+    ``dir`` must be absolute like MEMCACHEDLOCK_DIR (no ``~`` or ``${VAR}``,
+    which would depend on each process's environment).
+    """
     changes = {}
     for attribute, value in given.items():
-        if value is None:
-            continue
-        if attribute in _SECONDS_LIMITS:
-            value = check_seconds(attribute, value, _SECONDS_LIMITS[attribute])
-        elif attribute == "servers":
-            value = config.parse_servers(value)
-        changes[_SETTING_NAMES.get(attribute, attribute)] = value
+        if not config.is_unset(value):
+            changes[_SETTING_NAMES.get(attribute, attribute)] = value
     return dataclasses.replace(config.Settings.from_environ(), **changes)
 
 
