@@ -16,6 +16,7 @@ import threading
 import pytest
 import transaction
 import ZEO
+from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 from unimr.memcachedlock import metrics
@@ -64,9 +65,9 @@ def waiter(memcached, zeo_server):
     conn = db.open()
     with transaction.manager:
         root = conn.root()
-        root["counter"] = PersistentMapping(value=0)
+        root["counter"] = OOBTree({"value": 0})       # a BTree: the move can tell whether it was read
         root["other"] = PersistentMapping(value=0)
-        root["shared"] = PersistentMapping(value=0)
+        root["shared"] = OOBTree({"value": 0})
     with transaction.manager:
         bump(conn.root())
     yield conn
@@ -228,7 +229,7 @@ def test_a_thread_that_never_used_zlock_never_moves_its_view(memcached, zeo_serv
     """
     db = ZEO.DB(zeo_server.address)
     with db.transaction() as conn:
-        conn.root()["counter"] = PersistentMapping(value=0)
+        conn.root()["counter"] = OOBTree({"value": 0})
     outcome: list = []
 
     def fresh_thread() -> None:

@@ -327,8 +327,10 @@ def txn_wait() -> float:
     return _seconds("MEMCACHEDLOCK_TXN_WAIT", os.environ.get("MEMCACHEDLOCK_TXN_WAIT"), DEFAULT_TXN_WAIT)
 
 
-def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS) -> str:
-    """``policy`` if it is one of POLICIES and ``conflicts`` suits it, else a ConfigurationError naming it."""
+def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: bool = True) -> str:
+    """``policy`` if it is one of POLICIES and ``conflicts`` and ``move_view`` suit it, else a ConfigurationError naming it."""
+    if not isinstance(move_view, bool):
+        raise ConfigurationError("bad zlock move_view %r: use True or False" % (move_view,))
     if policy not in POLICIES:
         raise ConfigurationError("unknown zlock policy %r: use one of %s" % (policy, ", ".join(POLICIES)))
     if isinstance(conflicts, bool) or not isinstance(conflicts, int) or not 1 <= conflicts <= 100:
@@ -981,13 +983,14 @@ def _fresh_after_ping(connections: list) -> bool:
 
 
 def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
-                adopted: bool, started: float, used: dict) -> None:
+                adopted: bool, started: float, used: dict, move_view: bool) -> None:
     """Bring a view that predates the last commit under the lock forward, or raise LockBusy.
 
-    The view is moved forward in place when nothing the transaction used so
-    far (``used``: known before the wait, if there was one) was changed by
-    the newer commits (``viewrefresh``); otherwise LockBusy keeps the lock
-    reserved for the retry, which begins after that commit.
+    The view is moved forward in place (unless ``move_view`` is False) when
+    the transaction cannot have seen the old state of anything the newer
+    commits changed (``viewrefresh``; ``used``: what it used, known before
+    the wait, if there was one); otherwise LockBusy keeps the lock reserved
+    for the retry, which begins after that commit.
     """
     if policy == "always":
         _warn_unchecked(connections, name)
@@ -1000,7 +1003,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
         last = ""
     if not stale:
         return
-    why = viewrefresh.refresh(connections, used)
+    why = viewrefresh.refresh(connections, used) if move_view else "this lock does not move views (move_view=False)"
     if why is None:
         metrics.record_view_move(name)
         logger.debug("zlock %s: the view was moved forward in place past the last commit under the lock%s",
@@ -1018,7 +1021,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
-                         policy: str = "always", conflicts: int = DEFAULT_CONFLICTS) -> bool:
+                         policy: str = "always", conflicts: int = DEFAULT_CONFLICTS, move_view: bool = True) -> bool:
     """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
@@ -1033,13 +1036,14 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     key, the next transaction takes the lock when it begins.
 
     A view older than the last commit under the lock is moved forward in
-    place if nothing the transaction used so far was changed since.  Raises
+    place if the transaction cannot have seen the old state of anything
+    changed since (docs/zlock.rst; never with ``move_view`` False).  Raises
     :class:`LockBusy` (lock kept reserved) when it cannot be, and LockBusy
     (not reserved) when the lock could not be taken within ``min(wait,
     txn_wait())`` seconds.
     """
     timeout, interval, wait = check_options(timeout, interval, wait, {})
-    check_policy(policy, conflicts)
+    check_policy(policy, conflicts, move_view)
     name = lock_name(key)
     txn = _current_transaction()
     if txn is None:
@@ -1066,7 +1070,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
         entry = _take(request, policy, lambda: used.update(viewrefresh.uses(connections)))
     entry.request.timeout = timeout
     try:
-        _check_view(entry, txn, connections, name, key, policy, adopted, started, used)
+        _check_view(entry, txn, connections, name, key, policy, adopted, started, used, move_view)
         _hold(txn, name, entry)
     except LockBusy:
         raise
@@ -1077,11 +1081,12 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     return True
 
 
-def _runner(policy: str, conflicts: int) -> Callable:
+def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
     def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple,
                     kwargs: dict):
         """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
-        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts):
+        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts,
+                                                            move_view):
             return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
         return fun(*args, **kwargs)
 
@@ -1090,7 +1095,7 @@ def _runner(policy: str, conflicts: int) -> Callable:
 
 def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
           wait: float | None = None, policy: str = "always", conflicts: int = DEFAULT_CONFLICTS,
-          **kw) -> Callable[[F], F]:
+          move_view: bool = True, **kw) -> Callable[[F], F]:
     """Serialise a function across ZEO clients until the calling transaction ends.
 
     ``get_key(fun, *args, **kw)`` names what is protected, as for ``lock``;
@@ -1099,11 +1104,13 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
     transaction at most ``txn_wait()``).  ``policy`` is ``always`` (lock the
     call until the transaction ends; for hot objects whose conflicts ZODB
     cannot resolve) or ``on-conflict`` (optimistic; lock at commit, and lock
-    the whole retry after ``conflicts`` ConflictErrors in a row).  The call
-    may raise :class:`LockBusy` (a ConflictError: retry the transaction).
+    the whole retry after ``conflicts`` ConflictErrors in a row).
+    ``move_view`` False turns a stale view into a retry instead of moving it
+    forward in place (see :func:`lock_for_transaction`).  The call may raise
+    :class:`LockBusy` (a ConflictError: retry the transaction).
     """
-    check_policy(policy, conflicts)
-    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy, conflicts))
+    check_policy(policy, conflicts, move_view)
+    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy, conflicts, move_view))
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",

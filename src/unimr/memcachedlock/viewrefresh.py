@@ -5,35 +5,59 @@ begins.  A transaction that waited for a zlock behind another writer holds
 the lock with a view older than that writer's commit; working on it would
 conflict at commit, and retrying the whole request (LockBusy) costs the
 request's work again.  Moving the view forward instead is the same as having
-begun the transaction later, *provided nothing the transaction has used so
-far was changed by the commits the move takes in*.  Then every value it read
-is still the current one, and ZODB's conflict check at commit stays the
-final guard for the rest.
+begun the transaction later, *provided the transaction has not seen the old
+state of anything the newer commits changed*.  The move must never commit
+what plain ZODB would refuse: a value derived from an old state, written
+where plain ZODB's conflict check would have caught it.
 
-What "used" means, and how it is known.  ZODB keeps no read set.  But the
-pickle cache keeps its non-ghost objects in least-recently-used order, and
-every use of an object's state (an attribute, a BTree lookup in C, a change)
-moves the object to the most-recent end.  An :class:`AccessMarker`, a
-stand-in object put in the connection's cache and touched whenever a view
-begins (:func:`mark_view_begin`), splits that order in two: every object
-used since the view began lies after the marker.  Objects the transaction
-changed (also before a savepoint) or passed to ``readCurrent`` count as used
-whatever the order says.  The cache's garbage collection ghostifies from the
-least-recent end, so it cannot drop a used object without first dropping
-the marker; a marker found ghostified or missing (cache minimized or reset
-during the transaction, or no view begun since zlock first ran in this
-thread) means "unknown", and nothing is moved.
+ZODB keeps no read set, and code can read an object's state in ways nothing
+records: ``obj.__dict__``, ``vars(obj)``, ``object.__getattribute__``, a
+reference to a ``PersistentMapping``'s ``data`` kept from earlier.  So the
+move does not ask "what did the transaction read?" but "could it have seen
+this object's old state?", and it moves only when the answer is no for
+every object the newer commits changed.  For each such object, by where it
+is in the connection's pickle cache:
 
-One thing the order cannot show: an object the code used and then turned
-back into a ghost itself (``obj._p_deactivate()``) before the lock.  Code
-that does that and later writes values derived from the object under a
-zlock must not rely on the move; zlock's catalog locks are not affected (see
-docs/zlock.rst).
+* **Not in the cache**: its old state is not in memory.  Passed.  (An object
+  loaded in this view leaves the cache only if it was ghostified and nothing
+  refers to it any more: see docs/zlock.rst for what that leaves unseen.)
+* **Changed, saved in a savepoint, rolled back or passed to readCurrent by
+  this transaction** (``zodbprivate.touched_oids``): seen.
+* **In memory, of a type whose state cannot be read unseen**
+  (:func:`sees_every_read`: the buckets, trees and sets of BTrees, read only
+  by their own code, which moves them in the cache's order, and
+  ``BTrees.Length.Length``, read through ``value``): seen if it was used
+  since the view began.  The pickle cache keeps its non-ghost objects in
+  least-recently-used order; an :class:`AccessMarker`, touched whenever a
+  view begins (:func:`mark_view_begin`), splits that order in two: every
+  object used since lies after it.  The cache's garbage collection
+  ghostifies from the least-recent end, so it cannot drop a used object
+  without first dropping the marker; a marker found ghostified or missing
+  (cache minimized or reset, or no view begun since zlock first ran in this
+  thread) means "unknown", and nothing is moved.
+* **In memory, of any other type**: seen, because its state may have been
+  read without the cache seeing it.  These are the objects plain ZODB would
+  guard with its own conflict check at commit, so the transaction retries.
+* **A ghost**, of any other type, **that held the state of this view**:
+  that state was in memory during the view and may have been read before
+  the object became a ghost (``_p_deactivate()``, a cache GC after an
+  unseen read): seen.  A ghost whose last state is older than the view's
+  (it was invalidated when the view began) or that was never loaded is
+  passed; asking costs one load at the old view.  A BTree or Length ghost
+  is passed: it is used only through reads the cache sees, and a savepoint's
+  rollback, which ghostifies what the transaction changed, is recorded
+  (``zodbprivate.watch_rollbacks``).
+
+What remains unseen is written down in docs/zlock.rst: values carried over
+from an earlier transaction (a local, a module global, a ``_v_`` attribute)
+of objects the move passes, and reads of a Length or of a pure-Python
+BTree's private state around their methods.  ``move_view=False`` on a lock
+turns the move off.
 
 After a move the objects the newer commits changed are ghosts: they load in
-their new state when used, and their new states are requested from ZEO in
-one batch (``Connection.prefetch``) because the locked work is about to use
-most of them.
+their new state when used, and those that were in memory are requested from
+ZEO in one batch (``Connection.prefetch``) because the locked work is about
+to use most of them.
 """
 
 from __future__ import annotations
@@ -53,18 +77,60 @@ logger = logging.getLogger(__name__)
 #: The marker's oid in every cache.  ZODB allocates oids upwards from 0: this one is never a real object's.
 MARKER_OID = b"\xff" * 8
 
+#: ``_p_serial`` of an object never loaded.
+_NEVER_LOADED = b"\0" * 8
+
+
+def _btrees_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(BTrees' bucket, tree and set classes, C and Python; the exact Length class), or ((), ()) without BTrees."""
+    try:
+        import BTrees
+        from BTrees.Length import Length
+    except ImportError:
+        return (), ()
+    found: list[type] = []
+    for family in (BTrees.family32, BTrees.family64):
+        for module in (getattr(family, name) for name in dir(family) if name.isupper()):
+            for kind in ("Bucket", "Set", "BTree", "TreeSet"):
+                for name in (kind, kind + "Py"):
+                    cls = getattr(module, name, None)
+                    if isinstance(cls, type) and cls not in found:
+                        found.append(cls)
+    return tuple(found), (Length,)
+
+
+_STRUCTURES, _EXACT = _btrees_classes()
+
+
+def sees_every_read(obj: Any) -> bool:
+    """True if ``obj``'s state cannot be read without the pickle cache seeing it.
+
+    BTrees' buckets, trees and sets (and subclasses: their persistent state
+    is the base class's) keep their state where only their own code reads
+    it, and that code moves the object to the most-recent end of the cache's
+    order (``PER_USE`` in C, ``_p_accessed`` in Python).  A ``Length`` (the
+    exact class) holds one number read through ``value`` or a call.  Any
+    other object's state can be read through ``__dict__`` and the like,
+    which the order does not record.
+    """
+    return isinstance(obj, _STRUCTURES) or type(obj) in _EXACT
+
 
 class _MarkerJar:
-    """The jar of access markers: gives a ghostified marker its (empty) state without a storage."""
+    """The jar of one cache's access marker: gives a ghostified marker its (empty) state without a storage.
+
+    ``_cache`` is how persistent's Python implementation finds the cache whose
+    order a use moves (the C one keeps that pointer in the object itself).
+    """
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
 
     def setstate(self, obj: Any) -> None:
         obj.__setstate__({})
 
     def register(self, obj: Any) -> None:
         """A marker is never stored."""
-
-
-_MARKER_JAR = _MarkerJar()
 
 
 class AccessMarker(Persistent):
@@ -85,12 +151,14 @@ def mark_view_begin(conn: Any) -> None:
     if cache is None or Persistent is object:
         return
     try:
+        zodbprivate.watch_rollbacks(conn)
+        zodbprivate.forget_rollbacks(conn)
         marker = cache.get(MARKER_OID)
         if isinstance(marker, AccessMarker):
             marker.touch  # noqa: B018 (the read moves it to the most-recent end; a ghost is restored)
             return
         marker = AccessMarker()
-        marker._p_jar = _MARKER_JAR
+        marker._p_jar = _MarkerJar(cache)
         marker._p_oid = MARKER_OID
         cache[MARKER_OID] = marker
     except Exception:
@@ -131,13 +199,20 @@ def uses(connections: list) -> dict[int, set[bytes] | None]:
     return {id(conn): used_since_view_began(conn) for conn in connections}
 
 
-class _Reads:
-    """What one connection's transaction has used, computed once and only if a question needs it."""
+UNKNOWN = "what it used so far is unknown (cache minimized or no view begun since zlock started)"
+
+
+class _Sight:
+    """Whether one connection's transaction may have seen the old state of given objects.
+
+    Each answer is computed only if a question needs it, and at most once.
+    """
 
     def __init__(self, conn: Any, used: set[bytes] | None = None) -> None:
         self.conn = conn
         self.cache = zodbprivate.pickle_cache(conn)
         self.touched = zodbprivate.touched_oids(conn)
+        self.rollbacks_known = zodbprivate.rolled_back_oids(conn) is not None
         self._used = used
 
     def in_memory(self, oid: bytes) -> bool:
@@ -145,31 +220,71 @@ class _Reads:
         obj = self.cache.get(oid)
         return obj is not None and obj._p_changed is not None
 
-    def conflicting(self, oids: set[bytes]) -> bytes | None:
-        """One of ``oids`` this transaction used (b"" if what it used is unknown), else None."""
+    def seen(self, oids: set[bytes], may_load: bool = True) -> str | None:
+        """Why the transaction may have seen the old state of one of ``oids``, or None if of none.
+
+        ``may_load``: whether a ghost may be asked its state at the view (a
+        storage load); without it such a ghost counts as seen.
+        """
         if not oids:
             return None
-        in_memory = []
+        if not self.rollbacks_known:
+            return UNKNOWN
+        used_candidates = []
         for oid in oids:
             if oid in self.touched:
-                return oid
-            if self.in_memory(oid):
-                in_memory.append(oid)
+                return _used(oid)
+            obj = self.cache.get(oid)
+            if obj is None:
+                continue
+            visible = sees_every_read(obj)
+            if obj._p_changed is None:
+                if not visible and self._held_view_state(obj, may_load):
+                    return ("a newer commit changed an object whose state it may have read before the "
+                            "object became a ghost (oid %s, %s)" % (oid.hex(), _kind(obj)))
+            elif not visible:
+                return ("a newer commit changed an object it holds in memory (oid %s, %s: its state can "
+                        "be read without the cache seeing it)" % (oid.hex(), _kind(obj)))
+            else:
+                used_candidates.append(oid)
         if _live_marker(self.cache) is None:
-            return b""
-        if in_memory:
+            return UNKNOWN
+        if used_candidates:
             if self._used is None:
                 self._used = used_since_view_began(self.conn)
                 if self._used is None:
-                    return b""
-            for oid in in_memory:
+                    return UNKNOWN
+            for oid in used_candidates:
                 if oid in self._used:
-                    return oid
+                    return _used(oid)
         return None
+
+    def _held_view_state(self, ghost: Any, may_load: bool) -> bool:
+        """True unless ``ghost`` was never loaded, or its last state is older than the view's."""
+        serial = ghost._p_serial
+        if serial == _NEVER_LOADED:
+            return False
+        if not may_load:
+            return True
+        try:
+            _, at_view = zodbprivate.normal_storage(self.conn).load(ghost._p_oid)
+        except Exception as exc:  # not at the view, or the storage failed: unknown
+            logger.debug("cannot load oid %s at the view of %r: %s", ghost._p_oid.hex(), self.conn, exc)
+            return True
+        return at_view == serial
+
+
+def _used(oid: bytes) -> str:
+    return "a newer commit changed an object it used before the lock (oid %s)" % oid.hex()
+
+
+def _kind(obj: Any) -> str:
+    cls = type(obj)
+    return "a %s.%s" % (cls.__module__, cls.__qualname__)
 
 
 def refresh(connections: list, used: dict[int, set[bytes] | None] | None = None) -> str | None:
-    """Move the views of ``connections`` forward if nothing used so far changed; else why not.
+    """Move the views of ``connections`` forward if nothing they may have seen changed; else why not.
 
     ``used`` is what :func:`uses` returned before a wait, if it was called.
     Returns None when every view now contains every commit its client has
@@ -184,39 +299,44 @@ def refresh(connections: list, used: dict[int, set[bytes] | None] | None = None)
         pending = zodbprivate.pending_invalidations(storage)
         if pending is None:
             return "its view cannot be moved (%s)" % type(storage).__name__
-        reads = _Reads(conn, (used or {}).get(id(conn)))
-        oid = reads.conflicting(pending)
-        if oid is not None:
-            return _why(oid)
-        plans.append((conn, storage, reads, pending))
-    for conn, storage, reads, checked in plans:
-        why = _move(conn, storage, reads, checked)
+        sight = _Sight(conn, (used or {}).get(id(conn)))
+        why = sight.seen(pending)
+        if why is not None:
+            return why
+        plans.append((conn, storage, sight, pending))
+    for conn, storage, sight, checked in plans:
+        why = _move(conn, storage, sight, checked)
         if why is not None:
             return why
     return None
 
 
-def _move(conn: Any, storage: Any, reads: _Reads, checked: set[bytes]) -> str | None:
-    """Ghostify the changed objects (none of them used), then move the view; None if moved."""
-    wanted = [oid for oid in checked if reads.in_memory(oid)]
-    reads.cache.invalidate(list(checked))  # harmless at the old view too: none of them was used
+def _move(conn: Any, storage: Any, sight: _Sight, checked: set[bytes]) -> str | None:
+    """Ghostify the changed objects (none of them seen), then move the view; None if moved.
+
+    Invalidations that arrive meanwhile are judged under the storage
+    instance's lock, where no load is possible: a ghost among them that
+    would need one counts as seen.
+    """
+    wanted = [oid for oid in checked if sight.in_memory(oid)]
+    sight.cache.invalidate(list(checked))  # harmless at the old view too: none of them was seen
     last_tid = conn.db().storage.lastTransaction()
     refused: list = []
 
     def accept(oids: set[bytes]) -> bool:
-        oid = reads.conflicting(oids - checked)
-        if oid is not None:
-            refused.append(oid)
-        return oid is None
+        why = sight.seen(oids - checked, may_load=False)
+        if why is not None:
+            refused.append(why)
+        return why is None
 
     def invalidate(oids: set[bytes]) -> None:
         arrived = oids - checked
-        wanted.extend(oid for oid in arrived if reads.in_memory(oid))
-        reads.cache.invalidate(list(arrived))
+        wanted.extend(oid for oid in arrived if sight.in_memory(oid))
+        sight.cache.invalidate(list(arrived))
 
     oids = zodbprivate.advance_view(storage, last_tid, accept, invalidate)
     if oids is None:
-        return _why(refused[0]) if refused else "its view cannot be moved now"
+        return refused[0] if refused else "its view cannot be moved now"
     if wanted:
         try:
             conn.prefetch(wanted)
@@ -227,10 +347,5 @@ def _move(conn: Any, storage: Any, reads: _Reads, checked: set[bytes]) -> str | 
     return None
 
 
-def _why(oid: bytes) -> str:
-    if not oid:
-        return "what it used so far is unknown (cache minimized or no view begun since zlock started)"
-    return "a newer commit changed an object it used before the lock (oid %s)" % oid.hex()
-
-
-__all__ = ["AccessMarker", "MARKER_OID", "mark_view_begin", "used_since_view_began", "uses", "refresh"]
+__all__ = ["AccessMarker", "MARKER_OID", "mark_view_begin", "used_since_view_began", "uses", "refresh",
+           "sees_every_read"]

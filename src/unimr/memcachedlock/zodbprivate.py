@@ -10,7 +10,9 @@ transaction (``viewrefresh.py``) it also reads the invalidations a storage
 instance has received but not yet applied (``._invalidations`` under
 ``._lock``), and what the connection changed or asked to keep current
 (``Connection._registered_objects``, ``._readCurrent``, the oids in
-``._savepoint_storage.index``) and its pickle cache (``._cache``).
+``._savepoint_storage.index``) and its pickle cache (``._cache``), and it
+wraps one connection method on the instance, ``._abort``, to learn what a
+savepoint's rollback ghostifies (:func:`watch_rollbacks`).
 Keeping them here means one place to change when ZODB or transaction
 renames something, and one canary test (``tests/test_zodb_private.py``)
 that fails loudly when they do.  Each function degrades to "unknown"
@@ -29,7 +31,7 @@ except ImportError:  # zlock then behaves like rlock and never asks
 #: The private names read, per owner, as the canary test checks them.
 PRIVATE_NAMES = {
     "ZODB.Connection.Connection": ("_normal_storage", "_cache", "_registered_objects", "_savepoint_storage",
-                                   "_readCurrent"),
+                                   "_readCurrent", "_abort"),
     "ZODB.Connection.TmpStore": ("index",),
     "ZODB.mvccadapter.MVCCAdapterInstance": ("_start", "_ltid", "_lock", "_invalidations"),
     "transaction.Transaction": ("_resources", "_synchronizers"),
@@ -70,13 +72,67 @@ def pickle_cache(conn: Any) -> Any:
     return getattr(conn, "_cache", None)
 
 
+#: Where :func:`watch_rollbacks` keeps, on a connection, the oids its ``_abort`` ghostified: (view, oids).
+_ROLLED_BACK = "_unimr_memcachedlock_rolled_back"
+
+
+def watch_rollbacks(conn: Any) -> None:
+    """From now on, remember the objects a savepoint rollback of ``conn`` ghostifies, until its view ends.
+
+    A rollback (``Connection._rollback_savepoint``, or an ``AbortSavepoint``
+    of a connection that joined after the savepoint: both end in
+    ``Connection._abort``) turns objects the transaction changed back into
+    ghosts and forgets that they were changed; their uses before then leave
+    no trace in the pickle cache either.  :func:`touched_oids` counts them
+    as used for the rest of the view.  Installed once per connection, on the
+    instance; never raises.
+    """
+    if _ROLLED_BACK in vars(conn) or not callable(getattr(conn, "_abort", None)):
+        return
+    real_abort = conn._abort
+
+    def _abort() -> None:
+        try:
+            oids = {obj._p_oid for obj in conn._registered_objects}
+            savepoints = conn._savepoint_storage
+            if savepoints is not None:
+                oids.update(savepoints.index)
+            view, seen = vars(conn)[_ROLLED_BACK]
+            start = view_start(normal_storage(conn))
+            if view != start:
+                seen = set()
+                vars(conn)[_ROLLED_BACK] = (start, seen)
+            seen.update(oids)
+        except Exception:  # only a record: the abort itself must happen
+            vars(conn)[_ROLLED_BACK] = (None, None)
+        real_abort()
+
+    vars(conn)[_ROLLED_BACK] = (view_start(normal_storage(conn)), set())
+    conn._abort = _abort
+
+
+def forget_rollbacks(conn: Any) -> None:
+    """A new view begins: the rollbacks recorded so far no longer matter."""
+    if _ROLLED_BACK in vars(conn):
+        vars(conn)[_ROLLED_BACK] = (view_start(normal_storage(conn)), set())
+
+
+def rolled_back_oids(conn: Any) -> set[bytes] | None:
+    """Oids a rollback ghostified in the connection's current view; None if that is unknown."""
+    view, seen = vars(conn).get(_ROLLED_BACK, (None, None))
+    if seen is None:
+        return None
+    return seen if view == view_start(normal_storage(conn)) else set()
+
+
 def touched_oids(conn: Any) -> set[bytes]:
-    """Oids the connection's transaction changed (also before a savepoint) or asked to keep current.
+    """Oids the connection's transaction changed (also before a savepoint or rolled back) or asked to keep current.
 
     ``Connection._modified`` is not used: it is reset when a commit begins,
     not when a transaction ends, so it still lists the last commit's objects.
     """
     oids = {obj._p_oid for obj in getattr(conn, "_registered_objects", ())}
+    oids.update(rolled_back_oids(conn) or ())
     savepoints = getattr(conn, "_savepoint_storage", None)
     if savepoints is not None:
         oids.update(savepoints.index)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from zope.configuration.exceptions import ConfigurationError
 from zope.configuration.fields import GlobalObject, PythonIdentifier
 from zope.interface import Interface
-from zope.schema import Choice, Float, Int, Text, TextLine
+from zope.schema import Bool, Choice, Float, Int, Text, TextLine
 
 from .. import config
 from ..registry import make_backend
@@ -139,6 +139,12 @@ class ILockOptions(Interface):
         "Policy on-conflict: after this many ConflictErrors in a row, a thread's next try takes the "
         "lock when it begins (default 1; the catalog patch uses 3: Zope's last try); zlock only.",
         min=1, max=100,
+    )
+    move_view = _field(
+        Bool, "Move stale views",
+        "zlock: move a transaction's view forward in place, instead of a retry, when it cannot have "
+        "seen the old state of anything newer commits changed (default true; false for code that keeps "
+        "values across transactions, see docs/zlock.rst).",
     )
 
 

@@ -74,7 +74,7 @@ def decorator_for(kind: str) -> Callable[..., Callable]:
 
 
 #: Options only zlock takes (zlock itself checks their values).
-ZLOCK_OPTIONS = ("policy", "conflicts")
+ZLOCK_OPTIONS = ("policy", "conflicts", "move_view")
 
 
 def check_zlock_options(kind: str, options: dict[str, Any]) -> None:
