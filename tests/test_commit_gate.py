@@ -22,7 +22,8 @@ import pytest
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.backends.filegate import GATE_SUFFIX
 from unimr.memcachedlock.errors import BackendUnavailable
-from unimr.memcachedlock.transactionlock import COMPACT_AT, decode_note, encode_entries, encode_note
+from unimr.memcachedlock.notes import decode_note, encode_entries, encode_note
+from unimr.memcachedlock.transactionlock import COMPACT_AT
 
 NAME = "gate-test"
 

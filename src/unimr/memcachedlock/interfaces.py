@@ -143,7 +143,9 @@ class ICommitGate(Interface):
         Called by the holder of lock ``name`` right after taking it.  A count
         that does not drop in time (a process died during its commit) is reset
         and logged: waiting longer would only cost time, and ZODB's conflict
-        detection still guards the commit.
+        detection still guards the commit.  A count the store may have
+        forgotten (a memcached restarted lately, with no note either) is
+        waited for as if it were there: ``timeout`` seconds.
         """
 
 

@@ -71,14 +71,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import sys
 import threading
 import time
 from typing import Any, Callable, TypeVar
-from urllib.parse import quote, unquote
 
-from . import metrics, viewrefresh, zodbprivate
+from . import metrics, notes, viewrefresh, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -128,14 +126,10 @@ DEFAULT_TXN_WAIT = 5.0
 DRAIN_WAIT = 2.0
 #: A note with this many entries is written whole again by the next optimistic commit.
 COMPACT_AT = 8
-#: The most entries a note keeps (two per storage for policy always: its last and its last exclusive commit).
-MAX_NOTE_ENTRIES = 32
 
 #: ``always``: lock from the first call to the end of the transaction;
 #: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
 POLICIES = ("always", "on-conflict")
-
-NOTE_MAGIC = b"zlock2"
 
 if ConflictError is not None:
 
@@ -365,23 +359,6 @@ def _connections(txn: object, joined_only: bool = False) -> list:
     return found
 
 
-_HOST = socket.gethostname()
-
-
-def _local_identity_prefix() -> str:
-    """The start of this process's local storage identities."""
-    return "local:%s:%d:" % (_HOST, os.getpid())
-
-
-def _strip_exclusive(name: str) -> str:
-    return name[len(EXCLUSIVE):] if name.startswith(EXCLUSIVE) else name
-
-
-def _is_local(name: str) -> bool:
-    """True for a note entry of a storage local to some process (see ``storage_identity``)."""
-    return _strip_exclusive(name).startswith("local:")
-
-
 def storage_identity(conn) -> str:
     """A name of the connection's storage that every client of a shared storage computes alike.
 
@@ -394,7 +371,7 @@ def storage_identity(conn) -> str:
     storage = conn.db().storage
     if _ClientStorage is not None and isinstance(storage, _ClientStorage):
         return "zeo:%s" % (storage.sortKey(),)
-    return "%s%x" % (_local_identity_prefix(), id(storage))
+    return "%s%x" % (notes.local_identity_prefix(), id(storage))
 
 
 def _view_start(conn) -> bytes | None:
@@ -414,69 +391,6 @@ def _committed_tid(conn) -> bytes | None:
     return max(candidates) if candidates else None
 
 
-def encode_entries(tids: dict[str, bytes]) -> bytes:
-    """Note entries: ``identity=tid`` for each storage, in the dict's order, as appended by an optimistic commit."""
-    return b" ".join(quote(name, safe="").encode("ascii") + b"=" + tid.hex().encode("ascii")
-                     for name, tid in tids.items())
-
-
-def encode_note(tids: dict[str, bytes]) -> bytes:
-    """The note stored with a lock: the last tid committed with it, per storage identity."""
-    return NOTE_MAGIC + b" " + encode_entries(tids) if tids else NOTE_MAGIC
-
-
-def merge_note(note: dict[str, bytes], fresh: dict[str, bytes]) -> dict[str, bytes]:
-    """The note after a commit: ``fresh`` entries last, the others before them, at most MAX_NOTE_ENTRIES.
-
-    Storage identities come and go (a temporary storage's includes its
-    process id, a ZEO server may move), so the note is bounded.  Over the
-    bound, entries of other processes' local storages go first (only their
-    own process compares them, and it writes them again with its next
-    commit), then the entries written longest ago.
-    """
-    merged = {name: tid for name, tid in note.items() if name not in fresh}
-    merged.update(fresh)
-    excess = len(merged) - MAX_NOTE_ENTRIES
-    if excess > 0:
-        mine = _local_identity_prefix()
-        older = [name for name in merged if name not in fresh]
-        foreign = [name for name in older if _is_local(name) and not _strip_exclusive(name).startswith(mine)]
-        for name in (foreign + [name for name in older if name not in foreign])[:excess]:
-            del merged[name]
-    return merged
-
-
-def decode_note(value: bytes | None) -> dict[str, bytes]:
-    """Parse a note; an absent or foreign one means no commit is known.
-
-    Optimistic commits append their entries (to an empty note if there was
-    none, which therefore starts with a space), so a name may occur several
-    times: its newest commit is the highest tid.  Names come in the order
-    they were last written.
-    """
-    if not value:
-        return {}
-    parts = value.split(b" ")
-    if parts[0] not in (NOTE_MAGIC, b""):
-        logger.debug("ignoring a lock note not written by zlock: %r", value[:60])
-        return {}
-    latest: dict[bytes, bytes] = {}
-    for part in parts[1:]:
-        name, sep, tid_hex = part.partition(b"=")
-        if sep and len(tid_hex) == 16:
-            previous = latest.pop(name, b"")  # same-length lowercase hex orders like the tids
-            latest[name] = max(previous, tid_hex)
-        else:
-            logger.debug("ignoring a malformed part of a lock note: %r", part[:60])
-    tids: dict[str, bytes] = {}
-    for name, tid_hex in latest.items():
-        try:
-            tids[unquote(name.decode("ascii"))] = bytes.fromhex(tid_hex.decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            logger.debug("ignoring a malformed part of a lock note: %r", name[:60])
-    return tids
-
-
 def _read_note(lock: Lock) -> dict[str, bytes]:
     """The note of a lock just taken, read once the optimistic commits that passed before have left."""
     backend = lock.backend
@@ -484,12 +398,12 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
         gate = backend.commit_gate
         if gate is not None:
             try:
-                return decode_note(gate.drain(lock.name, DRAIN_WAIT))
+                return notes.decode_note(gate.drain(lock.name, DRAIN_WAIT))
             except BackendUnavailable as exc:
                 logger.debug("commit gate of lock %s not drained (%s)", lock.name, exc)
-        return decode_note(backend.get_note(lock.name))
+        return notes.decode_note(backend.get_note(lock.name))
     except BackendUnavailable as exc:
-        logger.debug("cannot read the note of lock %s (%s): view not checked", lock.name, exc)
+        logger.debug("cannot read the note of lock %s (%s): the storage is asked instead", lock.name, exc)
         return {}
 
 
@@ -508,15 +422,32 @@ def _warn_unchecked(connections: list, name: str) -> None:
                 "it, nothing is lost); policy on-conflict does not need the check", name, kind)
 
 
-def _stale(connections: list, note: dict[str, bytes]) -> list[tuple[Any, bytes]]:
-    """The connections whose view lacks the last commit recorded in ``note``, with that tid."""
-    stale = []
+def _commits_since_views(connections: list, note: dict[str, bytes], exclusive: bool = False
+                         ) -> list[tuple[Any, bytes]]:
+    """The connections whose view lacks a commit made under the lock (``exclusive``: with policy always), with its tid.
+
+    Where the note cannot tell (it was forgotten, or never reached back to
+    the view: ``notes``), the storage is asked instead: after a round trip
+    to its server, any commit since the view began counts, as if made under
+    the lock.  A storage without a view tid (RelStorage) is not checked.
+    """
+    judge = notes.exclusive_commits_since if exclusive else notes.commits_since
+    newer = []
     for conn in connections:
-        tid = note.get(storage_identity(conn))
         start = _view_start(conn)
-        if tid is not None and start is not None and start <= tid:
-            stale.append((conn, tid))
-    return stale
+        if start is None:
+            continue
+        verdict, tid = judge(note, storage_identity(conn), start)
+        if verdict == notes.UNKNOWN:
+            storage = conn.db().storage
+            _ping(storage)
+            last = storage.lastTransaction()
+            verdict, tid = (notes.STALE, last) if last >= start else (notes.FRESH, None)
+            logger.debug("lock note says nothing of %s since tid %s: the storage's last tid %s is %s",
+                         storage_identity(conn), start.hex(), last.hex(), verdict)
+        if verdict == notes.STALE:
+            newer.append((conn, tid))
+    return newer
 
 
 def _ping(storage) -> bool:
@@ -632,21 +563,6 @@ def retry_will_lock() -> bool:
 _note_failures: set = set()
 
 
-#: Prefix of a note entry that records the last commit made with policy ``always`` (exclusively).
-EXCLUSIVE = "exclusive:"
-_EXCLUSIVE_STORED = quote(EXCLUSIVE, safe="").encode("ascii")
-
-
-def _has_exclusive(note: bytes | None) -> bool:
-    """True if a note (as stored) may record an exclusive commit: most do not, and need no parsing."""
-    return bool(note) and _EXCLUSIVE_STORED in note
-
-
-def _exclusive(note: dict[str, bytes]) -> dict[str, bytes]:
-    """The note's last exclusive commits, keyed like the note's other entries (by storage)."""
-    return {name[len(EXCLUSIVE):]: tid for name, tid in note.items() if name.startswith(EXCLUSIVE)}
-
-
 def _committed_tids(txn: object, policy: str) -> dict[str, bytes]:
     """The note entries of the commit ``txn`` just made: every commit, and an exclusive one apart."""
     tids = {}
@@ -656,15 +572,31 @@ def _committed_tids(txn: object, policy: str) -> dict[str, bytes]:
             identity = storage_identity(conn)
             tids[identity] = tid
             if policy == "always":
-                tids[EXCLUSIVE + identity] = tid
+                tids[notes.EXCLUSIVE + identity] = tid
     return tids
+
+
+def _untouched(txn: object) -> dict[str, bytes]:
+    """The storages ``txn`` used without changing, each with the tid just above its last one.
+
+    Written by a locked commit as where the note's record of such a storage
+    begins: nothing can commit under a held lock, so every later commit
+    under it is recorded.
+    """
+    found = {}
+    for conn in _connections(txn):
+        last = conn.db().storage.lastTransaction()
+        if _view_start(conn) is not None:
+            found[storage_identity(conn)] = p64(u64(last) + 1)
+    return found
 
 
 def _write_note(entry: _Entry, txn: object) -> None:
     """Record the commit just made under the lock (the whole note: nobody else writes it now)."""
     tids = _committed_tids(txn, entry.policy)
     if tids:
-        entry.lock.backend.set_note(entry.lock.name, encode_note(merge_note(entry.note, tids)))
+        fresh = notes.with_since(entry.note, tids, _untouched(txn))
+        entry.lock.backend.set_note(entry.lock.name, notes.encode_note(notes.merge_note(entry.note, fresh)))
         _note_failures.clear()
 
 
@@ -897,7 +829,7 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
     if entered is None:
         return False
     try:
-        if _has_exclusive(entered.note) and _stale(_connections(txn), _exclusive(decode_note(entered.note))):
+        if _commits_since_views(_connections(txn), notes.decode_note(entered.note), exclusive=True):
             entered.leave()
             return False
         txn.addAfterCommitHook(_leave_gate, (entered, txn, name))
@@ -919,10 +851,12 @@ def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
         entry = compact = None
         if status:
             tids = _committed_tids(txn, "on-conflict")
-            entry = encode_entries(tids) if tids else None
+            if tids:
+                tids = notes.with_since(notes.decode_note(entered.note), tids)
+            entry = notes.encode_entries(tids) if tids else None
             if entry and entered.note and entered.note.count(b" ") >= COMPACT_AT:
                 def compact(note: bytes | None) -> bytes:
-                    return encode_note(merge_note(decode_note(note), tids))
+                    return notes.encode_note(notes.merge_note(notes.decode_note(note), tids))
         elif _conflicted():
             _mark(name, _locks_of(txn).pending[name], txn)
         entered.leave(entry, compact)
@@ -945,7 +879,7 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
     holding the reserved lock from its begin.
     """
     try:
-        stale = _stale(_connections(txn), _exclusive(entry.note))
+        stale = _commits_since_views(_connections(txn), entry.note, exclusive=True)
         if not stale:
             return
         _catch_up(stale)
@@ -994,7 +928,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
     """
     if policy == "always":
         _warn_unchecked(connections, name)
-        stale = _stale(connections, entry.note)
+        stale = _commits_since_views(connections, entry.note)
         if stale:
             _catch_up(stale)
         last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""

@@ -53,7 +53,9 @@ T = TypeVar("T")
 NOTE_SUFFIX = "#note"
 #: A waiting process's announcement (see ``waiting``): read by a release in the same round trip.
 WANT_SUFFIX = "#want"
-NOTE_TTL = 86400
+#: Seconds a note outlives the last commit that wrote it: at most the ``-o temporary_ttl=3600`` docs/stores.rst
+#: recommends, so that such a server never evicts one (zlock reads a missing note as "unknown", never as "none").
+NOTE_TTL = 3600
 #: Reads (and re-sends of the add) to resolve an add whose answer timed out.
 UNKNOWN_ADD_TRIES = 3
 #: Seconds after which the reaper looks again for an item an abandoned add may still store.
@@ -110,8 +112,9 @@ class MemcachedServer:
             try:
                 result = method(self.client, *args, **kw)
             except _STALE_CONNECTION:
-                # A pooled connection to a server that restarted since: the pool
-                # dropped it, so one more try uses a fresh connection.
+                # A pooled connection to a server that restarted since: so are the
+                # pool's other idle ones.  One more try on a fresh connection.
+                self.client.close()
                 result = method(self.client, *args, **kw)
         except (MemcacheError, OSError) as exc:
             self._failed(exc)

@@ -7,9 +7,10 @@ atomically, so whichever of the two comes second sees the first: the
 commit sees the lock (and leaves at once, to take the lock instead), or the
 holder sees the count (and waits for it to drop).
 
-A pass appends its entry to the note (``ms`` mode A) and decrements the
-counter in one request, so a holder that saw the count drop reads every
-entry of the commits it waited for.  A long note is compacted by the pass
+A pass appends its entry to the note (``ms`` mode A, then ``mg`` with ``T``
+to keep the note for another ``note_ttl``: an append keeps the item's old
+expiry) and decrements the counter in one request, so a holder that saw the
+count drop reads every entry of the commits it waited for.  A long note is compacted by the pass
 that found it so, with the cas read on entry: only a note nobody changed
 since is replaced, and the pass appends its own entry in the same request
 anyway, so no entry is ever dropped.
@@ -17,11 +18,19 @@ anyway, so no entry is ever dropped.
 The counter lives ``GATE_TTL`` seconds after its last increment.  A process
 that dies inside a commit leaves its count behind; the next holder waits
 ``timeout`` for it, resets the counter and says so once.
+
+A restart forgets the counter while commits that entered before it may
+still be running, and a missing counter reads like one nobody entered.  So a
+holder that finds neither counter nor note waits until the server has been
+up ``timeout`` seconds -- the time a count of a dead process is waited for
+-- before it reads the note: commits that entered before the restart have
+then appended their entries.  On a server up longer it does not wait.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from zope.interface import implementer
@@ -36,6 +45,16 @@ logger = logging.getLogger(__name__)
 GATE_SUFFIX = "#gate"
 #: Seconds the counter outlives its last increment.
 GATE_TTL = 60
+#: What memcached's ``stats`` uptime says right after a start (1.6.18 counts from two seconds before).
+UPTIME_AT_START = 2
+
+
+def _uptime(server: Any) -> float:
+    """Seconds the server has been up (0 if it does not say: then it may just have restarted)."""
+    try:
+        return float(server.call(ClientPool.stats).get(b"uptime", 0))
+    except (BackendUnavailable, TypeError, ValueError):
+        return 0.0
 
 
 def _meta_set(key: bytes, value: bytes, flags: bytes) -> bytes:
@@ -60,6 +79,7 @@ class MemcachedCommitPass(CommitPass):
         if entry:
             commands.append(_meta_set(self.note_key, b"", b"ME T%d" % self.note_ttl))  # append needs an item
             commands.append(_meta_set(self.note_key, b" " + entry, b"MA"))
+            commands.append(b"mg %s T%d\r\n" % (self.note_key, self.note_ttl))
         commands.append(b"ma %s MD\r\n" % self.gate)
         try:
             self.server.call(ClientPool.meta, b"".join(commands), len(commands))
@@ -117,4 +137,12 @@ class MemcachedCommitGate:
             gate_not_drained(logger, "optimistic commits of lock %s still counted (%s) after %.1fs: counter "
                              "reset (a process may have died during a commit; ZODB's conflict detection "
                              "still guards this one)", name, int(last[0]), timeout)
+        elif last == [None, None]:
+            wait = timeout + UPTIME_AT_START - _uptime(server)
+            if wait > 0:
+                logger.debug("lock %s: no gate counter and no note on a server up for less than %.1fs: waiting "
+                             "%.1fs for optimistic commits that entered before a restart", name, timeout, wait)
+                time.sleep(wait)
+                (_, note), = server.call(ClientPool.meta, b"mg %s v\r\n" % note_key, 1)
+                return note
         return last[1]

@@ -224,6 +224,7 @@ class ClientPool:
     get_many = _client_method(Client.get_many)
     gets_many = _client_method(Client.gets_many)
     delete = _client_method(Client.delete)
+    stats = _client_method(Client.stats)
 
     def close(self) -> None:
         """Close the idle connections (clients in use are closed when they come back over the limit)."""
