@@ -81,39 +81,39 @@ MARKER_OID = b"\xff" * 8
 _NEVER_LOADED = b"\0" * 8
 
 
-def _btrees_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(BTrees' bucket, tree and set classes, C and Python; the exact Length class), or ((), ()) without BTrees."""
+def _classes_whose_reads_are_seen() -> frozenset[type]:
+    """BTrees' bucket, tree and set classes (C and Python, every family) and Length; empty without BTrees."""
     try:
         import BTrees
         from BTrees.Length import Length
     except ImportError:
-        return (), ()
-    found: list[type] = []
+        return frozenset()
+    found: set[type] = {Length}
     for family in (BTrees.family32, BTrees.family64):
         for module in (getattr(family, name) for name in dir(family) if name.isupper()):
             for kind in ("Bucket", "Set", "BTree", "TreeSet"):
                 for name in (kind, kind + "Py"):
                     cls = getattr(module, name, None)
-                    if isinstance(cls, type) and cls not in found:
-                        found.append(cls)
-    return tuple(found), (Length,)
+                    if isinstance(cls, type):
+                        found.add(cls)
+    return frozenset(found)
 
 
-_STRUCTURES, _EXACT = _btrees_classes()
+_SEEN_CLASSES = _classes_whose_reads_are_seen()
 
 
 def sees_every_read(obj: Any) -> bool:
     """True if ``obj``'s state cannot be read without the pickle cache seeing it.
 
-    BTrees' buckets, trees and sets (and subclasses: their persistent state
-    is the base class's) keep their state where only their own code reads
-    it, and that code moves the object to the most-recent end of the cache's
-    order (``PER_USE`` in C, ``_p_accessed`` in Python).  A ``Length`` (the
-    exact class) holds one number read through ``value`` or a call.  Any
-    other object's state can be read through ``__dict__`` and the like,
-    which the order does not record.
+    BTrees' buckets, trees and sets keep their state where only their own
+    code reads it, and that code moves the object to the most-recent end of
+    the cache's order (``PER_USE`` in C, ``_p_accessed`` in Python).  A
+    ``Length`` holds one number read through ``value`` or a call.  Only
+    these exact classes: a subclass may keep more state in its ``__dict__``,
+    and any other object's state can be read through ``__dict__`` and the
+    like, which the order does not record.
     """
-    return isinstance(obj, _STRUCTURES) or type(obj) in _EXACT
+    return type(obj) in _SEEN_CLASSES
 
 
 class _MarkerJar:
