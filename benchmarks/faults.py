@@ -61,16 +61,6 @@ def use(servers: str, backend: str = "memcached", **settings: str) -> None:
     registry.reset()
 
 
-def fill(server: MemcachedServer) -> None:
-    client = Client(("127.0.0.1", server.port), default_noreply=False, timeout=5)
-    try:
-        for batch in range(40):
-            client.set_many({b"fill%06d" % (batch * 1000 + i): b"f" * (60 + (i % 200)) for i in range(1000)},
-                            expire=0)
-    finally:
-        client.close()
-
-
 def note_present(server: MemcachedServer) -> bool:
     client = Client(("127.0.0.1", server.port), timeout=5)
     try:
@@ -143,7 +133,7 @@ def measure_note(repeat: int) -> None:
                     if fault == "restart":
                         server.restart()
                     elif fault == "fill":
-                        fill(server)
+                        server.fill()
                     kept.append(note_present(server))
 
                 tries, lost, elapsed = optimistic_entry(zeo, forget)

@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-from pymemcache.client.base import Client
 
 from servers import MemcachedServer
 from unimr.memcachedlock import registry
@@ -262,20 +261,6 @@ def test_frozen_holder_lease_expires_and_late_release_is_harmless(memcached_env,
         holder.close()
 
 
-def _fill(server: MemcachedServer, seconds: float = 5.0) -> None:
-    """Fill the server with items of every size near a lock's, without expiry."""
-    client = Client(("127.0.0.1", server.port), default_noreply=False, timeout=5)
-    try:
-        for batch in range(40):
-            items = {
-                b"memcachedlock:fill%06d" % (batch * 1000 + i): b"f" * (40 + (i % 160))
-                for i in range(1000)
-            }
-            client.set_many(items, expire=0)
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("extra, survives", [((), False), (("-o", "temporary_ttl=3600"), True)])
 def test_eviction_under_memory_pressure(extra, survives):
     """Default memcached evicts a live lock under memory pressure; ``-o temporary_ttl``
@@ -285,7 +270,7 @@ def test_eviction_under_memory_pressure(extra, survives):
         backend = MemcachedBackend(config.parse_servers(server.address), io_timeout=5)
         lease = backend.acquire("evict-me", 30)
         assert lease is not None
-        _fill(server)
+        server.fill()
         assert int(server.stats()["evictions"]) > 1000
         kept = backend.holder("evict-me")
         assert (kept is not None and kept.token == lease.token) is survives

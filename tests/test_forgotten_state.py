@@ -145,17 +145,6 @@ def note_of(server: MemcachedServer) -> bytes | None:
         client.close()
 
 
-def fill(server: MemcachedServer) -> None:
-    """Memory pressure: 40,000 items of every size near a note's, without expiry."""
-    client = Client(("127.0.0.1", server.port), default_noreply=False, timeout=5)
-    try:
-        for batch in range(40):
-            client.set_many({b"fill%06d" % (batch * 1000 + i): b"f" * (60 + (i % 200)) for i in range(1000)},
-                            expire=0)
-    finally:
-        client.close()
-
-
 @pytest.fixture(params=["memcached", "fallback"])
 def small_memcached(request, lock_dir, monkeypatch):
     """A memcached of 2 MB of the test's own (evicts under pressure), behind the memcached or the fallback store."""
@@ -170,7 +159,7 @@ def small_memcached(request, lock_dir, monkeypatch):
 
 def evict(server: MemcachedServer) -> None:
     assert note_of(server) is not None
-    fill(server)
+    server.fill()
     assert note_of(server) is None, "the pressure did not evict the note"
 
 
@@ -199,7 +188,7 @@ def test_the_note_lives_through_pressure_with_temporary_ttl(zeo_server, lock_dir
         registry.reset()
 
         def pressure() -> None:
-            fill(server)
+            server.fill()
             assert int(server.stats()["evictions"]) > 1000 and note_of(server) is not None
 
         tries, keys = optimistic_entry(zeo_server.address, pressure)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from typing import Any, Callable
@@ -30,6 +29,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import ConflictError
 
+from clients import run_clients
 from counters import Counter, ZopeCounter
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, zlock
@@ -533,26 +533,7 @@ def test_four_processes_lose_no_increment(memcached, zeo_server, style):
         conn.root()["tree"] = OOBTree({"n": 0})
     db.close()
     env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(zeo_server.port), style, "50"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                              text=True)
-             for _ in range(4)]
-    try:
-        for proc in procs:
-            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        for proc in procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err
-            reports.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    reports = run_clients([[os.path.abspath(__file__), str(zeo_server.port), style, "50"]] * 4, env)
     assert final(zeo_server.address, "tree" if style == "btree under the lock" else "counter") == 200, reports
     if style == "btree under the lock":
         assert sum(report["moves"] for report in reports) > 0, reports

@@ -19,31 +19,11 @@ NAME = "hot"
 
 def run_clients(memcached, zeo_server, tmp_path, role: str, count: int, *extra: str) -> list[dict]:
     """Start ``count`` client processes, let them go at once, return their JSON reports."""
+    from clients import run_clients as run
+
     env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), role, str(zeo_server.port), str(tmp_path), "c%d" % i, *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-        )
-        for i in range(count)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        for proc in procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            reports.append(json.loads(out.strip().splitlines()[-1]))
-        return reports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    return run([[os.path.abspath(__file__), role, str(zeo_server.port), str(tmp_path), "c%d" % i, *extra]
+                for i in range(count)], env, timeout=120)
 
 
 def setup_counter(zeo_server) -> None:

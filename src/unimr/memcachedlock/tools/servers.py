@@ -94,6 +94,18 @@ class MemcachedServer:
         self.kill()
         self.start()
 
+    def fill(self, items: int = 40000) -> None:
+        """Memory pressure: ``items`` cache items of every size near a lock's or a note's, kept forever."""
+        from pymemcache.client.base import Client
+
+        client = Client(("127.0.0.1", self.port), default_noreply=False, timeout=5)
+        try:
+            for start in range(0, items, 1000):
+                client.set_many({b"fill%07d" % n: b"f" * (40 + n % 220) for n in range(start, min(start + 1000, items))},
+                                expire=0)
+        finally:
+            client.close()
+
     def stats(self) -> dict[str, str]:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"stats\r\n")
