@@ -15,9 +15,10 @@ from before the first one's commit and conflicts anyway.  zlock therefore
 3. after taking the lock, compares that tid with the transaction's view.  If
    the view is older, the ZEO client is brought up to date (one server round
    trip if the commit has not arrived yet) and the view is moved forward in
-   place, provided nothing the transaction used before the lock was changed
-   by the newer commits (``viewrefresh``): the function then runs on the
-   current state, and no work is retried.  Otherwise the function is not
+   place, provided the transaction cannot have seen the old state of
+   anything the newer commits changed (``viewrefresh``; never with
+   ``move_view=False``): the function then runs on the current state, and no
+   work is retried.  Otherwise the function is not
    run: the lock is kept *reserved* for this thread and :class:`LockBusy` --
    a ``ConflictError`` -- asks ``transaction.manager.attempts()``, ``run()``
    or the Zope publisher to retry.  The retry adopts the reservation without
