@@ -33,7 +33,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,6 +48,7 @@ from unimr.memcachedlock import Lock, lock_for_transaction, registry  # noqa: E4
 from unimr.memcachedlock.errors import BackendUnavailable  # noqa: E402
 from unimr.memcachedlock.keys import lock_name  # noqa: E402
 from unimr.memcachedlock.tools.servers import MemcachedServer  # noqa: E402
+from clients import in_another_client  # noqa: E402
 from zeoserver import ZEOServer  # noqa: E402
 
 KEY = "benchmark:faults"
@@ -69,12 +69,6 @@ def note_present(server: MemcachedServer) -> bool:
         client.close()
 
 
-def in_thread(function) -> None:
-    thread = threading.Thread(target=function)
-    thread.start()
-    thread.join(60)
-
-
 def optimistic_entry(zeo: ZEOServer, forget) -> tuple[int, int, float]:
     """(tries, entries lost, seconds without ``forget()``) of an optimistic commit whose view predates an
     exclusive writer's."""
@@ -82,14 +76,9 @@ def optimistic_entry(zeo: ZEOServer, forget) -> tuple[int, int, float]:
     with db.transaction() as conn:
         conn.root()["site"] = PersistentMapping(tree=OOBTree({"a": 1}))
 
-    def exclusive_writer() -> None:
-        writer_db = ZEO.DB(zeo.address)
-        writer = writer_db.open()
-        with transaction.manager:
-            lock_for_transaction(KEY)
-            writer.root()["site"]["tree"] = OOBTree({"a": 1})
-        writer.close()
-        writer_db.close()
+    def exclusive_writer(root) -> None:
+        lock_for_transaction(KEY)
+        root["site"]["tree"] = OOBTree({"a": 1})
 
     conn = db.open()
     tries = 0
@@ -101,7 +90,7 @@ def optimistic_entry(zeo: ZEOServer, forget) -> tuple[int, int, float]:
             tree = conn.root()["site"]["tree"]
             tree["a"]  # noqa: B018 (this transaction's view holds the tree before the writer's)
             if tries == 1:
-                in_thread(exclusive_writer)
+                in_another_client(zeo.address, exclusive_writer)
                 before = time.monotonic()
                 forget()
                 forgetting = time.monotonic() - before

@@ -1,7 +1,7 @@
-"""Client processes for the tests: start several at once, let them go together, read their JSON reports.
+"""Other clients for the tests: ZEO clients in a thread, and client processes started together.
 
-A client prints ``ready`` when it has connected, waits for a line on its
-stdin, works, and prints one JSON line as its last output.
+A client process prints ``ready`` when it has connected, waits for a line
+on its stdin, works, and prints one JSON line as its last output.
 """
 
 from __future__ import annotations
@@ -9,6 +9,36 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from typing import Any, Callable
+
+import transaction
+import ZEO
+
+
+def in_another_client(address: tuple[str, int], work: Callable[[Any], None]) -> None:
+    """Commit ``work(root)`` as another ZEO client: a connection of its own, in a thread (its own transactions)."""
+    errors: list = []
+
+    def run() -> None:
+        db = ZEO.DB(address)
+        conn = db.open()
+        try:
+            with transaction.manager:
+                work(conn.root())
+        except BaseException as exc:  # raised in the caller's thread below
+            errors.append(exc)
+        finally:
+            transaction.abort()
+            conn.close()
+            db.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
 
 
 def run_clients(argvs: list[list[str]], env: dict, timeout: float = 240) -> list[dict]:

@@ -25,6 +25,7 @@ from persistent.mapping import PersistentMapping
 from pymemcache.client.base import Client
 from ZODB.MappingStorage import MappingStorage
 
+from clients import in_another_client
 from servers import MemcachedServer
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.keys import lock_name
@@ -94,21 +95,11 @@ def test_a_bounded_note_drops_whole_storages():
 
 def exclusive_writer_replaces_the_tree(address) -> None:
     """A policy-always writer replaces the BTree (as manage_catalogClear does), in a client of its own."""
-    def run() -> None:
-        db = ZEO.DB(address)
-        conn = db.open()
-        try:
-            with transaction.manager:
-                assert lock_for_transaction(KEY) is True
-                conn.root()["site"]["tree"] = OOBTree({"a": 1})
-        finally:
-            conn.close()
-            db.close()
+    def work(root) -> None:
+        assert lock_for_transaction(KEY) is True
+        root["site"]["tree"] = OOBTree({"a": 1})
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
+    in_another_client(address, work)
 
 
 def optimistic_entry(address, forget) -> tuple[int, list[str]]:

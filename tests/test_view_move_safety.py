@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from typing import Any, Callable
 
 import pytest
@@ -29,7 +28,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import ConflictError
 
-from clients import run_clients
+from clients import in_another_client, run_clients
 from counters import Counter, ZopeCounter
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, zlock
@@ -89,23 +88,11 @@ RUNNERS = {"plain": plain, "zlock": zlocked, "zlock move_view=False": zlocked_wi
 
 def b_increments(address: tuple[str, int], name: str, runner: Callable | None = None) -> None:
     """Client B commits one increment of ``name`` under the lock (its own ZEO client, in a thread)."""
-    def run() -> None:
-        db = ZEO.DB(address)
-        conn = db.open()
-        try:
-            transaction.begin()
-            counter = conn.root()[name]
-            (runner or zlocked)(lambda: put(counter, get(counter) + 1))
-            transaction.commit()
-        finally:
-            transaction.abort()
-            conn.close()
-            db.close()
+    def work(root) -> None:
+        counter = root[name]
+        (runner or zlocked)(lambda: put(counter, get(counter) + 1))
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
+    in_another_client(address, work)
 
 
 class ClientA:

@@ -19,6 +19,7 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
+from clients import in_another_client
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.transactionlock import LockBusy, zlock
 from unimr.memcachedlock.viewrefresh import MARKER_OID, used_since_view_began
@@ -36,25 +37,12 @@ def bump(root) -> int:
 
 def other_client_bumps(address, also=None) -> None:
     """Another ZEO client commits one locked increment (and optionally a change of ``also``)."""
-    def run() -> None:
-        db = ZEO.DB(address)
-        conn = db.open()
-        try:
-            transaction.begin()
-            root = conn.root()
-            bump(root)
-            if also:
-                root[also]["value"] += 1
-            transaction.commit()
-        finally:
-            transaction.abort()
-            conn.close()
-            db.close()
+    def work(root) -> None:
+        bump(root)
+        if also:
+            root[also]["value"] += 1
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
+    in_another_client(address, work)
 
 
 @pytest.fixture
