@@ -529,3 +529,33 @@ def test_four_processes_lose_no_increment(memcached, zeo_server, style):
 if __name__ == "__main__":
     sys.path.insert(0, HERE)
     print(json.dumps(_worker(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))), flush=True)
+
+
+def locked_on(key: str) -> Callable[[Callable[[], None]], None]:
+    """A zlocked runner of its own key (a second lock in the same transaction)."""
+    @zlock(lambda fun, write: key)
+    def on_key(write: Callable[[], None]) -> None:
+        write()
+
+    return on_key
+
+
+def test_a_rollback_is_remembered_after_a_move(scene, zeo_server):
+    """Read, change and roll back a Length; a first lock moves the view past an unrelated commit; a second
+    lock finds the Length changed since: the read before the rollback still counts (a retry)."""
+    first, second = locked_on("first"), locked_on("second")
+    a = scene()
+    a.begin()
+    try:
+        with transaction.manager:  # both keys have notes (first transactions of a key cannot tell)
+            first(lambda: None)
+            second(lambda: None)
+        a.begin()
+        seen = rollback_joined_after(a, "length")
+        in_another_client(zeo_server.address, lambda root: first(lambda: put(root["btree"], 5)))
+        first(lambda: None)                      # moved: the BTree changed, nothing seen of it
+        in_another_client(zeo_server.address, lambda root: second(lambda: put(root["length"], 7)))
+        with pytest.raises(LockBusy, match="used before the lock"):
+            second(lambda: put(a.obj("length"), seen + 1))
+    finally:
+        a.end()

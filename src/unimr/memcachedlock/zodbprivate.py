@@ -72,7 +72,7 @@ def pickle_cache(conn: Any) -> Any:
     return getattr(conn, "_cache", None)
 
 
-#: Where :func:`watch_rollbacks` keeps, on a connection, the oids its ``_abort`` ghostified: (view, oids).
+#: Where :func:`watch_rollbacks` keeps, on a connection, the oids its ``_abort`` ghostified (None: unknown).
 _ROLLED_BACK = "_unimr_memcachedlock_rolled_back"
 
 
@@ -84,8 +84,9 @@ def watch_rollbacks(conn: Any) -> None:
     ``Connection._abort``) turns objects the transaction changed back into
     ghosts and forgets that they were changed; their uses before then leave
     no trace in the pickle cache either.  :func:`touched_oids` counts them
-    as used for the rest of the view.  Installed once per connection, on the
-    instance; never raises.
+    as used until :func:`forget_rollbacks` (a new view; a record kept longer
+    only refuses more).  Installed once per connection, on the instance;
+    never raises.
     """
     if _ROLLED_BACK in vars(conn) or not callable(getattr(conn, "_abort", None)):
         return
@@ -97,32 +98,24 @@ def watch_rollbacks(conn: Any) -> None:
             savepoints = conn._savepoint_storage
             if savepoints is not None:
                 oids.update(savepoints.index)
-            view, seen = vars(conn)[_ROLLED_BACK]
-            start = view_start(normal_storage(conn))
-            if view != start:
-                seen = set()
-                vars(conn)[_ROLLED_BACK] = (start, seen)
-            seen.update(oids)
+            vars(conn)[_ROLLED_BACK].update(oids)
         except Exception:  # only a record: the abort itself must happen
-            vars(conn)[_ROLLED_BACK] = (None, None)
+            vars(conn)[_ROLLED_BACK] = None
         real_abort()
 
-    vars(conn)[_ROLLED_BACK] = (view_start(normal_storage(conn)), set())
+    vars(conn)[_ROLLED_BACK] = set()
     conn._abort = _abort
 
 
 def forget_rollbacks(conn: Any) -> None:
     """A new view begins: the rollbacks recorded so far no longer matter."""
     if _ROLLED_BACK in vars(conn):
-        vars(conn)[_ROLLED_BACK] = (view_start(normal_storage(conn)), set())
+        vars(conn)[_ROLLED_BACK] = set()
 
 
 def rolled_back_oids(conn: Any) -> set[bytes] | None:
-    """Oids a rollback ghostified in the connection's current view; None if that is unknown."""
-    view, seen = vars(conn).get(_ROLLED_BACK, (None, None))
-    if seen is None:
-        return None
-    return seen if view == view_start(normal_storage(conn)) else set()
+    """Oids a rollback ghostified since the connection's view began; None if that is unknown."""
+    return vars(conn).get(_ROLLED_BACK)
 
 
 def touched_oids(conn: Any) -> set[bytes]:
