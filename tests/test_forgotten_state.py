@@ -54,8 +54,8 @@ RULES = [
     ({S: tid(12), SINCE + S: tid(12)}, 10, (STALE, tid(12)), (UNKNOWN, None)),   # recorded only from 12 on
     ({S: tid(12), SINCE + S: tid(3)}, 10, (STALE, tid(12)), (FRESH, None)),      # recorded since 3: not exclusive
     ({S: tid(12), EXCLUSIVE + S: tid(11)}, 10, (STALE, tid(12)), (STALE, tid(11))),
-    ({S: tid(12), EXCLUSIVE + S: tid(4)}, 10, (STALE, tid(12)), (FRESH, None)),  # the old exclusive entry reaches back
-    ({SINCE + S: tid(6)}, 10, (FRESH, None), (FRESH, None)),                     # untouched by the locked commits since 6
+    ({S: tid(12), EXCLUSIVE + S: tid(4)}, 10, (STALE, tid(12)), (FRESH, None)),  # exclusive entry reaches back
+    ({SINCE + S: tid(6)}, 10, (FRESH, None), (FRESH, None)),                     # untouched by locked commits since 6
     ({SINCE + S: tid(10)}, 10, (FRESH, None), (FRESH, None)),
     ({SINCE + S: tid(11)}, 10, (UNKNOWN, None), (UNKNOWN, None)),               # recorded from after the view only
     ({"zeo:other": tid(1)}, 10, (UNKNOWN, None), (UNKNOWN, None)),              # another storage says nothing of this

@@ -175,9 +175,10 @@ def _reaches_back(note: dict[str, bytes], identity: str, view: bytes) -> bool:
 
 
 def commits_since(note: dict[str, bytes], identity: str, view: bytes) -> tuple[str, bytes | None]:
-    """(FRESH | STALE | UNKNOWN, the newest tid if STALE): did a commit under the lock touch ``identity`` at ``view`` or later?
+    """Did a commit under the lock touch ``identity`` at ``view`` or later?
 
-    ``view`` is the tid a snapshot reads before (``MVCCAdapterInstance._start``).
+    (FRESH | STALE | UNKNOWN, the newest such tid if STALE); ``view`` is the
+    tid a snapshot reads before (``MVCCAdapterInstance._start``).
     """
     last = note.get(identity)
     if last is not None and last >= view:

@@ -323,7 +323,7 @@ def txn_wait() -> float:
 
 
 def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: bool = True) -> str:
-    """``policy`` if it is one of POLICIES and ``conflicts`` and ``move_view`` suit it, else a ConfigurationError naming it."""
+    """``policy`` if it is one of POLICIES and the options suit it, else a ConfigurationError naming the bad one."""
     if not isinstance(move_view, bool):
         raise ConfigurationError("bad zlock move_view %r: use True or False" % (move_view,))
     if policy not in POLICIES:
@@ -425,7 +425,7 @@ def _warn_unchecked(connections: list, name: str) -> None:
 
 def _commits_since_views(connections: list, note: dict[str, bytes], exclusive: bool = False
                          ) -> list[tuple[Any, bytes]]:
-    """The connections whose view lacks a commit made under the lock (``exclusive``: with policy always), with its tid.
+    """The connections whose view lacks a commit made under the lock (``exclusive``: policy always), and its tid.
 
     Where the note cannot tell (it was forgotten, or never reached back to
     the view: ``notes``), the storage is asked instead: after a round trip

@@ -101,8 +101,8 @@ class MemcachedServer:
         client = Client(("127.0.0.1", self.port), default_noreply=False, timeout=5)
         try:
             for start in range(0, items, 1000):
-                client.set_many({b"fill%07d" % n: b"f" * (40 + n % 220) for n in range(start, min(start + 1000, items))},
-                                expire=0)
+                batch = range(start, min(start + 1000, items))
+                client.set_many({b"fill%07d" % n: b"f" * (40 + n % 220) for n in batch}, expire=0)
         finally:
             client.close()
 
