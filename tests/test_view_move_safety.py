@@ -26,6 +26,7 @@ import ZEO
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
+from transaction.interfaces import NoTransaction
 from ZODB.POSException import ConflictError
 
 from clients import in_another_client, run_clients
@@ -113,7 +114,10 @@ class ClientA:
             self.conn = self.db.open()
 
     def end(self) -> None:
-        transaction.abort()
+        try:
+            transaction.abort()
+        except NoTransaction:  # explicit transactions: none was begun
+            pass
         if self.zope_order and self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -559,3 +563,67 @@ def test_a_rollback_is_remembered_after_a_move(scene, zeo_server):
             second(lambda: put(a.obj("length"), seen + 1))
     finally:
         a.end()
+
+
+def all_moves() -> int:
+    return sum(int(data.get("view_moves", 0)) for data in metrics.snapshot().values())
+
+
+@pytest.mark.parametrize("shape", ["another zlock first", "nested zlocks", "explicit transactions"])
+def test_the_move_still_happens_with_several_zlocks_and_explicit_transactions(scene, zeo_server, shape):
+    """A BTree counter not read before the lock: one view move, no retry, nothing lost."""
+    outer = locked_on("outer")
+    with transaction.manager:  # the outer key has a note
+        outer(lambda: None)
+    explicit = shape == "explicit transactions"
+    transaction.manager.explicit = explicit
+    try:
+        a = scene()
+        before = all_moves()
+        a.begin()
+        if shape == "another zlock first":
+            outer(lambda: None)
+        b_increments(zeo_server.address, "btree")
+        tree = a.obj("btree")
+        increment = lambda: put(tree, get(tree) + 1)  # noqa: E731
+        if shape == "nested zlocks":
+            outer(lambda: zlocked(increment))
+        else:
+            zlocked(increment)
+        transaction.commit()
+        a.end()
+    finally:
+        transaction.manager.explicit = False
+    assert all_moves() - before == 1
+    assert final(zeo_server.address, "btree") == 2
+
+
+def test_the_move_still_happens_with_two_databases(scene, zeo_server):
+    """A transaction that also writes a local database of its own: both views move together."""
+    import ZODB
+    from ZODB.MappingStorage import MappingStorage
+
+    scene()  # the counters, in the ZEO server's database
+    databases: dict = {}
+    db = ZODB.DB(ZEO.client(zeo_server.address), databases=databases, database_name="main")
+    ZODB.DB(MappingStorage(), databases=databases, database_name="temp")
+    conn = db.open()
+    try:
+        for _ in range(2):  # zlock watches the connections from their second transaction on
+            with transaction.manager:
+                conn.get_connection("temp").root()["seen"] = get(conn.root()["btree"])
+                zlocked(lambda: None)
+        before = all_moves()
+        transaction.begin()
+        conn.get_connection("temp").root()["seen"] = -1
+        b_increments(zeo_server.address, "btree")
+        tree = conn.root()["btree"]
+        zlocked(lambda: put(tree, get(tree) + 1))
+        transaction.commit()
+        assert all_moves() - before == 1
+    finally:
+        transaction.abort()
+        conn.close()
+        for each in databases.values():
+            each.close()
+    assert final(zeo_server.address, "btree") == 2
