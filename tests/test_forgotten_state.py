@@ -272,3 +272,34 @@ def test_a_holder_after_a_restart_waits_for_a_commit_that_passed_the_gate_before
         assert sorted(conn.root()["site"]["tree"].keys()) == ["a", "y"]
     assert time.monotonic() - started >= 1.5  # it waited (DRAIN_WAIT) for the commit it could not count
     db.close()
+
+
+# ---- a waiter's record --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_waiter_whose_record_is_forgotten_gets_the_key_at_its_next_poll(private_memcached):
+    """A restart forgets the lock and the waiter's record: nobody hands the key over, the waiter polls."""
+    from unimr.memcachedlock import Lock
+
+    held = Lock("waited-for", timeout=10)
+    assert held.acquire(blocking=False)
+    got: list = []
+
+    def waiter() -> None:
+        waiting = Lock("waited-for", timeout=10, interval=0.05)
+        if waiting.acquire(timeout=8):
+            got.append(time.monotonic())
+            waiting.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)                             # it waits, its record written
+    restarted = time.monotonic()
+    private_memcached.restart()
+    thread.join(10)
+    assert got and got[0] - restarted < 1.0, got
+    deadline = time.monotonic() + 3
+    while not held.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.lost                            # the old holder is told (renewal within 2 s)
