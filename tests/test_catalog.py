@@ -114,3 +114,50 @@ def test_zeo_clients_fail_no_request_waste_nothing_and_lose_nothing(memcached, p
     assert result["commits"] == 30
     assert result["failed"] == 0 and result["conflicts"] == 0 and result["wasted"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
+
+
+def test_a_catalog_without_a_physical_path_still_works_patched(catalog_patch, zeo_server, caplog):
+    """ZCatalog's own ``testBooleanEvalOn_refreshCatalog_getobject``: a catalog under a parent without
+    ``getPhysicalPath``.  Stored in a database it is locked by its oid; not stored, it runs unlocked with
+    one warning per catalog class; the patched methods work as the unpatched ones."""
+    import logging
+
+    from Acquisition import Implicit
+    from Products.ZCatalog.ZCatalog import ZCatalog
+
+    class Document:
+        id = "doc"
+
+        def getPhysicalPath(self):
+            return ("", "doc")
+
+    class ParentWithoutPath(Implicit):
+        """Like the suite's FakeParent: no ``getPhysicalPath``."""
+
+    caplog.set_level(logging.WARNING, logger="unimr.memcachedlock.zope.catalog")
+    bare = ZCatalog("loose")
+    bare.resolve_path = lambda path: Document()  # as the suite's TestZCatalog does
+    loose = bare.__of__(ParentWithoutPath())
+    for _ in range(2):
+        loose.catalog_object(Document(), "/doc")
+        loose.refreshCatalog()
+    assert len(loose) == 1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "called unlocked" in warnings[0], warnings
+
+    db = ZEO.DB(zeo_server.address)
+    conn = db.open()
+    try:
+        new_catalog(transaction.manager, conn)
+        transaction.begin()
+        stored = conn.root()["catalog"].__of__(ParentWithoutPath())
+        stored.catalog_object(Document(), "/doc")
+        held = registry.get_backend().list_locks()
+        transaction.commit()
+        assert [h.name for h in held] == [lock_name("Products.ZCatalog.ZCatalog.ZCatalog:oid:%s:%s"
+                                                    % (db.database_name, stored._p_oid.hex()))]
+        assert len(caplog.records) == 1  # no new warning: it was locked
+    finally:
+        transaction.abort()
+        conn.close()
+        db.close()
