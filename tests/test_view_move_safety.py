@@ -211,12 +211,7 @@ def rollback_joined_after(a: ClientA, name: str) -> int:
 def rollback_joined_before(a: ClientA, name: str) -> int:
     """The same with the connection joined before the savepoint (its own rollback)."""
     a.obj("other").n += 1
-    obj = a.obj(name)
-    seen = get(obj)
-    savepoint = transaction.savepoint()
-    put(obj, 99)
-    savepoint.rollback()
-    return seen
+    return rollback_joined_after(a, name)
 
 
 def kept_in_local(a: ClientA, name: str) -> int:
