@@ -48,6 +48,8 @@ The lock store is a private memcached on a free loopback port (the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -68,9 +70,9 @@ WORDS = ("zope", "zodb", "zeo", "catalog", "lock", "memcached", "plone", "index"
 TRIES = 4
 CATALOGS = ("light", "heavy")
 PATHS = ("plain", "cmfcore")
-POLICIES = ("always", "on-conflict")
-#: The policy of the site's configure.zcml (catalog.zcml).
-SITE_POLICY = "always"
+POLICIES = ("adaptive", "always", "on-conflict")
+#: The policy of catalog_object in the site's configure.zcml (catalog.zcml).
+SITE_POLICY = "adaptive"
 #: ``on-conflict`` alone: Zope's fourth and last try locked (its default max-conflict-retries is 3).
 ON_CONFLICT_CONFLICTS = 3
 #: Attributes the heavy catalog indexes (FieldIndex each) and stores as metadata.
@@ -203,6 +205,42 @@ def backoff(seed: int, client: int, doc: int, retry_count: int) -> float:
     return random.Random("%d-%d-%d-%d" % (seed, client, doc, retry_count)).uniform(0, 2 ** retry_count)
 
 
+#: Where a commit's time goes (``--breakdown``): label, module, attribute.  Each is timed where it is called.
+BREAKDOWN = (
+    ("wait for lock", "unimr.memcachedlock.transactionlock", "_acquire"),
+    ("note read", "unimr.memcachedlock.transactionlock", "_read_note"),
+    ("view check/move", "unimr.memcachedlock.transactionlock", "_check_view"),
+    ("gate or lock at commit", "unimr.memcachedlock.transactionlock", "_take_pending"),
+    ("catalog work", "Products.ZCatalog.Catalog", "Catalog.catalogObject"),
+    ("ZEO two-phase commit", "transaction._transaction", "Transaction._commitResources"),
+    ("note write", "unimr.memcachedlock.transactionlock", "_write_note"),
+    ("release and handoff", "unimr.memcachedlock.transactionlock", "_release"),
+)
+
+
+def time_parts(spent: dict[str, float]) -> None:
+    """Wrap the BREAKDOWN functions so that the seconds spent in each add up in ``spent``."""
+    import functools
+    import importlib
+
+    for label, module_name, attribute in BREAKDOWN:
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        spent[label] = 0.0
+
+        def timed(*args, _original=original, _label=label, **kw):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kw)
+            finally:
+                spent[_label] += time.perf_counter() - started
+
+        setattr(owner, name, functools.wraps(original)(timed))
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """One ZEO client: wait for "go" on stdin, publish ``docs`` requests, print JSON counts."""
     import transaction
@@ -219,6 +257,9 @@ def run_worker(args: argparse.Namespace) -> None:
     conn = db.open()
     tm = transaction.manager
     counts = {"runs": 0, "commits": 0, "busy": 0, "conflicts": 0, "failed": 0, "slept": 0.0, "most_tries": 0}
+    if args.breakdown:
+        counts["spent"] = {}
+        time_parts(counts["spent"])
     queue = None
     if args.path == "cmfcore":
         from Products.CMFCore.indexing import getQueue
@@ -259,59 +300,52 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(counts), flush=True)
 
 
-def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str = SITE_POLICY,
-             shape: str = "heavy", path: str = "plain", size: int = 0, immediate: bool = False,
-             seed: int = 0) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One cell of the benchmark: what the clients do and where the lock store is."""
+
+    clients: int = 4
+    work_ms: float = 2.0
+    catalog: str = "heavy"
+    path: str = "plain"
+    #: Entries in the catalog before the run (0: a fresh catalog that fills up during it).
+    size: int = 0
+    #: Retry without Zope's back-off sleep.
+    immediate: bool = False
+    #: Round trip added to every lock-store request by a delaying proxy (0: memcached on loopback).
+    store_rtt_ms: float = 0.0
+
+    def describe(self) -> str:
+        return "%s %s K=%d W=%gms size=%d %s rtt=%gms" % (
+            self.catalog, self.path, self.clients, self.work_ms, self.size,
+            "immediate" if self.immediate else "back-off", self.store_rtt_ms)
+
+
+def run_once(shape: Shape, docs: int, servers: str, policy: str = SITE_POLICY, seed: int = 0,
+             breakdown: bool = False) -> dict[str, Any]:
     """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy."""
     import transaction
     import ZEO
 
     sys.path.insert(0, TESTS)
+    from delay_proxy import DelayProxy
     from zeoserver import ZEOServer
 
-    with ZEOServer() as zeo:
+    delayed = DelayProxy(servers, reply_delay=shape.store_rtt_ms / 1000.0) if shape.store_rtt_ms else None
+    with ZEOServer() as zeo, delayed or contextlib.nullcontext():
         # Keys of their own per run: a site's lock notes hold one ZEO server, not every run's.
-        env = dict(os.environ, MEMCACHEDLOCK_SERVERS=servers, MEMCACHEDLOCK_BACKEND="memcached",
-                   MEMCACHEDLOCK_PREFIX="bench%d:" % zeo.port,
+        env = dict(os.environ, MEMCACHEDLOCK_SERVERS=delayed.address if delayed else servers,
+                   MEMCACHEDLOCK_BACKEND="memcached", MEMCACHEDLOCK_PREFIX="bench%d:" % zeo.port,
                    PYTHONPATH=os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])))
         db = ZEO.DB(zeo.address)
         conn = db.open()
-        make_catalog(conn, size, shape)
+        make_catalog(conn, shape.size, shape.catalog)
         conn.close()
-        procs = [
-            subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--worker", "--client", str(i),
-                 "--zeo-port", str(zeo.port), "--docs", str(docs), "--work-ms", str(work_ms),
-                 "--policy", policy, "--path", path, "--seed", str(seed)] + (["--immediate"] if immediate else []),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=zeo.directory,
-            )
-            for i in range(clients)
-        ]
-        results = []
-        try:
-            for proc in procs:
-                line = proc.stdout.readline()
-                if not line:
-                    raise RuntimeError("a benchmark client died while starting (exit %s)" % proc.wait(10))
-            started = time.monotonic()
-            for proc in procs:
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            for proc in procs:
-                line = proc.stdout.readline()
-                if not line:
-                    raise RuntimeError("a benchmark client died (exit %s)" % proc.wait(10))
-                results.append(json.loads(line))
-            wall = time.monotonic() - started
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    try:
-                        proc.stdin.close()
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+        command = [sys.executable, os.path.abspath(__file__), "--worker", "--zeo-port", str(zeo.port),
+                   "--docs", str(docs), "--work-ms", str(shape.work_ms), "--policy", policy, "--path", shape.path,
+                   "--seed", str(seed)] + (["--immediate"] if shape.immediate else []) + (
+                   ["--breakdown"] if breakdown else [])
+        results, wall = run_clients(command, shape.clients, env, zeo.directory)
         transaction.begin()
         conn = db.open()
         catalog = conn.root()["catalog"]
@@ -321,36 +355,75 @@ def run_once(clients: int, docs: int, work_ms: float, servers: str, policy: str 
         transaction.abort()
         db.close()
     total = {key: sum(r[key] for r in results) for key in ("runs", "commits", "busy", "conflicts", "failed", "slept")}
-    expected = {"c%d-d%d" % (c, n) for c in range(clients) for n in range(docs)}
+    expected = {"c%d-d%d" % (c, n) for c in range(shape.clients) for n in range(docs)}
     committed = total["commits"]
     total["most_tries"] = max(r["most_tries"] for r in results)
+    if breakdown:
+        total["spent"] = {label: sum(r["spent"][label] for r in results) for label, _, _ in BREAKDOWN}
     total.update(
-        mode=policy, shape=shape, path=path, clients=clients, docs=docs, work_ms=work_ms, size=size, wall=wall,
+        dataclasses.asdict(shape), mode=policy, docs=docs, wall=wall,
         wasted=total["runs"] - committed,
         wasted_per_commit=(total["runs"] - committed) / max(1, committed),
         lost=len(expected - uids) - total["failed"],
-        miscounted=entries - size - len(expected & uids),
+        miscounted=entries - shape.size - len(expected & uids),
         entries=entries,
     )
     return total
 
 
+def run_clients(command: list[str], clients: int, env: dict, cwd: str) -> tuple[list[dict], float]:
+    """Start ``clients`` workers, let them go at once, collect their counts and the wall time."""
+    procs = [subprocess.Popen(command + ["--client", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env, cwd=cwd)
+             for i in range(clients)]
+    results = []
+    try:
+        for proc in procs:
+            if not proc.stdout.readline():
+                raise RuntimeError("a benchmark client died while starting (exit %s)" % proc.wait(10))
+        started = time.monotonic()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError("a benchmark client died (exit %s)" % proc.wait(10))
+            results.append(json.loads(line))
+        wall = time.monotonic() - started
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    proc.stdin.close()
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return results, wall
+
+
 def describe(result: dict[str, Any]) -> str:
-    return ("%(mode)-11s %(shape)-5s %(path)-7s K=%(clients)d W=%(work_ms)gms: wall %(wall)6.2fs  "
-            "wasted %(wasted_per_commit).3f/commit (%(wasted)d)  conflicts %(conflicts)d  LockBusy %(busy)d  "
-            "failed %(failed)d  lost %(lost)d  miscounted %(miscounted)d  slept %(slept).1fs" % result)
+    line = ("%(mode)-13s wall %(wall)6.2fs  wasted %(wasted_per_commit).3f/commit (%(wasted)d)  "
+            "conflicts %(conflicts)d  LockBusy %(busy)d  failed %(failed)d  lost %(lost)d  "
+            "miscounted %(miscounted)d  slept %(slept).1fs" % result)
+    if "spent" in result:
+        commits = max(1, result["commits"])
+        line += "\n    ms per commit: " + ", ".join(
+            "%s %.2f" % (label, seconds * 1000 / commits) for label, seconds in result["spent"].items())
+    return line
 
 
-def cell(clients: int, docs: int, work_ms: float, shape: str, path: str, modes: list[str], repeat: int,
-         servers: str, size: int, immediate: bool) -> list[dict]:
+def cell(shape: Shape, docs: int, modes: list[str], repeat: int, servers: str, breakdown: bool) -> list[dict]:
     """``repeat`` rounds of every mode, alternating; prints each run and the ratios to unpatched."""
+    print("%s, %d documents per client" % (shape.describe(), docs), flush=True)
     results = []
     for _ in range(repeat):
         row = {}
         seed = random.randrange(1 << 30)
         for mode in modes:
-            result = run_once(clients, docs, work_ms, servers, mode, shape, path, size, immediate, seed)
-            print(describe(result), flush=True)
+            result = run_once(shape, docs, servers, mode, seed, breakdown)
+            print("  " + describe(result), flush=True)
             results.append(result)
             row[mode] = result
         base = row.get("unpatched")
@@ -360,41 +433,73 @@ def cell(clients: int, docs: int, work_ms: float, shape: str, path: str, modes: 
     return results
 
 
+CELL_FIELDS = ("catalog", "path", "clients", "work_ms", "size", "immediate", "store_rtt_ms")
+
+
 def summary(results: list[dict], modes: list[str]) -> None:
     """One line per cell and policy: every run's ratio, the failed/lost/wasted totals against unpatched."""
-    print("\n| catalog | path | K | W ms | policy | wall ratios (each run) | median | failed | lost | "
-          "wasted/commit (unpatched) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    key = lambda r: (r["shape"], r["path"], r["clients"], r["work_ms"])  # noqa: E731
+    print("\n| catalog | path | K | W ms | size | retries | store rtt ms | policy | wall ratios (each run) | median "
+          "| failed (unpatched) | lost | wasted/commit (unpatched) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    key = lambda r: tuple(r[field] for field in CELL_FIELDS)  # noqa: E731
     for cell_key, group in itertools.groupby(sorted(results, key=key), key=key):
         group = list(group)
         base = [r for r in group if r["mode"] == "unpatched"]
+        catalog, path, clients, work_ms, size, immediate, rtt = cell_key
         for mode in modes:
             if mode == "unpatched" or not base:
                 continue
             runs = [r for r in group if r["mode"] == mode]
             ratios = [r["wall"] / b["wall"] for r, b in zip(runs, base)]
-            print("| %s | %s | %d | %g | %s | %s | %.2f | %d (%d) | %d | %s (%s) |" % (
-                *cell_key, mode, ", ".join("%.2f" % x for x in ratios), statistics.median(ratios),
+            print("| %s | %s | %d | %g | %d | %s | %g | %s | %s | %.2f | %d (%d) | %d | %s (%s) |" % (
+                catalog, path, clients, work_ms, size, "immediate" if immediate else "back-off", rtt,
+                mode, ", ".join("%.2f" % x for x in ratios), statistics.median(ratios),
                 sum(r["failed"] for r in runs), sum(b["failed"] for b in base), sum(r["lost"] for r in runs),
                 ", ".join("%.3f" % r["wasted_per_commit"] for r in runs),
                 ", ".join("%.3f" % b["wasted_per_commit"] for b in base)), flush=True)
+
+
+#: ``--matrix``: every combination of these (catalog, path, clients, work ms, size, retries, store rtt).
+MATRIX = {
+    "catalog": CATALOGS,
+    "path": PATHS,
+    "clients": (4, 8, 16),
+    "work_ms": (2.0,),
+    "size": (0, 2000),
+    "immediate": (True, False),
+    "store_rtt_ms": (0.0, 0.3),
+}
+
+
+def matrix_shapes(args: argparse.Namespace) -> list[Shape]:
+    """The cells of ``--matrix``; a dimension given on the command line is fixed to that value."""
+    dims = dict(MATRIX)
+    for field in args.fix or ():
+        dims[field] = (getattr(args, field),)
+    return [Shape(**dict(zip(dims, values))) for values in itertools.product(*dims.values())]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--docs", type=int, default=25, help="documents (requests) per client")
-    parser.add_argument("--work-ms", type=float, default=2.0, help="CPU work per request before cataloging")
+    parser.add_argument("--work-ms", dest="work_ms", type=float, default=2.0,
+                        help="CPU work per request before cataloging")
     parser.add_argument("--catalog", choices=CATALOGS, default="heavy")
     parser.add_argument("--path", choices=PATHS, default="plain")
     parser.add_argument("--size", type=int, default=0, help="entries in the catalog before the run")
-    parser.add_argument("--modes", default="unpatched,always,on-conflict",
+    parser.add_argument("--modes", default="unpatched,%s" % SITE_POLICY,
                         help="comma-separated: unpatched, zlock policies, on-conflict:N (conflicts=N)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every mode")
     parser.add_argument("--immediate", action="store_true", help="retry without Zope's back-off sleep")
+    parser.add_argument("--store-rtt-ms", dest="store_rtt_ms", type=float, default=0.0,
+                        help="round trip added to every lock-store request (a delaying proxy)")
     parser.add_argument("--matrix", action="store_true",
-                        help="light/heavy x 4/8 clients x W 2/20 ms x plain/cmfcore")
+                        help="every cell of MATRIX; --fix NAME keeps a dimension at its option's value")
+    parser.add_argument("--fix", action="append", choices=list(MATRIX), metavar="NAME",
+                        help="with --matrix: keep dimension NAME (e.g. clients) at its option's value")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="print where the time of a commit goes (wait, note, view, catalog, ZEO, release)")
     parser.add_argument("--servers", default=None, help="memcached servers (default: start one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
@@ -408,8 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("clients", "docs", "repeat"):
         if getattr(args, name) < 1:
             parser.error("--%s must be at least 1, not %r" % (name, getattr(args, name)))
-    if args.work_ms < 0 or args.size < 0:
-        parser.error("--work-ms and --size must not be negative")
+    if args.work_ms < 0 or args.size < 0 or args.store_rtt_ms < 0:
+        parser.error("--work-ms, --size and --store-rtt-ms must not be negative")
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
         if mode != "unpatched":
@@ -417,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
                 split_mode(mode)
             except ValueError as exc:
                 parser.error(str(exc))
+    if args.matrix:
+        shapes = matrix_shapes(args)
+    else:
+        shapes = [Shape(args.clients, args.work_ms, args.catalog, args.path, args.size, args.immediate,
+                        args.store_rtt_ms)]
     server = None
     servers = args.servers
     if servers is None:
@@ -424,15 +534,10 @@ def main(argv: list[str] | None = None) -> int:
 
         server = MemcachedServer().start()
         servers = server.address
-    if args.matrix:
-        cells = list(itertools.product(CATALOGS, PATHS, (4, 8), (2.0, 20.0)))
-    else:
-        cells = [(args.catalog, args.path, args.clients, args.work_ms)]
     results = []
     try:
-        for shape, path, clients, work_ms in cells:
-            results += cell(clients, args.docs, work_ms, shape, path, modes, args.repeat, servers, args.size,
-                            args.immediate)
+        for shape in shapes:
+            results += cell(shape, args.docs, modes, args.repeat, servers, args.breakdown)
     finally:
         if server is not None:
             server.kill()

@@ -6,7 +6,8 @@ increments a counter on one persistent object, retried by
 of one real ZEO server (default clients, ``server_sync`` off, unless noted):
 
 ``nolock``  the work runs on whatever view the transaction has; conflicts waste it.
-``zlock``   the work runs inside a ``@zlock`` function, policy ``always`` (memcached on loopback).
+``zlock``   the work runs inside a ``@zlock`` function, zlock's default policy (``adaptive``) unless
+            ``--policy`` names another (memcached on loopback).
 ``ideal``   an ``flock`` around the whole transaction with ``ZEO.DB(server_sync=True)``:
             the lock is taken before ``begin()`` and released after the commit.
 
@@ -66,7 +67,7 @@ def client(args: argparse.Namespace) -> None:
         counter = conn.root()[name]
         counter["value"] = counter["value"] + 1
 
-    locked_work = zlock(lambda fun: name, timeout=30, interval=0.05, policy="always")(work)
+    locked_work = zlock(lambda fun: name, timeout=30, interval=0.05, policy=args.policy)(work)
     print("ready", flush=True)
     sys.stdin.readline()
     manager = transaction.manager
@@ -126,7 +127,8 @@ def run_mode(mode: str, args: argparse.Namespace, zeo: ZEOServer, memcached: Mem
     name = "counter-%s-%d" % (mode, round_no)
     setup_object(zeo.port, name)
     env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
-    cmd = [sys.executable, os.path.abspath(__file__), "--client", "--mode", mode, "--zeo", str(zeo.port),
+    cmd = [sys.executable, os.path.abspath(__file__), "--client", "--mode", mode, "--policy", args.policy,
+           "--zeo", str(zeo.port),
            "--writes", str(args.writes), "--work-ms", str(args.work_ms), "--object", name,
            "--flock", os.path.join(workdir, "ideal.lock")]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-ms", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--policy", default="adaptive", choices=("adaptive", "always", "on-conflict"),
+                        help="the zlock policy of mode zlock")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--zeo", type=int, help=argparse.SUPPRESS)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from servers import MemcachedServer
-from unimr.memcachedlock import registry
+from unimr.memcachedlock import adaptive, registry
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +64,10 @@ def _isolated_config(monkeypatch):
         if name.startswith("MEMCACHEDLOCK_"):
             monkeypatch.delenv(name)
     registry.reset()
+    adaptive.reset()
     yield
     registry.reset()
+    adaptive.reset()
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ directions.  ``delay_next_reply(seconds)`` makes the proxy sit on the next
 chunk the server sends (on any connection) for that long before passing it
 on: the request was carried out, its answer comes late.  That is what a
 client with a read timeout shorter than the delay meets as an "unknown
-outcome".  Nothing about memcached is simulated: the server is real.
+outcome".  ``reply_delay`` holds back every reply instead: a lock store a
+network hop away (the benchmarks' ``--store-rtt-ms``).  Nothing about
+memcached is simulated: the server is real.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 class DelayProxy:
     """Listen on 127.0.0.1:<free port>, forward to 127.0.0.1:``upstream_port``."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, upstream: int | str, reply_delay: float = 0.0) -> None:
+        """``upstream``: a port on 127.0.0.1 or ``"127.0.0.1:port"``; ``reply_delay``: held back from every reply."""
+        self.upstream_port = upstream if isinstance(upstream, int) else int(upstream.rpartition(":")[2])
+        self.reply_delay = reply_delay
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -41,6 +45,8 @@ class DelayProxy:
             self._delay = seconds
 
     def _take_delay(self) -> float:
+        if not self._delay:
+            return 0.0
         with self._delay_lock:
             delay, self._delay = self._delay, 0.0
         return delay
@@ -57,6 +63,8 @@ class DelayProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
@@ -68,7 +76,7 @@ class DelayProxy:
                 if not data:
                     break
                 if replies:
-                    delay = self._take_delay()
+                    delay = self._take_delay() or self.reply_delay
                     if delay:
                         self.delayed += 1
                         time.sleep(delay)

@@ -24,7 +24,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from overlap import OverlapLog
-from unimr.memcachedlock import registry
+from unimr.memcachedlock import Lock, registry, waiting
 from unimr.memcachedlock import transactionlock as zlock_module
 from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
@@ -130,9 +130,10 @@ def test_commit_releases_and_records_the_tid(db, conn):
     assert note(db) == db.lastTransaction()
 
 
-@pytest.mark.parametrize("policy, trips", [("always", 4), ("on-conflict", 2)])
+@pytest.mark.parametrize("policy, trips", [("always", 2), ("adaptive", 2), ("on-conflict", 2)])
 def test_store_round_trips_of_a_transaction(db, conn, policy, trips, monkeypatch):
-    """Always: acquire, gate and note read, note write, release.  On-conflict: enter and leave the gate.
+    """Always (and adaptive, which starts locking): the acquisition, which reads the gate and the note
+    too, and the release, which writes the note first.  On-conflict: enter and leave the gate.
 
     Counted once the key has a note (its first holder also asks the server's uptime: see memcachedgate).
     """
@@ -156,6 +157,42 @@ def test_store_round_trips_of_a_transaction(db, conn, policy, trips, monkeypatch
     transaction.commit()
     assert len(calls) == trips, calls
     assert holder() is None and note(db) == db.lastTransaction()
+
+
+@pytest.mark.parametrize("how", ["renewed", "handed over"])
+def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carry_it(db, conn, how,
+                                                                                       monkeypatch):
+    """A renewal drops the acquisition's cas, so the release compares the token instead; a hand-over
+    to a waiting thread rewrites the lock instead of freeing it: either way the next holder reads the
+    note of this commit."""
+    from unimr.memcachedlock.backends.memcached import MemcachedBackend
+
+    handed = []
+    hand_record_over = MemcachedBackend.hand_record_over
+    monkeypatch.setattr(MemcachedBackend, "hand_record_over",
+                        lambda self, *args: handed.append(hand_record_over(self, *args)) or handed[-1])
+    transaction.begin()
+    assert lock_for_transaction(HOT, policy="always") is True
+    entry = zlock_module._locks_of(transaction.get()).held[lock_name(HOT)]
+    got = []
+    other = Lock(HOT)
+    if how == "renewed":
+        assert entry.lease.renew(30)
+    else:
+        waiter = threading.Thread(target=lambda: got.append(other.acquire(timeout=10)))
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not waiting.must_queue(get_backend(), lock_name(HOT)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    bump(conn)
+    transaction.commit()
+    if how == "handed over":
+        waiter.join(10)
+        assert got == [True] and holder() is not None and len(handed) == 1 and handed[0] is not False
+        other.release()
+    else:
+        assert holder() is None and handed == []
+    assert note(db) == db.lastTransaction()
 
 
 def test_commit_without_writes_keeps_the_previous_note(db, conn):
@@ -507,7 +544,7 @@ def test_storages_that_come_and_go_do_not_grow_the_note(memcached):
             conn.root()["x"] = 1
         conn = database.open()
         transaction.begin()
-        assert lock_for_transaction(HOT) is True
+        assert lock_for_transaction(HOT, policy="always") is True
         conn.root()["x"] = 2
         transaction.commit()
         conn.close()

@@ -24,7 +24,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from unimr.memcachedlock import Lock
+from unimr.memcachedlock import Lock, adaptive
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, retry_will_lock, zlock
 from unimr.memcachedlock.zope.publisher import retry_at_once
@@ -99,10 +99,24 @@ def read_counter(db) -> int:
         return conn.root()["counter"]["value"]
 
 
-@pytest.mark.parametrize("policy", ["always", "on-conflict"])
-def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, policy):
+#: Every policy; ``adaptive:optimistic`` is adaptive with its keys starting optimistic.
+ALL_POLICIES = ["always", "on-conflict", "adaptive", "adaptive:optimistic"]
+
+
+def use_policy(policy: str, monkeypatch) -> str:
+    """The zlock policy to pass for ``policy`` (one of ALL_POLICIES)."""
+    if policy == "adaptive:optimistic":
+        monkeypatch.setattr(adaptive, "START", adaptive.OPTIMISTIC)
+        return "adaptive"
+    return policy
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, monkeypatch, policy):
     """The counter is read before the lock is taken and written after it: every
     stale read ends in a retry (LockBusy or ConflictError), no increment is lost."""
+    policy = use_policy(policy, monkeypatch)
+
     @zlock(lambda fun: HOT, policy=policy)
     def take_lock() -> None:
         """The locked call comes between the read and the write."""
@@ -205,10 +219,11 @@ def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
     db.close()
 
 
-@pytest.mark.parametrize("policy", ["always", "on-conflict"])
+@pytest.mark.parametrize("policy", ALL_POLICIES)
 def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(memcached, zeo_server, monkeypatch, policy):
     """Someone holds the lock for longer than MEMCACHEDLOCK_TXN_WAIT: the transaction
     gets a LockBusy (a ConflictError, not reserved: normal back-off), not a LockTimeout."""
+    policy = use_policy(policy, monkeypatch)
     monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "0.3")
     db = ZEO.DB(zeo_server.address)
     setup_counter(db)
@@ -511,24 +526,27 @@ def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(mem
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1"])
+@pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1", "adaptive"])
 def test_cmfcore_indexing_queue(memcached, mode):
     """Plone's path: catalog_object runs in CMFCore's before-commit queue hook."""
-    result = catalog_contention.run_once(3, 8, 2.0, memcached.address, mode, "heavy", "cmfcore", immediate=True)
+    shape = catalog_contention.Shape(3, 2.0, "heavy", "cmfcore", immediate=True)
+    result = catalog_contention.run_once(shape, 8, memcached.address, mode)
     assert result["commits"] == 24 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
-    if mode == "on-conflict:1":
+    if mode in ("on-conflict:1", "adaptive"):
         assert result["most_tries"] <= 2, result
     if mode == "always":  # taken inside commit(), the view moved there: nothing conflicts
         assert result["conflicts"] == 0 and result["wasted"] == 0 and result["busy"] <= 3, result
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, most_tries", [("always", 2), ("on-conflict", 4), ("on-conflict:1", 2)])
+@pytest.mark.parametrize("mode, most_tries", [("always", 2), ("on-conflict", 4), ("on-conflict:1", 2),
+                                              ("adaptive", 2)])
 def test_no_failed_request_with_eight_clients(memcached, mode, most_tries):
     """The catalog's default (always) never conflicts; on-conflict with conflicts=3 locks Zope's
     4th try, conflicts=1 the 2nd: none fails."""
-    result = catalog_contention.run_once(8, 10, 2.0, memcached.address, mode, "heavy", "plain", immediate=True)
+    shape = catalog_contention.Shape(8, 2.0, "heavy", "plain", immediate=True)
+    result = catalog_contention.run_once(shape, 10, memcached.address, mode)
     assert result["commits"] == 80 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
     # Only the tries before the locked one can conflict: it holds the lock from its begin and commits.

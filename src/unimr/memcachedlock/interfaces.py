@@ -165,8 +165,12 @@ class ILockBackend(Interface):
         "commit takes the lock."
     )
 
-    def acquire(name, ttl):
+    def acquire(name, ttl, with_note=False):
         """Try once to take lock ``name`` for ``ttl`` seconds.
+
+        ``with_note`` (zlock): the store may read the lock's note and commit
+        gate in the same request, for the new holder; its lease then offers
+        them (``note_read_at_acquire``), which spares a round trip.
 
         Return an ILease, or None if somebody else holds the lock.  Takes at
         most the store's I/O timeouts.  Raises BackendUnavailable if the store

@@ -96,6 +96,9 @@ class BaseLock:
 
     __slots__ = ("key", "name", "timeout", "interval", "on_lost", "_backend", "_lease", "_lost", "__weakref__")
 
+    #: Ask the store to read the lock's note with the acquisition (zlock's locks; see ``ILockBackend``).
+    reads_note = False
+
     def __init__(
         self,
         key: str | bytes | int,
@@ -149,12 +152,14 @@ class BaseLock:
         started = time.monotonic()
         must_wait = deadline is None or deadline > started
         lease = None
+        with_note = self.reads_note
         tried = not must_wait or not waiting.must_queue(backend, name)
         if tried:
-            lease = backend.acquire(name, ttl)
+            lease = backend.acquire(name, ttl, with_note)
         if lease is None and must_wait:
             lease = waiting.wait_for(
-                backend, name, lambda: backend.acquire(name, ttl), deadline, self.interval, not tried, ttl
+                backend, name, lambda: backend.acquire(name, ttl, with_note), deadline, self.interval, not tried,
+                ttl,
             )
             if lease is None:
                 return None

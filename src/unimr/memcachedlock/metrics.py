@@ -55,7 +55,7 @@ DEFAULT_INTERVAL = 60.0
 MIN_INTERVAL = 0.1
 MAX_INTERVAL = 86400.0
 COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
-            "busy_retries", "view_moves", "timeouts", "fallbacks", "lost")
+            "busy_retries", "view_moves", "timeouts", "fallbacks", "lost", "to_locking", "to_optimistic")
 SNAPSHOT_FORMAT = 1
 #: Prefixes with a record of their own per process; the rest count under OTHER.
 MAX_PREFIXES = 64
@@ -146,6 +146,11 @@ def record_busy(name: str) -> None:
 def record_view_move(name: str) -> None:
     """zlock moved a transaction's view forward in place instead of raising LockBusy."""
     _count(name, "view_moves")
+
+
+def record_switch(name: str, mode: str) -> None:
+    """zlock policy adaptive switched ``name`` to ``mode`` (``locking`` or ``optimistic``) in this process."""
+    _count(name, "to_" + mode)
 
 
 def record_fallback(name: str) -> None:

@@ -30,7 +30,9 @@ period) at the latest.  Where each view begins is marked by this module's
 transaction synchronizer, registered for a thread when it first uses zlock:
 a thread's first transaction therefore cannot move its view (LockBusy).
 
-That is policy ``always``, the catalog patch's.  Policy ``on-conflict`` is
+That is policy ``always``.  Policy ``adaptive``, the default, is
+``always`` while a key's writers meet and ``on-conflict`` (``conflicts=1``)
+while they do not, per process (see ``adaptive``).  Policy ``on-conflict`` is
 optimistic: the function runs unlocked, and a before-commit hook
 passes the key's *commit gate* (``interfaces.ICommitGate``): optimistic
 commits go in together but never while the lock is held, and a new holder
@@ -77,7 +79,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from . import metrics, notes, viewrefresh, zodbprivate
+from . import adaptive, metrics, notes, viewrefresh, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -128,9 +130,12 @@ DRAIN_WAIT = 2.0
 #: A note with this many entries is written whole again by the next optimistic commit.
 COMPACT_AT = 8
 
+#: ``adaptive``: ``always`` while the key's writers meet, ``on-conflict`` while they do not (``adaptive``);
 #: ``always``: lock from the first call to the end of the transaction;
 #: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
-POLICIES = ("always", "on-conflict")
+POLICIES = ("adaptive", "always", "on-conflict")
+#: The default policy of zlock and lock_for_transaction.
+DEFAULT_POLICY = "adaptive"
 
 if ConflictError is not None:
 
@@ -185,6 +190,8 @@ class _Request:
     wait: float
     conflicts: int = DEFAULT_CONFLICTS
     until: float = 0.0
+    #: Asked with policy adaptive: what its transactions meet is recorded (``adaptive.record``).
+    adaptive: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -330,8 +337,8 @@ def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: boo
         raise ConfigurationError("unknown zlock policy %r: use one of %s" % (policy, ", ".join(POLICIES)))
     if isinstance(conflicts, bool) or not isinstance(conflicts, int) or not 1 <= conflicts <= 100:
         raise ConfigurationError("bad zlock conflicts %r: use a whole number from 1 to 100" % (conflicts,))
-    if policy == "always" and conflicts != DEFAULT_CONFLICTS:
-        raise ConfigurationError("zlock conflicts=%r applies to policy on-conflict only, not always" % (conflicts,))
+    if policy != "on-conflict" and conflicts != DEFAULT_CONFLICTS:
+        raise ConfigurationError("zlock conflicts=%r applies to policy on-conflict only, not %s" % (conflicts, policy))
     return policy
 
 
@@ -395,6 +402,11 @@ def _committed_tid(conn) -> bytes | None:
 def _read_note(lock: Lock) -> dict[str, bytes]:
     """The note of a lock just taken, read once the optimistic commits that passed before have left."""
     backend = lock.backend
+    lease = lock.lease
+    if lease is not None and lease.backend is backend and hasattr(backend, "note_read_at_acquire"):
+        known, note = backend.note_read_at_acquire(lease)
+        if known:
+            return notes.decode_note(note)
     try:
         gate = backend.commit_gate
         if gate is not None:
@@ -540,6 +552,8 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     streak = keeper.streaks.setdefault(name, _Streak())
     if streak.txn is txn and streak.until:
         return  # counted already: an after-commit and an after-abort hook both see a failed commit
+    if request.adaptive:
+        adaptive.record(name, locked=False, met=True)
     now = time.monotonic()
     streak.count += 1
     streak.until = now + MARK_FOR
@@ -597,7 +611,13 @@ def _write_note(entry: _Entry, txn: object) -> None:
     tids = _committed_tids(txn, entry.policy)
     if tids:
         fresh = notes.with_since(entry.note, tids, _untouched(txn))
-        entry.lock.backend.set_note(entry.lock.name, notes.encode_note(notes.merge_note(entry.note, fresh)))
+        value = notes.encode_note(notes.merge_note(entry.note, fresh))
+        backend = entry.lock.backend
+        defer = getattr(backend, "defer_note", None)
+        if defer is not None and entry.lease.backend is backend:
+            defer(entry.lease, value)  # stored in the release's round trip, just before the lock is freed
+        else:
+            backend.set_note(entry.lock.name, value)
         _note_failures.clear()
 
 
@@ -698,7 +718,7 @@ def _take(request: _Request, policy: str, before_waiting: Callable[[], None] | N
     that dies holding a reservation thus leaves the lock for the lease, as one
     that dies inside the function does.
     """
-    the_lock = Lock(request.key, request.timeout, request.interval)
+    the_lock = _NoteLock(request.key, request.timeout, request.interval)
     _acquire(the_lock, request.key, request.timeout, request.wait, before_waiting)
     try:
         note = _read_note(the_lock)
@@ -706,6 +726,13 @@ def _take(request: _Request, policy: str, before_waiting: Callable[[], None] | N
         the_lock.release()
         raise
     return _Entry(request, the_lock, the_lock.lease, note, policy)
+
+
+class _NoteLock(Lock):
+    """zlock's lock: the store reads the note and the commit gate with the acquisition, where it can."""
+
+    __slots__ = ()
+    reads_note = True
 
 
 def _promote(entry: _Entry) -> None:
@@ -828,10 +855,12 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
         logger.debug("commit gate of %s unavailable (%s): taking the lock", name, exc)
         return False
     if entered is None:
+        _met_at_commit(locks.pending[name], name)
         return False
     try:
         if _commits_since_views(_connections(txn), notes.decode_note(entered.note), exclusive=True):
             entered.leave()
+            _met_at_commit(locks.pending[name], name)
             return False
         txn.addAfterCommitHook(_leave_gate, (entered, txn, name))
         txn.addAfterAbortHook(_leave_gate, (False, entered, txn, name))
@@ -840,6 +869,12 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
         entered.leave()
         raise
     return True
+
+
+def _met_at_commit(request: _Request, name: str) -> None:
+    """An optimistic commit found the lock held, or an exclusive commit after its view: it met a writer."""
+    if request.adaptive:
+        adaptive.record(name, locked=False, met=True)
 
 
 def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
@@ -851,6 +886,8 @@ def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
     try:
         entry = compact = None
         if status:
+            if _locks_of(txn).pending[name].adaptive:
+                adaptive.record(name, locked=False, met=False)
             tids = _committed_tids(txn, "on-conflict")
             if tids:
                 tids = notes.with_since(notes.decode_note(entered.note), tids)
@@ -918,16 +955,17 @@ def _fresh_after_ping(connections: list) -> bool:
 
 
 def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
-                adopted: bool, started: float, used: dict, move_view: bool) -> None:
-    """Bring a view that predates the last commit under the lock forward, or raise LockBusy.
+                adopted: bool, started: float, used: dict, move_view: bool) -> bool:
+    """Bring a view that predates the last commit under the lock forward (True), or raise LockBusy.
 
+    False if the view was not stale.
     The view is moved forward in place (unless ``move_view`` is False) when
     the transaction cannot have seen the old state of anything the newer
     commits changed (``viewrefresh``; ``used``: what it used, known before
     the wait, if there was one); otherwise LockBusy keeps the lock reserved
     for the retry, which begins after that commit.
     """
-    if policy == "always":
+    if policy != "on-conflict":
         _warn_unchecked(connections, name)
         stale = _commits_since_views(connections, entry.note)
         if stale:
@@ -937,13 +975,13 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
         stale = [] if adopted or _fresh_after_ping(connections) else [None]
         last = ""
     if not stale:
-        return
+        return False
     why = viewrefresh.refresh(connections, used) if move_view else "this lock does not move views (move_view=False)"
     if why is None:
         metrics.record_view_move(name)
         logger.debug("zlock %s: the view was moved forward in place past the last commit under the lock%s",
                      name, last)
-        return
+        return True
     _reserve(entry, txn, name)
     metrics.record_busy(name)
     raise LockBusy(
@@ -956,15 +994,17 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
-                         policy: str = "always", conflicts: int = DEFAULT_CONFLICTS, move_view: bool = True) -> bool:
+                         policy: str = DEFAULT_POLICY, conflicts: int = DEFAULT_CONFLICTS,
+                         move_view: bool = True) -> bool:
     """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
     from this thread's reservation, taken at begin, or already held by an
     earlier call) and the transaction's view contains the last commit made
-    under it -- or, with policy ``on-conflict`` and no conflict mark, when the
-    lock will be taken at commit.  Returns False, taking nothing, when there
-    is no transaction with a ZODB connection (or ZODB is not installed).
+    under it -- or, with policy ``on-conflict`` (or ``adaptive`` while the key
+    runs optimistically) and no conflict mark, when the lock will be taken
+    at commit.  Returns False, taking nothing, when there is no transaction
+    with a ZODB connection (or ZODB is not installed).
 
     ``conflicts`` (policy ``on-conflict`` only): after this many
     ConflictErrors in a row in this thread's transactions that used the
@@ -992,28 +1032,51 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     _register_keeper()  # from the thread's next transaction on, views are marked where they begin
     marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
-    request = _Request(key, timeout, interval, wait, conflicts)
+    request = _Request(key, timeout, interval, wait, conflicts, adaptive=policy == "adaptive")
+    if policy == "adaptive" and not adaptive.locks(name):
+        policy = "on-conflict"
     if policy == "on-conflict" and marked is None and reservation is None:
         _lock_at_commit(txn, name, request)
         return True
+    _take_for_transaction(txn, connections, name, request, policy, reservation, move_view)
+    return True
+
+
+def _take_for_transaction(txn: object, connections: list, name: str, request: _Request, policy: str,
+                          reservation: _Reservation | None, move_view: bool) -> None:
+    """Take (or adopt) the lock now, check the view, hold it to the end; policy adaptive learns what it met."""
     started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
     used: dict = {}
-    if entry is None:
+    waited: list[bool] = []
+
+    def before_waiting() -> None:
         # What the transaction used is worked out while the lock is busy, not once it is held.
-        entry = _take(request, policy, lambda: used.update(viewrefresh.uses(connections)))
-    entry.request.timeout = timeout
+        waited.append(True)
+        used.update(viewrefresh.uses(connections))
+
+    learn = request.adaptive and policy == "adaptive"
     try:
-        _check_view(entry, txn, connections, name, key, policy, adopted, started, used, move_view)
-        _hold(txn, name, entry)
+        if entry is None:
+            entry = _take(request, policy, before_waiting)
+        entry.request.timeout = request.timeout
+        try:
+            moved = _check_view(entry, txn, connections, name, request.key, policy, adopted, started, used,
+                                move_view)
+            _hold(txn, name, entry)
+        except LockBusy:
+            raise
+        except BaseException:
+            _release(entry)
+            raise
     except LockBusy:
+        if learn:
+            adaptive.record(name, locked=True, met=True)
         raise
-    except BaseException:
-        _release(entry)
-        raise
+    if learn:
+        adaptive.record(name, locked=True, met=bool(waited) or moved)
     logger.debug("zlock %s held for the transaction (waited %.3fs)", name, time.monotonic() - started)
-    return True
 
 
 def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
@@ -1029,17 +1092,19 @@ def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
 
 
 def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-          wait: float | None = None, policy: str = "always", conflicts: int = DEFAULT_CONFLICTS,
+          wait: float | None = None, policy: str = DEFAULT_POLICY, conflicts: int = DEFAULT_CONFLICTS,
           move_view: bool = True, **kw) -> Callable[[F], F]:
     """Serialise a function across ZEO clients until the calling transaction ends.
 
     ``get_key(fun, *args, **kw)`` names what is protected, as for ``lock``;
     ``timeout`` is the lease (renewed while held), ``interval`` the longest
     pause between polls, ``wait`` the longest wait for the lock (inside a
-    transaction at most ``txn_wait()``).  ``policy`` is ``always`` (lock the
-    call until the transaction ends; for hot objects whose conflicts ZODB
-    cannot resolve) or ``on-conflict`` (optimistic; lock at commit, and lock
-    the whole retry after ``conflicts`` ConflictErrors in a row).
+    transaction at most ``txn_wait()``).  ``policy`` is ``adaptive`` (the
+    default: ``always`` while the key's writers meet, optimistic while they
+    do not; see :mod:`unimr.memcachedlock.adaptive`), ``always`` (lock the
+    call until the transaction ends; for writers that replace objects) or
+    ``on-conflict`` (optimistic; lock at commit, and lock the whole retry
+    after ``conflicts`` ConflictErrors in a row).
     ``move_view`` False turns a stale view into a retry instead of moving it
     forward in place (see :func:`lock_for_transaction`).  The call may raise
     :class:`LockBusy` (a ConflictError: retry the transaction).
@@ -1049,4 +1114,4 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
-           "POLICIES", "RESERVE_FOR", "DEFAULT_CONFLICTS"]
+           "POLICIES", "DEFAULT_POLICY", "RESERVE_FOR", "DEFAULT_CONFLICTS"]

@@ -110,9 +110,9 @@ class FallbackBackend(Backend):
     def servers(self):
         return self.primary.servers
 
-    def acquire(self, name: str, ttl: float) -> Lease | None:
+    def acquire(self, name: str, ttl: float, with_note: bool = False) -> Lease | None:
         try:
-            lease = self.primary.acquire(name, ttl)
+            lease = self.primary.acquire(name, ttl, with_note)
         except BackendUnavailable as exc:
             logger.debug("lock %s tried in the lock directory: %s", name, exc)
             if self._held_in_memcached_here(name):

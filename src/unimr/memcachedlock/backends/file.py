@@ -177,8 +177,8 @@ class FileBackend(Backend):
         except OSError as exc:
             raise BackendUnavailable("cannot open lock file %s: %s" % (path, exc)) from exc
 
-    def acquire(self, name: str, ttl: float) -> FileLease | None:
-        """One non-blocking attempt; None if somebody holds the lock."""
+    def acquire(self, name: str, ttl: float, with_note: bool = False) -> FileLease | None:
+        """One non-blocking attempt; None if somebody holds the lock (the note is read apart)."""
         path = self.path_for(name)
         for _ in range(_REOPEN_ATTEMPTS):
             fd = self._open(path)

@@ -43,7 +43,7 @@ from .records import MAGIC, Holder, decode_value, encode_value, new_token, renew
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .memcachedgate import GATE_SUFFIX, MemcachedCommitGate
-from .pool import ClientPool
+from .pool import ClientPool, Write
 from .records import WANT_TTL, Want
 
 logger = logging.getLogger(__name__)
@@ -230,9 +230,13 @@ class MemcachedLease(Lease):
 
     After the release, ``successor`` holds the waiter announcement that was
     stored next to the lock (read in the release's ``gets``), or None.
+    ``read_at_acquire`` holds the commit gate's counter and the note as the
+    ``add`` that took the lock left them (read in its round trip), until the
+    lease serves another thread; None when unknown.  ``note_write`` is a note
+    to store in front of the release or hand-over (``MemcachedBackend.defer_note``).
     """
 
-    __slots__ = ("server", "key", "successor", "cas", "connection")
+    __slots__ = ("server", "key", "successor", "cas", "connection", "read_at_acquire", "note_write")
 
     expiring = True
 
@@ -243,7 +247,13 @@ class MemcachedLease(Lease):
         self.successor: bytes | None = None
         self.cas = cas
         self.connection = connection
+        self.read_at_acquire: tuple[bytes | None, bytes | None] | None = None
+        self.note_write: Write | None = None
         super().__init__(backend, name, token, value, ttl, sent)
+
+    def handed_to(self, ttl: float) -> bool:
+        self.read_at_acquire = None  # the holder that hands it over may have changed the note since
+        return super().handed_to(ttl)
 
     def _release(self) -> bool | None:
         key = self.key
@@ -252,12 +262,15 @@ class MemcachedLease(Lease):
                 # One round trip when the connection that stored the lock proves
                 # the server has not restarted; otherwise compare the token.
                 done = self.server.call(
-                    ClientPool.delete_if_unchanged, self.connection, key, self.cas, key + WANT_SUFFIX
+                    ClientPool.delete_if_unchanged, self.connection, key, self.cas, key + WANT_SUFFIX,
+                    self.note_write,
                 )
                 self.cas = self.connection = None
                 if done is not None:
+                    self._note_written()
                     self.successor = done[1]
                     return True
+            self._write_note_now()
             found = self.server.call(ClientPool.gets_values, key, key + WANT_SUFFIX)
             stored, cas = found.get(key, (None, None))
             want = found.get(key + WANT_SUFFIX)
@@ -270,6 +283,19 @@ class MemcachedLease(Lease):
             self.server.remember_unreleased(key, self.token)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
             return None
+
+    def _note_written(self) -> None:
+        """The request that carried ``note_write`` went through: say so if the server refused the note."""
+        write, self.note_write = self.note_write, None
+        if write is not None and not write.stored:
+            logger.warning("memcached %s did not store the note of lock %s: the next holder asks the storage "
+                           "instead", self.server, self.name)
+
+    def _write_note_now(self) -> None:
+        """Store ``note_write`` in a request of its own (it could not ride on the release); before the release."""
+        write, self.note_write = self.note_write, None
+        if write is not None:
+            self.server.call(ClientPool.set, write.key, write.value, expire=write.expire, noreply=False)
 
     def _renew(self, ttl: float) -> bool:
         stored, cas = self.server.call(ClientPool.gets_values, self.key).get(self.key, (None, None))
@@ -328,7 +354,7 @@ class MemcachedBackend(Backend):
         )
         return self.servers[best]
 
-    def acquire(self, name: str, ttl: float) -> MemcachedLease | None:
+    def acquire(self, name: str, ttl: float, with_note: bool = False) -> MemcachedLease | None:
         """One ``add``; a lease if it stored the lock, None if somebody holds it.
 
         From the moment the add is sent until the lease exists, an interrupt
@@ -340,9 +366,16 @@ class MemcachedBackend(Backend):
         value = encode_value(token, ttl)
         sent = time.monotonic()
         lease = None
+        read: tuple[bytes | None, bytes | None] | None = None
         try:
             try:
-                stored, cas, connection = server.call(ClientPool.add_keeping_cas, key, value, store_ttl(ttl))
+                if with_note:
+                    stored, cas, connection, others = server.call(
+                        ClientPool.add_keeping_cas_and_read, key, value, store_ttl(ttl), key + GATE_SUFFIX,
+                        key + NOTE_SUFFIX)
+                    read = (others[0], others[1])
+                else:
+                    stored, cas, connection = server.call(ClientPool.add_keeping_cas, key, value, store_ttl(ttl))
             except BackendUnavailable as exc:
                 if not _outcome_unknown(exc):
                     raise
@@ -350,6 +383,7 @@ class MemcachedBackend(Backend):
             if not stored:
                 return None
             lease = MemcachedLease(self, server, key, name, token, value, ttl, cas, connection, sent)
+            lease.read_at_acquire = read
         except BackendUnavailable:
             raise
         except BaseException:
@@ -397,10 +431,11 @@ class MemcachedBackend(Backend):
             sent = time.monotonic()
             answer = lease.server.call(
                 ClientPool.replace_if_unchanged, lease.connection, key, value, lease.cas, store_ttl(ttl),
-                key + WANT_SUFFIX,
+                key + WANT_SUFFIX, lease.note_write,
             )
             if answer is None:
                 return False
+            lease._note_written()
             lease.value, lease.cas, lease.ttl, lease.deadline = value, answer[0], ttl, sent + shortest_life(ttl)
         return Want.decode(answer[1]) if answer[1] else None
 
@@ -421,6 +456,29 @@ class MemcachedBackend(Backend):
         if want is None or want.token != token:
             return False
         return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
+
+    def defer_note(self, lease: MemcachedLease, value: bytes) -> None:
+        """Store ``value`` as the note of ``lease``'s lock in front of its release (or hand-over): one round trip less.
+
+        The note is stored before the lock is freed, as a ``set_note`` would
+        be: in the same request when the release can prove with the cas that
+        the lock is still ours, else in a request of its own just before.
+        """
+        lease.note_write = Write(self.prefix + lease.name + NOTE_SUFFIX, value, NOTE_TTL)
+
+    def note_read_at_acquire(self, lease: MemcachedLease) -> tuple[bool, bytes | None]:
+        """(True, the note) if the ``add`` that took ``lease`` found no optimistic commit passing, else (False, None).
+
+        Spares a new holder the round trip of ``commit_gate.drain``: the
+        ``add`` read the counter and the note after it stored the lock, so no
+        commit entered the gate since.  Not when the counter and the note
+        were both missing (the server may have restarted: ``drain`` decides),
+        nor for a lease handed over by another thread.
+        """
+        read, lease.read_at_acquire = lease.read_at_acquire, None
+        if read is None or read == (None, None) or (read[0] is not None and int(read[0]) > 0):
+            return False, None
+        return True, read[1]
 
     def get_note(self, name: str) -> bytes | None:
         return self.server_for(name).call(ClientPool.get, self.prefix + name + NOTE_SUFFIX)

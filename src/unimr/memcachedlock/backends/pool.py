@@ -123,12 +123,23 @@ class ClientPool:
         ``delete_if_unchanged`` can prove with it that the server did not
         restart since (and so that ``cas`` still names this very item).
         """
-        request = b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value)
-        line, connection = self._exchange(request, _read_line)
+        return self.add_keeping_cas_and_read(key, value, expire)[:3]
+
+    def add_keeping_cas_and_read(self, key: str, value: bytes, expire: int, *others: str
+                                 ) -> tuple[bool, bytes | None, Connection | None, list[bytes | None]]:
+        """``add_keeping_cas``, reading ``others`` in the same round trip (after the add: what it found then).
+
+        Returns (stored, cas, connection, the value of each of ``others`` or None).
+        """
+        request = b"ms %s %d ME T%d c\r\n%s\r\n" % (key.encode("ascii"), len(value), expire, value) + b"".join(
+            b"mg %s v\r\n" % other.encode("ascii") for other in others)
+        answers, connection = self._exchange(request, functools.partial(_read_meta_answers, 1 + len(others)))
+        line = answers[0][0]
+        values = [answer for _, answer in answers[1:]]
         if line.startswith(b"HD"):
-            return True, cas_flag(line), connection
+            return True, cas_flag(line), connection, values
         if line.startswith(b"NS"):
-            return False, None, None
+            return False, None, None, values
         _raise_for(line)
 
     def _exchange_on(self, connection: Connection, request: bytes, read: Any) -> Any:
@@ -159,17 +170,19 @@ class ClientPool:
         return result
 
     def replace_if_unchanged(self, connection: Connection, key: str, value: bytes, cas: bytes,
-                             expire: int, also_get: str) -> tuple[bytes, bytes | None] | None:
+                             expire: int, also_get: str, first: Write | None = None
+                             ) -> tuple[bytes, bytes | None] | None:
         """Replace the item stored with ``cas`` (meta ``ms`` with C) over ``connection``,
         reading ``also_get`` in the same round trip.
 
+        ``first`` is written before, in the same request (see ``Write``).
         Returns (the new cas, valid on the same connection; the value of
         ``also_get`` or None), or None when the connection is not available or
         the item changed.
         """
         request = b"ms %s %d C%s T%d c\r\n%s\r\nmg %s v\r\n" % (
             key.encode("ascii"), len(value), cas, expire, value, also_get.encode("ascii"))
-        answer = self._exchange_on(connection, request, _read_status_and_value)
+        answer = self._exchange_on(connection, _first(first) + request, _after(first, _read_status_and_value))
         if answer is _NOT_THERE:
             return None
         status, other = answer
@@ -181,15 +194,16 @@ class ClientPool:
         _raise_for(status)
 
     def delete_if_unchanged(self, connection: Connection, key: str, cas: bytes,
-                            also_get: str) -> tuple[bool, bytes | None] | None:
+                            also_get: str, first: Write | None = None) -> tuple[bool, bytes | None] | None:
         """Delete ``key`` if it still is the item stored with ``cas``, reading ``also_get`` too.
 
         Only over the connection that stored the item (see ``_exchange_on``).
+        ``first`` is written before, in the same request (see ``Write``).
         Returns None when that connection is busy (another thread has it) or
         closed, or the item changed: the caller then compares the stored value.  Otherwise (True, value of ``also_get`` or None).
         """
         request = b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii"))
-        answer = self._exchange_on(connection, request, _read_status_and_value)
+        answer = self._exchange_on(connection, _first(first) + request, _after(first, _read_status_and_value))
         if answer is _NOT_THERE:
             return None
         deleted, other = answer
@@ -235,6 +249,44 @@ class ClientPool:
     def _forget(self) -> None:
         """In a forked child: drop the parent's connections without talking on them."""
         self._idle = []
+
+
+class Write:
+    """An item to store (``ms``) in front of another request, in its round trip.
+
+    ``stored`` tells afterwards whether the server stored it (None: not sent).
+    zlock writes its note this way in front of the release that follows it:
+    memcached carries out one connection's commands in order, so the next
+    holder, whose ``add`` comes after the release, reads the note.
+    """
+
+    __slots__ = ("key", "value", "expire", "stored")
+
+    def __init__(self, key: str, value: bytes, expire: int) -> None:
+        self.key, self.value, self.expire = key, value, expire
+        self.stored: bool | None = None
+
+    def command(self) -> bytes:
+        return b"ms %s %d T%d\r\n%s\r\n" % (self.key.encode("ascii"), len(self.value), self.expire, self.value)
+
+
+def _first(write: Write | None) -> bytes:
+    return write.command() if write is not None else b""
+
+
+def _after(write: Write | None, read: Any) -> Any:
+    """``read``, after the answer to ``write`` (if any) is taken off the connection into ``write.stored``.
+
+    A refusal of the write (a SERVER_ERROR, say) does not fail the request it precedes.
+    """
+    if write is None:
+        return read
+
+    def read_after(sock: Any, buf: bytearray) -> Any:
+        write.stored = _read_line(sock, buf).startswith(b"HD")
+        return read(sock, buf)
+
+    return read_after
 
 
 def _receive(sock: Any, buf: bytearray) -> None:

@@ -529,10 +529,11 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
             seconds(data["wait_p50"]), seconds(data["wait_p99"]),
             seconds(data["hold_p50"]), seconds(data["hold_p99"]),
             int(data["busy_retries"]), int(data["view_moves"]), int(data["timeouts"]), int(data["fallbacks"]),
-            int(data["lost"]),
+            int(data["lost"]), "%d/%d" % (data["to_locking"], data["to_optimistic"]),
         ])
     out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
-                     "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST"), rows, right=tuple(range(1, 13))) + "\n")
+                     "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST", "LOCKED/FREED"), rows,
+                    right=tuple(range(1, 14))) + "\n")
     return EXIT_OK
 
 

@@ -130,6 +130,7 @@ class ILockOptions(Interface):
     )
     policy = _field(
         Choice, "zlock policy",
+        "adaptive (the default: always while the key's writers meet, on-conflict while they do not), "
         "always (lock each call until the transaction ends) or on-conflict (optimistic: "
         "lock at commit, and lock the whole retry after a ConflictError); zlock only.",
         values=POLICIES,
