@@ -459,24 +459,32 @@ def summary(results: list[dict], modes: list[str]) -> None:
                 ", ".join("%.3f" % b["wasted_per_commit"] for b in base)), flush=True)
 
 
-#: ``--matrix``: every combination of these (catalog, path, clients, work ms, size, retries, store rtt).
-MATRIX = {
-    "catalog": CATALOGS,
-    "path": PATHS,
-    "clients": (4, 8, 16),
-    "work_ms": (2.0,),
-    "size": (0, 2000),
-    "immediate": (True, False),
-    "store_rtt_ms": (0.0, 0.3),
-}
+#: ``--matrix``: blocks of cells, each every combination of its values (catalog, path, clients, size,
+#: retries, store rtt; 2 ms of request work).  The first block is the core; the others vary the lock
+#: store's distance and the catalog's size at 8 clients.
+MATRIX = (
+    {"catalog": CATALOGS, "path": PATHS, "clients": (4, 8, 16), "size": (0,), "immediate": (True, False),
+     "store_rtt_ms": (0.0,)},
+    {"catalog": CATALOGS, "path": PATHS, "clients": (8,), "size": (0,), "immediate": (True, False),
+     "store_rtt_ms": (0.3,)},
+    {"catalog": CATALOGS, "path": PATHS, "clients": (8,), "size": (2000,), "immediate": (True, False),
+     "store_rtt_ms": (0.0,)},
+)
+MATRIX_FIELDS = ("catalog", "path", "clients", "size", "immediate", "store_rtt_ms")
 
 
 def matrix_shapes(args: argparse.Namespace) -> list[Shape]:
-    """The cells of ``--matrix``; a dimension given on the command line is fixed to that value."""
-    dims = dict(MATRIX)
-    for field in args.fix or ():
-        dims[field] = (getattr(args, field),)
-    return [Shape(**dict(zip(dims, values))) for values in itertools.product(*dims.values())]
+    """The cells of ``--matrix``; a dimension given with ``--fix`` is kept at its option's value."""
+    shapes = []
+    for block in MATRIX:
+        dims = dict(block)
+        for field in args.fix or ():
+            dims[field] = (getattr(args, field),)
+        for values in itertools.product(*dims.values()):
+            shape = Shape(work_ms=args.work_ms, **dict(zip(dims, values)))
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="round trip added to every lock-store request (a delaying proxy)")
     parser.add_argument("--matrix", action="store_true",
                         help="every cell of MATRIX; --fix NAME keeps a dimension at its option's value")
-    parser.add_argument("--fix", action="append", choices=list(MATRIX), metavar="NAME",
+    parser.add_argument("--fix", action="append", choices=MATRIX_FIELDS, metavar="NAME",
                         help="with --matrix: keep dimension NAME (e.g. clients) at its option's value")
     parser.add_argument("--breakdown", action="store_true",
                         help="print where the time of a commit goes (wait, note, view, catalog, ZEO, release)")
