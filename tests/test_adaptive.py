@@ -14,6 +14,7 @@ import threading
 import pytest
 import transaction
 import ZEO
+from persistent.mapping import PersistentMapping
 
 from unimr.memcachedlock import adaptive, metrics
 from unimr.memcachedlock.adaptive import LOCKING, OPTIMISTIC, KeyHistory
@@ -34,7 +35,7 @@ def test_a_key_starts_locked_and_is_freed_after_a_window_of_quiet_locked_transac
 
 def test_a_locked_key_whose_writers_keep_meeting_stays_locked():
     history = KeyHistory()
-    for i in range(5 * adaptive.UNLOCK_WINDOW):
+    for i in range(adaptive.PROBE_AFTER - 1):  # (then a trial: below)
         assert history.record(locked=True, met=i % 8 == 0) is None  # one in eight meets: inside the band
     assert history.mode == LOCKING
 
@@ -49,6 +50,39 @@ def test_an_optimistic_key_locks_when_its_writers_meet_and_not_before():
     assert history.record(locked=False, met=True) is None
     assert history.record(locked=False, met=True) == LOCKING
     assert history.mode == LOCKING and not history.met
+
+
+def test_a_key_locked_for_long_is_tried_optimistically_and_a_failed_trial_doubles_the_wait():
+    """Writers that meet because the lock makes them wait get a trial of the optimistic mode."""
+    history = KeyHistory()
+    switched = [history.record(locked=True, met=True) for _ in range(adaptive.PROBE_AFTER)]
+    assert switched == [None] * (adaptive.PROBE_AFTER - 1) + [OPTIMISTIC] and history.trial
+    assert history.record(locked=False, met=True) is None
+    assert history.record(locked=False, met=True) == LOCKING  # two retries in the trial: it failed
+    assert not history.trial and history.probe_after == 2 * adaptive.PROBE_AFTER
+    switched = [history.record(locked=True, met=True) for _ in range(2 * adaptive.PROBE_AFTER)]
+    assert switched.index(OPTIMISTIC) == 2 * adaptive.PROBE_AFTER - 1
+
+
+def test_a_trial_without_retries_keeps_the_key_optimistic():
+    history = KeyHistory()
+    history.probe_after = 4 * adaptive.PROBE_AFTER  # after failed trials
+    for _ in range(4 * adaptive.PROBE_AFTER):
+        history.record(locked=True, met=True)
+    assert history.mode == OPTIMISTIC and history.trial
+    for _ in range(adaptive.LOCK_WINDOW):
+        assert history.record(locked=False, met=False) is None
+    assert history.mode == OPTIMISTIC and not history.trial and history.probe_after == adaptive.PROBE_AFTER
+
+
+def test_trials_wait_at_most_max_probe_after():
+    history = KeyHistory()
+    for _ in range(20):
+        for _ in range(history.probe_after):
+            history.record(locked=True, met=True)
+        history.record(locked=False, met=True)
+        history.record(locked=False, met=True)
+    assert history.probe_after == adaptive.MAX_PROBE_AFTER
 
 
 def test_an_outcome_of_the_other_mode_is_not_counted():
@@ -121,8 +155,9 @@ def test_the_hot_counter_locks_under_sustained_conflicts_and_runs_optimistically
     assert adaptive.mode(name) == LOCKING and metrics.snapshot()[prefix]["to_locking"] >= 1, busy
     assert busy["failed"] == 0 and busy["commits"] == 48 and max(most_tries) <= 2, (busy, most_tries)
     assert busy["conflicts"] >= adaptive.LOCK_AT, busy  # what made it lock
+    freed = metrics.snapshot()[prefix]["to_optimistic"]
     last = quiet(adaptive.UNLOCK_WINDOW)
-    assert adaptive.mode(name) == OPTIMISTIC and metrics.snapshot()[prefix]["to_optimistic"] == 2
+    assert adaptive.mode(name) == OPTIMISTIC and metrics.snapshot()[prefix]["to_optimistic"] == freed + 1
     assert first["conflicts"] == last["conflicts"] == 0 and first["busy"] == last["busy"] == 0
     assert read_counter(db) == adaptive.UNLOCK_WINDOW * 2 + 48
     db.close()
@@ -157,3 +192,38 @@ def test_a_locked_retry_never_fails_on_the_key(memcached, zeo_server, monkeypatc
     assert read_counter(db) == 48
     db.close()
     transaction.abort()
+
+
+def test_writers_that_only_meet_at_the_lock_are_freed_by_a_trial(memcached, zeo_server, monkeypatch):
+    """Two writers of different objects under one key, each working on after the locked call: locked,
+    every transaction waits for the other's; the trial finds no conflict and the key stays optimistic."""
+    monkeypatch.setattr(adaptive, "PROBE_AFTER", 8)
+    db = ZEO.DB(zeo_server.address)
+    with db.transaction() as conn:
+        for i in range(2):
+            conn.root()["counter-%d" % i] = PersistentMapping(value=0)
+
+    @zlock(lambda fun, *args: HOT)
+    def increment(counter) -> None:
+        counter["value"] += 1
+
+    def writer(i: int, stats: dict) -> None:
+        client = ZEO.DB(zeo_server.address)
+        conn = client.open()
+
+        def request() -> None:
+            increment(conn.root()["counter-%d" % i])
+            threading.Event().wait(0.01)  # the rest of the request, holding the lock if locked
+
+        for _ in range(30):
+            publish(request, stats)
+        conn.close()
+        client.close()
+
+    stats = run_threads(2, writer)
+    (name,) = adaptive._histories
+    assert adaptive.mode(name) == OPTIMISTIC, stats
+    assert stats == dict(commits=60, busy=stats["busy"], conflicts=0, failed=0), stats
+    with db.transaction() as conn:
+        assert [conn.root()["counter-%d" % i]["value"] for i in range(2)] == [30, 30]
+    db.close()

@@ -10,22 +10,32 @@ what its own transactions meet:
 
 * **Locking** (policy ``always``, but its commits are ordinary ones: their
   note entries are not exclusive): a transaction *met* another writer if it
-  had to wait for the lock, adopted a reservation, or found that another
-  holder committed after its view began.  After :data:`UNLOCK_WINDOW`
-  locked transactions of which at most :data:`UNLOCK_AT_MOST` met one, the
-  key runs optimistically.
+  had to wait for the lock or found that another holder committed after its
+  view began.  After :data:`UNLOCK_WINDOW` locked transactions of which at
+  most :data:`UNLOCK_AT_MOST` met one, the key runs optimistically.
 * **Optimistic** (policy ``on-conflict`` with ``conflicts=1``: the commit
   passes the key's commit gate, and the retry after a ConflictError holds
   the lock from its begin, so it never fails on the key): a transaction met
-  another writer if it failed with a ConflictError or had to take the lock
-  at commit because the lock was held.  When :data:`LOCK_AT` of the last
-  :data:`LOCK_WINDOW` optimistic transactions met one, the key locks again.
+  another writer if it had to be retried for it: a ConflictError, or an
+  exclusive writer's commit after its view.  When :data:`LOCK_AT` of the
+  last :data:`LOCK_WINDOW` optimistic transactions met one, the key locks
+  again.
 
 The two thresholds leave a band between them (hysteresis): meeting in
 about one transaction in eight neither locks a quiet key nor frees a busy
 one, so a key does not flap.  A key starts locked: a hot object must not
 pay the conflicts of a learning phase, and a quiet key is freed after
 :data:`UNLOCK_WINDOW` transactions.
+
+A locked transaction cannot tell whether it would have conflicted, and the
+lock makes its writers meet: code that works on after the locked call holds
+the lock meanwhile, so its writers always wait for each other.  So a key
+locked for :data:`PROBE_AFTER` transactions in a row is tried optimistically
+(a *trial*): if :data:`LOCK_AT` of the trial's first :data:`LOCK_WINDOW`
+transactions are retried, the key locks again and waits twice as long
+before the next trial (at most :data:`MAX_PROBE_AFTER`); otherwise it stays
+optimistic.  A failed trial costs at most :data:`LOCK_AT` retries, each of
+which holds the lock from its begin.
 
 The decision is per process and needs no round trip of its own: every
 process learns from the writers its own transactions meet.  Processes in
@@ -56,6 +66,9 @@ LOCK_AT = 2
 #: Locked transactions looked back on; at most UNLOCK_AT_MOST of them meeting one frees the key.
 UNLOCK_WINDOW = 16
 UNLOCK_AT_MOST = 1
+#: Locked transactions in a row before a trial of the optimistic mode; doubled after each failed trial.
+PROBE_AFTER = 64
+MAX_PROBE_AFTER = 4096
 #: Keys remembered per process (the least recently used beyond are forgotten: they start locked again).
 MAX_KEYS = 1024
 
@@ -68,12 +81,17 @@ START = LOCKING
 class KeyHistory:
     """What one key's transactions in this process met, in the mode the key is in now."""
 
-    __slots__ = ("mode", "met")
+    __slots__ = ("mode", "met", "locked_for", "probe_after", "trial")
 
     def __init__(self) -> None:
         self.mode = START
         #: True for each recent transaction (in ``mode``) that met another writer.
         self.met: collections.deque[bool] = collections.deque(maxlen=UNLOCK_WINDOW)
+        #: Locked transactions since the key last locked.
+        self.locked_for = 0
+        self.probe_after = PROBE_AFTER
+        #: True while the optimistic mode is on trial (see the module docstring).
+        self.trial = False
 
     def record(self, locked: bool, met: bool) -> str | None:
         """Count one transaction; the new mode if this one switches it, else None.
@@ -85,15 +103,29 @@ class KeyHistory:
             return None
         self.met.append(met)
         if self.mode == LOCKING:
+            self.locked_for += 1
             if len(self.met) == UNLOCK_WINDOW and sum(self.met) <= UNLOCK_AT_MOST:
+                self.probe_after = PROBE_AFTER
                 return self._switch(OPTIMISTIC)
-        elif sum(list(self.met)[-LOCK_WINDOW:]) >= LOCK_AT:
+            if self.locked_for >= self.probe_after:
+                self.trial = True
+                return self._switch(OPTIMISTIC)
+            return None
+        recent = list(self.met)[-LOCK_WINDOW:]
+        if sum(recent) >= LOCK_AT:
+            if self.trial:
+                self.probe_after = min(MAX_PROBE_AFTER, self.probe_after * 2)
+            self.trial = False
             return self._switch(LOCKING)
+        if self.trial and len(recent) == LOCK_WINDOW:
+            self.trial = False  # passed: the key stays optimistic
+            self.probe_after = PROBE_AFTER
         return None
 
     def _switch(self, mode: str) -> str:
         self.mode = mode
         self.met.clear()
+        self.locked_for = 0
         return mode
 
 
@@ -125,8 +157,7 @@ def record(name: str, locked: bool, met: bool) -> None:
         switched = _history(name).record(locked, met)
     if switched is not None:
         metrics.record_switch(name, switched)
-        logger.debug("zlock %s (policy adaptive) now %s: its writers %s", name, switched,
-                     "meet" if switched == LOCKING else "no longer meet")
+        logger.debug("zlock %s (policy adaptive) now %s", name, switched)
 
 
 def mode(name: str) -> str:

@@ -855,7 +855,6 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
         logger.debug("commit gate of %s unavailable (%s): taking the lock", name, exc)
         return False
     if entered is None:
-        _met_at_commit(locks.pending[name], name)
         return False
     try:
         if _commits_since_views(_connections(txn), notes.decode_note(entered.note), exclusive=True):
@@ -872,7 +871,7 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
 
 
 def _met_at_commit(request: _Request, name: str) -> None:
-    """An optimistic commit found the lock held, or an exclusive commit after its view: it met a writer."""
+    """An optimistic commit found an exclusive writer's commit after its view: it will be retried."""
     if request.adaptive:
         adaptive.record(name, locked=False, met=True)
 
@@ -1056,7 +1055,8 @@ def _take_for_transaction(txn: object, connections: list, name: str, request: _R
         waited.append(True)
         used.update(viewrefresh.uses(connections))
 
-    learn = request.adaptive and policy == "adaptive"
+    # A retry that adopted its reservation continues the transaction that met the writer (and counted it).
+    learn = request.adaptive and policy == "adaptive" and not adopted
     try:
         if entry is None:
             entry = _take(request, policy, before_waiting)
