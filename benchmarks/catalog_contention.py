@@ -27,11 +27,23 @@ a KeywordIndex and 9 metadata columns).  Two ways to reach the catalog:
 
 Modes, each on a fresh ZEO server: ``unpatched`` (Zope as shipped: ZCatalog's
 BTrees resolve most conflicts, the rest throw the request's work away) and
-``patched`` with each zlock policy: ``always``, the default of the top-level
-``configure.zcml`` (every catalog write holds the lock to the end of its
-transaction; a waiter's view is moved forward in place), and ``on-conflict``
-(optimistic; ``conflicts="3"``: Zope's fourth and last try holds the lock
-from its begin); ``on-conflict:N`` is on-conflict with ``conflicts=N``.
+patched with each zlock policy: ``adaptive``, the default of the top-level
+``configure.zcml`` (``always`` while a process's catalog writes meet other
+clients', ``on-conflict:1`` while they do not), ``always`` (every catalog
+write holds the lock to the end of its transaction; a waiter's view is moved
+forward in place), and ``on-conflict`` (optimistic; ``conflicts="3"``: Zope's
+fourth and last try holds the lock from its begin); ``on-conflict:N`` is
+on-conflict with ``conflicts=N``.
+
+Shapes: ``--size`` pre-fills the catalog (default 0: a fresh catalog that
+fills up during the run), ``--store-rtt-ms`` puts a proxy that holds back
+every reply of memcached in front of it (a lock store a network hop away),
+``--matrix`` runs every cell of ``MATRIX`` (40: light/heavy, plain/cmfcore,
+4/8/16 clients, back-off and immediate retries; then the 0.3 ms store and a
+catalog of 2000 entries at 8 clients).  ``--breakdown`` prints where a
+commit's time goes: the wait for the lock, the note, the view check, the
+catalog work, ZEO's two-phase commit and the release, each summed over all
+clients and divided by the commits.
 
 Printed per run: wall time, ``catalog_object`` runs wasted per commit (runs
 whose transaction did not commit), ConflictError and LockBusy retries, failed
@@ -39,7 +51,9 @@ requests, lost entries (documents committed but missing from the catalog, or
 an entry count that differs); then, per cell, the ratio patched/unpatched.
 
     .venv/bin/python benchmarks/catalog_contention.py --clients 4 --work-ms 2
-    .venv/bin/python benchmarks/catalog_contention.py --matrix --repeat 3
+    .venv/bin/python benchmarks/catalog_contention.py --matrix --repeat 2
+    .venv/bin/python benchmarks/catalog_contention.py --catalog light --path cmfcore --clients 8 \
+        --immediate --modes always --breakdown --store-rtt-ms 0.3
 
 The lock store is a private memcached on a free loopback port (the
 ``memcached`` binary must be installed) unless ``--servers`` names one.
