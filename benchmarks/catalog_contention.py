@@ -37,7 +37,8 @@ on-conflict with ``conflicts=N``.
 
 Shapes: ``--size`` pre-fills the catalog (default 0: a fresh catalog that
 fills up during the run), ``--store-rtt-ms`` puts a proxy that holds back
-every reply of memcached in front of it (a lock store a network hop away),
+every reply of memcached in front of it (``rtt_proxy.py``, a process of its
+own: a lock store a network hop away),
 ``--matrix`` runs every cell of ``MATRIX`` (40: light/heavy, plain/cmfcore,
 4/8/16 clients, back-off and immediate retries; then the 0.3 ms store and a
 catalog of 2000 entries at 8 clients).  ``--breakdown`` prints where a
@@ -342,10 +343,11 @@ def run_once(shape: Shape, docs: int, servers: str, policy: str = SITE_POLICY, s
     import ZEO
 
     sys.path.insert(0, TESTS)
-    from delay_proxy import DelayProxy
     from zeoserver import ZEOServer
 
-    delayed = DelayProxy(servers, reply_delay=shape.store_rtt_ms / 1000.0) if shape.store_rtt_ms else None
+    from rtt_proxy import RttProxy
+
+    delayed = RttProxy(servers, shape.store_rtt_ms / 1000.0) if shape.store_rtt_ms else None
     with ZEOServer() as zeo, delayed or contextlib.nullcontext():
         # Keys of their own per run: a site's lock notes hold one ZEO server, not every run's.
         env = dict(os.environ, MEMCACHEDLOCK_SERVERS=delayed.address if delayed else servers,
@@ -428,9 +430,30 @@ def describe(result: dict[str, Any]) -> str:
     return line
 
 
+def proxied_round_trip(servers: str, rtt_ms: float) -> float:
+    """The median round trip, in ms, of a memcached ``get`` through the delaying proxy (what ``rtt_ms`` gives)."""
+    from pymemcache.client.base import Client
+
+    from rtt_proxy import RttProxy
+
+    with RttProxy(servers, rtt_ms / 1000.0) as proxy:
+        host, port = proxy.address.rsplit(":", 1)
+        client = Client((host, int(port)))
+        times = []
+        for _ in range(101):
+            started = time.perf_counter()
+            client.get("round-trip")
+            times.append(time.perf_counter() - started)
+        client.close()
+    return statistics.median(times) * 1000
+
+
 def cell(shape: Shape, docs: int, modes: list[str], repeat: int, servers: str, breakdown: bool) -> list[dict]:
     """``repeat`` rounds of every mode, alternating; prints each run and the ratios to unpatched."""
     print("%s, %d documents per client" % (shape.describe(), docs), flush=True)
+    if shape.store_rtt_ms:
+        print("  a get through the proxy takes %.2f ms (median, idle machine)"
+              % proxied_round_trip(servers, shape.store_rtt_ms), flush=True)
     results = []
     for _ in range(repeat):
         row = {}
