@@ -25,6 +25,12 @@ from test_zlock_policies import TRIES, publish, read_counter, run_threads, setup
 HOT = "adaptive-counter"
 
 
+@zlock(lambda fun, *args: HOT)
+def increment(counter) -> None:
+    """The hot counter's write (every test's adaptive history starts empty: see conftest)."""
+    counter["value"] += 1
+
+
 def test_a_key_starts_locked_and_is_freed_after_a_window_of_quiet_locked_transactions():
     history = KeyHistory()
     assert history.mode == LOCKING
@@ -116,10 +122,6 @@ def test_the_hot_counter_locks_under_sustained_conflicts_and_runs_optimistically
     db = ZEO.DB(zeo_server.address)
     setup_counter(db)
 
-    @zlock(lambda fun, *args: HOT)
-    def increment(counter) -> None:
-        counter["value"] += 1
-
     def quiet(count: int) -> dict:
         stats = dict(commits=0, busy=0, conflicts=0, failed=0)
         conn = db.open()
@@ -172,10 +174,6 @@ def test_a_locked_retry_never_fails_on_the_key(memcached, zeo_server, monkeypatc
     setup_counter(db)
     tries: list[int] = []
 
-    @zlock(lambda fun, *args: HOT)
-    def increment(counter) -> None:
-        counter["value"] += 1
-
     def writer(i: int, stats: dict) -> None:
         client = ZEO.DB(zeo_server.address)
         conn = client.open()
@@ -202,10 +200,6 @@ def test_writers_that_only_meet_at_the_lock_are_freed_by_a_trial(memcached, zeo_
     with db.transaction() as conn:
         for i in range(2):
             conn.root()["counter-%d" % i] = PersistentMapping(value=0)
-
-    @zlock(lambda fun, *args: HOT)
-    def increment(counter) -> None:
-        counter["value"] += 1
 
     def writer(i: int, stats: dict) -> None:
         client = ZEO.DB(zeo_server.address)
