@@ -13,7 +13,7 @@ from unimr.memcachedlock.decorators import lock, rlock
 from unimr.memcachedlock.errors import (
     ConfigurationError, DontLock, InvalidArgument, InvalidKey, MemcachedLockError, TimeoutTooLarge,
 )
-from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name
+from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name, shown
 from unimr.memcachedlock.locks import Lock, RLock
 
 HOSTILE_KEYS = [
@@ -59,6 +59,17 @@ def test_non_string_keys_are_refused(key):
         Lock(key)
     assert isinstance(info.value, TypeError) and isinstance(info.value, MemcachedLockError)
     assert type(key).__name__ in str(info.value)
+
+
+@pytest.mark.parametrize("key, text", [
+    (b"Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog",
+     "'Products.ZCatalog.ZCatalog.ZCatalog:/plone/portal_catalog'"),
+    ("app.views.counter:front page", "'app.views.counter:front page'"),
+    ("caf\u00e9", "'caf\u00e9'"),
+])
+def test_messages_show_a_key_as_text(key, text):
+    """LockBusy and LockTimeout name the key as the operator reads it in ``memcachedlock list``."""
+    assert shown(key) == text
 
 
 @pytest.mark.parametrize("value", [-1, 0, float("nan"), float("inf"), 1e12, "5", True, None])

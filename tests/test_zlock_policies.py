@@ -239,6 +239,7 @@ def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(memcached, zeo_se
         transaction.abort()
         assert not info.value.reserved and not retry_at_once(info.value)
         assert "lease 20s" in str(info.value) and "MEMCACHEDLOCK_TXN_WAIT" in str(info.value)
+        assert "lock '%s' is busy" % HOT in str(info.value), info.value
     finally:
         holder.release()
     transaction.begin()

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 from . import metrics
 from .errors import DontLock, InvalidKey, LockTimeout, SelfDeadlock
-from .keys import key_to_bytes
+from .keys import key_to_bytes, shown
 from .locks import (
     DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MAX_LEASE, BaseLock, Lock, RLock, _interval, check_seconds,
 )
@@ -67,8 +67,8 @@ def acquire_or_raise(lock: BaseLock, wait: float) -> None:
     if not lock.acquire(timeout=wait):
         metrics.record_timeout(lock.name)
         raise LockTimeout(
-            "waited %.1fs for lock %r and gave up (lease %.0fs)"
-            % (time.monotonic() - started, lock.key, lock.timeout)
+            "waited %.1fs for lock %s and gave up (lease %.0fs)"
+            % (time.monotonic() - started, shown(lock.key), lock.timeout)
         )
 
 

@@ -89,6 +89,11 @@ def decode_name(name: str) -> str:
     return unquote(name, errors="backslashreplace")
 
 
+def shown(key: object) -> str:
+    """``key`` as text for messages: ``'<name>'``, not a bytes repr (long keys shortened as their names are)."""
+    return "'%s'" % decode_name(lock_name(key))
+
+
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

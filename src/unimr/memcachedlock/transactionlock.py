@@ -83,7 +83,7 @@ from . import adaptive, metrics, notes, viewrefresh, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
-from .keys import lock_name
+from .keys import lock_name, shown
 from .lease import Lease
 from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
 from .registry import get_backend
@@ -685,8 +685,8 @@ def _adopt(reservation: _Reservation) -> _Entry | None:
 
 def _busy(key: object, timeout: float, waited: float) -> LockBusy:
     return LockBusy(
-        message="lock %r is busy: waited %.1fs inside a transaction (MEMCACHEDLOCK_TXN_WAIT) while another "
-        "transaction holds it (lease %gs); retry" % (key, waited, timeout),
+        message="lock %s is busy: waited %.1fs inside a transaction (MEMCACHEDLOCK_TXN_WAIT) while another "
+        "transaction holds it (lease %gs); retry" % (shown(key), waited, timeout),
         key=key,
     )
 
@@ -926,8 +926,9 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
         raise
     metrics.record_busy(name)
     raise LockBusy(
-        message="lock %r: a transaction holding it exclusively committed (tid %s) after this "
-        "transaction's view began; retry (lock reserved)" % (entry.request.key, max(tid for _, tid in stale).hex()),
+        message="lock %s: a transaction holding it exclusively committed (tid %s) after this "
+        "transaction's view began; retry (lock reserved)" % (shown(entry.request.key),
+                                                            max(tid for _, tid in stale).hex()),
         key=entry.request.key, reserved=True,
     )
 
@@ -984,9 +985,9 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
     _reserve(entry, txn, name)
     metrics.record_busy(name)
     raise LockBusy(
-        message="lock %r is busy: the transaction's view predates the last commit made under it%s and %s; "
+        message="lock %s is busy: the transaction's view predates the last commit made under it%s and %s; "
         "retry (lock reserved, waited %.3fs%s)"
-        % (key, last, why, time.monotonic() - started, ", reservation adopted" if adopted else ""),
+        % (shown(key), last, why, time.monotonic() - started, ", reservation adopted" if adopted else ""),
         key=key, reserved=True,
     )
 
