@@ -438,3 +438,17 @@ def test_undo_ours_restores_a_patch_applied_below(memcached, clean):
     assert calls == ["d1", "d2"]
     undo_other_addon_patch(Document, "peek", saved)
     assert Document.__dict__["peek"] is original
+
+
+def test_the_catalog_patch_says_so_in_one_info_line_per_process(memcached, clean, caplog):
+    """Zope copies INFO lines to the console: loading catalog.zcml (eleven locked methods and the publisher
+    patch) logs two, one for the methods and one for the publisher; the methods one by one at debug level."""
+    caplog.set_level(logging.DEBUG, logger="unimr.memcachedlock")
+    xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debugs = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.DEBUG and "now runs under" in r.getMessage()]
+    assert len(infos) == 2, infos
+    assert "now runs under a zlock" in infos[0] and "further locked methods" in infos[0]
+    assert "publisher" in infos[1]
+    assert len(debugs) == 10, debugs

@@ -93,6 +93,9 @@ class FallbackBackend(Backend):
         self.primary = primary
         self.secondary = secondary
         self.commit_gate = FallbackCommitGate(self)
+        for server in primary.servers:
+            server.while_down = ("locking goes on in the lock directory %s until it answers again "
+                                 "(processes on other hosts do not see those locks)" % secondary.directory)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FallbackBackend":

@@ -86,6 +86,8 @@ class MemcachedServer:
         self.down_until = 0.0
         self.last_error = ""
         self._unreleased: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+        #: What an outage means for the locks, in its one warning (a fallback store says what takes over).
+        self.while_down = "its locks are unavailable until it answers again"
 
     def __str__(self) -> str:
         return str(self.address)
@@ -139,10 +141,7 @@ class MemcachedServer:
             if first:
                 self.down_since = time.time()
         if first:
-            logger.warning(
-                "memcached %s unreachable (%s): its locks are unavailable until it answers again",
-                self, self.last_error,
-            )
+            logger.warning("memcached %s unreachable (%s): %s", self, self.last_error, self.while_down)
 
     def _recovered(self) -> None:
         with self._state_lock:

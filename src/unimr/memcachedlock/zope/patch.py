@@ -182,8 +182,12 @@ def lock_method(
         setattr(cls, method, wrapper)
         patch = Patch(cls, method, original, own, wrapper, kind, name, dict(options), calls)
         _patches[(cls, method)] = patch
-    logger.info("%s.%s.%s now runs under a %s (lock name %s)", cls.__module__, cls.__qualname__,
-                method, kind, name or "%s.%s" % (original.__module__, original.__qualname__))
+        first = len(_patches) == 1
+    # One line at start-up says locking is on; the other methods (catalog.zcml locks eleven) at debug level.
+    (logger.info if first else logger.debug)(
+        "%s.%s.%s now runs under a %s (lock name %s)%s", cls.__module__, cls.__qualname__, method, kind,
+        name or "%s.%s" % (original.__module__, original.__qualname__),
+        "; further locked methods are logged at debug level" if first else "")
     if kind == "zlock" and options.get("policy") == "on-conflict":
         warn_if_retries_end_first("%s.%s" % (cls.__qualname__, method), options.get("conflicts", DEFAULT_CONFLICTS))
     return patch
