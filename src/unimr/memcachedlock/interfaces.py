@@ -168,9 +168,12 @@ class ILockBackend(Interface):
     def acquire(name, ttl, with_note=False):
         """Try once to take lock ``name`` for ``ttl`` seconds.
 
-        ``with_note`` (zlock): the store may read the lock's note and commit
-        gate in the same request, for the new holder; its lease then offers
-        them (``note_read_at_acquire``), which spares a round trip.
+        ``with_note`` (zlock; passed only when True): the store may read the
+        lock's note and commit gate in the same request, for the new holder,
+        and offer them through ``note_read_at_acquire(lease)``; zlock also
+        asks ``defer_note(lease, value)`` to store its note with the release.
+        Both spare a round trip; ``backends.base.Backend`` has the defaults
+        (read and store the note apart).
 
         Return an ILease, or None if somebody else holds the lock.  Takes at
         most the store's I/O timeouts.  Raises BackendUnavailable if the store

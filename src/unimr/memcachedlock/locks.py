@@ -152,15 +152,17 @@ class BaseLock:
         started = time.monotonic()
         must_wait = deadline is None or deadline > started
         lease = None
-        with_note = self.reads_note
+        if self.reads_note:
+            def attempt() -> Lease | None:
+                return backend.acquire(name, ttl, with_note=True)
+        else:
+            def attempt() -> Lease | None:
+                return backend.acquire(name, ttl)
         tried = not must_wait or not waiting.must_queue(backend, name)
         if tried:
-            lease = backend.acquire(name, ttl, with_note)
+            lease = attempt()
         if lease is None and must_wait:
-            lease = waiting.wait_for(
-                backend, name, lambda: backend.acquire(name, ttl, with_note), deadline, self.interval, not tried,
-                ttl,
-            )
+            lease = waiting.wait_for(backend, name, attempt, deadline, self.interval, not tried, ttl)
             if lease is None:
                 return None
             if lease.started < started:

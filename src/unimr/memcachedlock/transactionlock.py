@@ -403,7 +403,7 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
     """The note of a lock just taken, read once the optimistic commits that passed before have left."""
     backend = lock.backend
     lease = lock.lease
-    if lease is not None and lease.backend is backend and hasattr(backend, "note_read_at_acquire"):
+    if lease is not None and lease.backend is backend:
         known, note = backend.note_read_at_acquire(lease)
         if known:
             return notes.decode_note(note)
@@ -613,10 +613,8 @@ def _write_note(entry: _Entry, txn: object) -> None:
         fresh = notes.with_since(entry.note, tids, _untouched(txn))
         value = notes.encode_note(notes.merge_note(entry.note, fresh))
         backend = entry.lock.backend
-        defer = getattr(backend, "defer_note", None)
-        if defer is not None and entry.lease.backend is backend:
-            defer(entry.lease, value)  # stored in the release's round trip, just before the lock is freed
-        else:
+        # Stored in the release's round trip, just before the lock is freed, where the store can.
+        if entry.lease.backend is not backend or not backend.defer_note(entry.lease, value):
             backend.set_note(entry.lock.name, value)
         _note_failures.clear()
 

@@ -50,6 +50,15 @@ class Backend:
     def release_all(self) -> int:
         return _lease.release_all(self)
 
+    def note_read_at_acquire(self, lease) -> tuple[bool, bytes | None]:
+        """(True, the note) if the acquisition of ``lease`` read the note and no commit can have passed
+        the gate since; (False, None) if the note must be read apart (this store reads it apart)."""
+        return False, None
+
+    def defer_note(self, lease, value: bytes) -> bool:
+        """Store ``value`` as the note of ``lease``'s lock with its release; False: store it now yourself."""
+        return False
+
     def held_leases(self) -> list:
         """Leases of this store that this process holds now."""
         return _lease.live_leases(self)

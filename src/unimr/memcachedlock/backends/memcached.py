@@ -456,14 +456,13 @@ class MemcachedBackend(Backend):
             return False
         return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
 
-    def defer_note(self, lease: MemcachedLease, value: bytes) -> None:
+    def defer_note(self, lease: MemcachedLease, value: bytes) -> bool:
         """Store ``value`` as the note of ``lease``'s lock in front of its release (or hand-over): one round trip less.
 
-        The note is stored before the lock is freed, as a ``set_note`` would
-        be: in the same request when the release can prove with the cas that
-        the lock is still ours, else in a request of its own just before.
-        """
+        Stored before the lock is freed, as by ``set_note``: in the release's request when its cas proves
+        the lock still ours, else in a request of its own just before."""
         lease.note_write = Write(self.prefix + lease.name + NOTE_SUFFIX, value, NOTE_TTL)
+        return True
 
     def note_read_at_acquire(self, lease: MemcachedLease) -> tuple[bool, bytes | None]:
         """(True, the note) if the ``add`` that took ``lease`` found no optimistic commit passing, else (False, None).
