@@ -195,6 +195,25 @@ def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carr
     assert note(db) == db.lastTransaction()
 
 
+def test_a_holder_that_lost_its_lock_does_not_overwrite_the_next_holders_note(db, conn):
+    """After a renewal the release compares the token: if another holder took the lock meanwhile
+    (the lease was broken), this commit's note is not written over the other holder's."""
+    transaction.begin()
+    assert lock_for_transaction(HOT, policy="always") is True
+    entry = zlock_module._locks_of(transaction.get()).held[lock_name(HOT)]
+    assert entry.lease.renew(30)
+    backend = get_backend()
+    assert backend.break_lock(lock_name(HOT))
+    other = Lock(HOT)
+    assert other.acquire(blocking=False)
+    backend.set_note(lock_name(HOT), b"the other holder's note")
+    bump(conn)
+    transaction.commit()
+    assert backend.get_note(lock_name(HOT)) == b"the other holder's note"
+    assert holder() is not None  # the other holder's lock was left alone
+    other.release()
+
+
 def test_commit_without_writes_keeps_the_previous_note(db, conn):
     transaction.begin()
     lock_for_transaction(HOT)

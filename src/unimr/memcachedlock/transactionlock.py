@@ -552,8 +552,7 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     streak = keeper.streaks.setdefault(name, _Streak())
     if streak.txn is txn and streak.until:
         return  # counted already: an after-commit and an after-abort hook both see a failed commit
-    if request.adaptive:
-        adaptive.record(name, locked=False, met=True)
+    _learn(request, name, met=True)
     now = time.monotonic()
     streak.count += 1
     streak.until = now + MARK_FOR
@@ -565,6 +564,12 @@ def _mark(name: str, request: _Request, txn: object) -> None:
     request.until = now + MARK_FOR
     keeper.marks[name] = request
     logger.debug("ConflictError under optimistic zlock %s: the retry takes the lock at begin", name)
+
+
+def _learn(request: _Request, name: str, met: bool) -> None:
+    """Policy adaptive: an optimistic transaction on lock ``name`` ended, having ``met`` a writer or not."""
+    if request.adaptive:
+        adaptive.record(name, locked=False, met=met)
 
 
 def retry_will_lock() -> bool:
@@ -857,7 +862,7 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
     try:
         if _commits_since_views(_connections(txn), notes.decode_note(entered.note), exclusive=True):
             entered.leave()
-            _met_at_commit(locks.pending[name], name)
+            _learn(locks.pending[name], name, met=True)  # an exclusive writer's commit: it will be retried
             return False
         txn.addAfterCommitHook(_leave_gate, (entered, txn, name))
         txn.addAfterAbortHook(_leave_gate, (False, entered, txn, name))
@@ -866,12 +871,6 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
         entered.leave()
         raise
     return True
-
-
-def _met_at_commit(request: _Request, name: str) -> None:
-    """An optimistic commit found an exclusive writer's commit after its view: it will be retried."""
-    if request.adaptive:
-        adaptive.record(name, locked=False, met=True)
 
 
 def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
@@ -883,8 +882,7 @@ def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
     try:
         entry = compact = None
         if status:
-            if _locks_of(txn).pending[name].adaptive:
-                adaptive.record(name, locked=False, met=False)
+            _learn(_locks_of(txn).pending[name], name, met=False)
             tids = _committed_tids(txn, "on-conflict")
             if tids:
                 tids = notes.with_since(notes.decode_note(entered.note), tids)

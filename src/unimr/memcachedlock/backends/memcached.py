@@ -269,14 +269,15 @@ class MemcachedLease(Lease):
                     self._note_written()
                     self.successor = done[1]
                     return True
-            self._write_note_now()
             found = self.server.call(ClientPool.gets_values, key, key + WANT_SUFFIX)
             stored, cas = found.get(key, (None, None))
             want = found.get(key + WANT_SUFFIX)
             if want is not None:
                 self.successor = want[0]
             if not carries_token(stored, self.token):
+                self.note_write = None  # the lock is no longer ours: a newer holder's note must stay
                 return False
+            self._write_note_now()
             return bool(self.server.call(ClientPool.cas_value, key, stored, cas, -1))
         except BackendUnavailable:
             self.server.remember_unreleased(key, self.token)
@@ -291,7 +292,7 @@ class MemcachedLease(Lease):
                            "instead", self.server, self.name)
 
     def _write_note_now(self) -> None:
-        """Store ``note_write`` in a request of its own (it could not ride on the release); before the release."""
+        """Store ``note_write`` in a request of its own (it could not ride on the release), the lock being ours."""
         write, self.note_write = self.note_write, None
         if write is not None:
             self.server.call(ClientPool.set, write.key, write.value, expire=write.expire, noreply=False)
