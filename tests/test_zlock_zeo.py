@@ -67,6 +67,41 @@ def test_clients_never_waste_work_and_lose_nothing(memcached, zeo_server, tmp_pa
     assert all(r["failed_commits"] == 0 for r in reports)
 
 
+def longest_run(stamps: list[tuple[float, str]], who: str) -> int:
+    """The most commits in a row by one process while ``who``'s process still had requests to make."""
+    seq = [name for _, name in sorted(stamps)]
+    last = max(i for i, name in enumerate(seq) if name == who)
+    longest = run = 0
+    for i, name in enumerate(seq[: last + 1]):
+        run = run + 1 if i and name == seq[i - 1] else 1
+        if name != who:
+            longest = max(longest, run)
+    return longest
+
+
+def test_processes_take_turns_whatever_their_threads_do(memcached, zeo_server, tmp_path):
+    """2 processes x 2 threads, each request touching a hot object before the lock, as Plone's
+    uid generator: every request meets LockBusy once, its retry keeps the lock reserved, and the
+    process's other thread waits for it locally (handover).  The other process must still get
+    its turns: neither process commits more than a few times in a row while the other waits."""
+    import ZEO
+
+    from counters import Counter
+
+    setup_counter(zeo_server)
+    db = ZEO.DB(zeo_server.address)
+    with db.transaction() as conn:
+        conn.root()["uid"] = Counter()
+    db.close()
+    reports = run_clients(memcached, zeo_server, tmp_path, "turns", 2, "12")
+    stamps = [(t, r["who"]) for r in reports for t in r["stamps"]]
+    assert len(stamps) == 48
+    assert read_counter(zeo_server) == 48
+    assert sum(r["busy"] for r in reports) >= 12, reports  # the retries this test is about did happen
+    for r in reports:
+        assert longest_run(stamps, r["who"]) <= 6, sorted(stamps)
+
+
 def test_every_transaction_end_releases_on_zeo(memcached, zeo_server, tmp_path):
     """A client process takes the lock and ends its transaction in each possible way;
     after each, another client process takes the lock at once."""
@@ -232,11 +267,55 @@ def _paths(port: int) -> dict:
     return result
 
 
+def _turns(port: int, who: str, writes: int) -> dict:
+    """Two threads, each committing ``writes`` requests that touch ``uid`` before the zlocked call."""
+    import threading
+
+    import transaction
+    import ZEO
+
+    from unimr.memcachedlock.transactionlock import LockBusy, zlock
+
+    db = ZEO.DB(("127.0.0.1", port))
+    stats: dict = dict(who=who, busy=0, stamps=[])
+
+    @zlock(lambda fun, conn: NAME)
+    def work(conn) -> None:
+        conn.root()["counter"]["value"] += 1
+
+    def thread() -> None:
+        conn = db.open()
+        for _ in range(writes):
+            for attempt in transaction.manager.attempts(10):
+                with attempt:
+                    conn.root()["uid"].n += 1
+                    time.sleep(0.01)
+                    try:
+                        work(conn)
+                    except LockBusy:
+                        stats["busy"] += 1
+                        raise
+            stats["stamps"].append(time.monotonic())
+        conn.close()
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threads = [threading.Thread(target=thread) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    db.close()
+    return stats
+
+
 def _client_main(argv: list[str]) -> None:
     sys.path.insert(0, HERE)
     role, port, workdir, who = argv[:4]
     if role == "writer":
         stats = _writer(int(port), workdir, who, int(argv[4]), float(argv[5]))
+    elif role == "turns":
+        stats = _turns(int(port), who, int(argv[4]))
     else:
         print("ready", flush=True)
         sys.stdin.readline()

@@ -144,11 +144,13 @@ class KeyState:
         self.acquired_by_head = False
         #: A lease a releasing thread of this process handed to the head of the queue.
         self.handed = None
-        #: A handover saw another process waiting: the next release must free the lock.
+        #: A handover saw another process waiting: the next release must free the lock.  Kept
+        #: while no thread of this process waits, until a release frees the lock: the threads
+        #: take turns holding, and each turn would otherwise start with no debt.
         self.owe_turn = False
 
     def idle(self, now: float) -> bool:
-        return not self.queue and now >= self.yield_until and self.handed is None
+        return not self.queue and now >= self.yield_until and self.handed is None and not self.owe_turn
 
 
 _states: dict[tuple[int, str], KeyState] = {}
@@ -183,6 +185,8 @@ def released(backend, name: str, successor: bytes | None) -> None:
     host) and this process yields the key to it for a short while.
     """
     state = _states.get((id(backend), name))
+    if state is not None:
+        state.owe_turn = False  # the lock is free: whoever waits elsewhere can take it now
     want = Want.decode(successor) if successor else None
     if want is not None and (state is None or want.token != state.token):
         woke = want.local and send_wake(want.address)
