@@ -222,6 +222,26 @@ def test_merge_skips_fields_of_the_wrong_type(tmp_path):
     assert "broken" not in merged
 
 
+def test_conflicts_are_counted_bounded_and_merged_across_processes(tmp_path):
+    """Rows per table are bounded (the rest under (other)); two processes' files add up, the most frequent first."""
+    for i in range(metrics.MAX_CONFLICT_ROWS + 10):
+        metrics.record_conflict("app.Hot", "POST /site/doc-%d" % i, retried=True)
+    metrics.record_conflict("app.Cold", "POST /site/doc-0", retried=False)
+    mine = metrics.conflicts()
+    assert mine["classes"] == {"app.Hot": {"retried": metrics.MAX_CONFLICT_ROWS + 10}, "app.Cold": {"failed": 1}}
+    assert len(mine["requests"]) == metrics.MAX_CONFLICT_ROWS + 1
+    assert mine["requests"][metrics.OTHER] == {"retried": 10}
+    assert mine["requests"]["POST /site/doc-0"] == {"retried": 1, "failed": 1}
+    metrics.write_snapshot(str(tmp_path))
+    other = dict(metrics.report(), pid=-1, conflicts={"classes": {"app.Cold": {"failed": 2, "retried": "x"}},
+                                                      "requests": "not a dict"})
+    (tmp_path / "other--1.json").write_text(json.dumps(other))
+    merged = metrics.merge_conflicts(metrics.read_snapshots(str(tmp_path)))
+    assert merged["classes"] == [("app.Hot", metrics.MAX_CONFLICT_ROWS + 10, 0), ("app.Cold", 0, 3)]
+    assert merged["requests"][0] == (metrics.OTHER, 10, 0)
+    assert merged["requests"][1] == ("POST /site/doc-0", 1, 1)
+
+
 def test_importing_the_package_starts_no_thread_and_hooks_nothing_at_exit(tmp_path):
     """Metrics have no side effects at import: the writer and its exit hook come with a directory."""
     code = (

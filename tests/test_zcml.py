@@ -322,25 +322,30 @@ def test_catalog_zcml_included_twice_is_harmless(memcached, clean):
 
 
 def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcached, clean):
-    """Plone's startup (``autoIncludePlugins``): our meta.zcml and configure.zcml load, catalog.zcml does not."""
+    """Plone's startup (``autoIncludePlugins``): our meta.zcml and configure.zcml load, catalog.zcml does not.
+
+    plone.autoinclude's own loader includes our distribution's files; the other add-ons it finds beside
+    ours (Plone is installed too) are left out, since their ZCML needs all of Plone's loaded first.
+    """
     from plone.autoinclude import loader
     from Products.ZCatalog.ZCatalog import ZCatalog
     from zope.component import getUtility
+    from zope.configuration import config
 
     from unimr.memcachedlock.interfaces import ILockBackend
 
-    assert "unimr.memcachedlock" in loader.load_packages(target="plone")
+    found = loader.load_packages(target="plone")
+    assert "unimr.memcachedlock" in found
     before = dict(vars(ZCatalog))
-    xmlconfig.string(
-        '<configure xmlns="http://namespaces.zope.org/zope"'
-        ' xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
-        '<include package="plone.autoinclude" file="meta.zcml" />'
-        '<autoIncludePlugins target="plone" file="meta.zcml" />'
-        '<autoIncludePlugins target="plone" file="configure.zcml" />'
-        '<autoIncludePluginsOverrides target="plone" file="overrides.zcml" />'
-        # usable only if the package's meta.zcml was loaded by autoinclude
-        '<memcachedlock:store servers="%s" />'
-        '</configure>' % memcached.address)
+    context = config.ConfigurationMachine()
+    xmlconfig.registerCommonDirectives(context)
+    ours = {"unimr.memcachedlock": found["unimr.memcachedlock"]}
+    for filename in ("meta.zcml", "configure.zcml"):
+        loader.load_configure(context, filename, ours)
+    loader.load_overrides(context, "overrides.zcml", ours)
+    # usable only if the package's meta.zcml was loaded by autoinclude
+    xmlconfig.string('<configure xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
+                     '<memcachedlock:store servers="%s" /></configure>' % memcached.address, context=context)
     assert patch.patches() == []
     assert dict(vars(ZCatalog)) == before
     assert registry.get_backend() is getUtility(ILockBackend)

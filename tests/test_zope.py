@@ -45,8 +45,45 @@ def test_reserved_lock_busy_is_retried_at_once_other_conflicts_back_off(memcache
     assert busy[-1] - busy[0] < 0.1, busy
     assert busy_took < 1.0
     assert conflict[-1] - conflict[0] > 0.1, conflict
-    assert retried(log, "LockBusy", "/@@mcl-raise") == 3
+    # SiteErrorLog's lines for the LockBusy retries go to DEBUG; one INFO summary says what was retried.
+    assert retried(log, "LockBusy", "/@@mcl-raise") == 0
     assert retried(log, "ConflictError", "/@@mcl-raise") == 3
+    assert re.search(r"INFO unimr\.memcachedlock\.zope\.conflicts 1 retried or failed requests since the last "
+                     r"summary \(1 of them LockBusy: .*\); most on: LockBusy 'test' \(1\)", log), log
+
+
+@pytest.mark.slow
+def test_conflicts_are_counted_by_object_class_and_request_and_listed_by_stats(memcached, zeo_server, tmp_path):
+    """Real ConflictErrors (another connection commits the same object first) and LockBusy retries are
+    counted per process, written to the metrics directory, and ``memcachedlock stats`` lists them."""
+    import io
+
+    from unimr.memcachedlock import metrics
+    from unimr.memcachedlock.tools import cli
+
+    directory = str(tmp_path / "metrics")
+    env = dict(lock_env(memcached), MEMCACHEDLOCK_METRICS_DIR=directory, MEMCACHEDLOCK_METRICS_INTERVAL="0.2")
+    with ZopeInstance(zeo_server.port, env=env) as zope:
+        assert zope.get("/@@mcl-conflict?times=0&token=setup") == b"created"
+        assert len(zope.json("/@@mcl-conflict?times=2&token=a")["attempts"]) == 3
+        assert len(zope.json("/@@mcl-raise?kind=busy&times=1&token=b")["attempts"]) == 2
+        expected = {"classes": [("LockBusy 'test'", 1, 0), ("counters.Counter", 2, 0)],
+                    "requests": [("GET /@@mcl-conflict", 2, 0), ("GET /@@mcl-raise", 1, 0)]}
+        deadline = time.monotonic() + 30
+        while True:
+            found = metrics.merge_conflicts(metrics.read_snapshots(directory))
+            found = {table: sorted(rows) for table, rows in found.items()}
+            if found == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert found == expected
+    out = io.StringIO()
+    assert cli.main(["stats", "--dir", directory], out=out) == 0
+    text = out.getvalue()
+    assert "ConflictErrors by object class (top 2 of 2)" in text, text
+    assert re.search(r"counters\.Counter +2 +0", text), text
+    assert re.search(r"GET /@@mcl-conflict +2 +0", text), text
+    assert text.index("counters.Counter") < text.index("LockBusy 'test'"), text  # the most frequent first
 
 
 @pytest.mark.slow

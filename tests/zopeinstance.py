@@ -14,6 +14,9 @@ code would do:
 ``@@mcl-raise?kind=busy|conflict&times=T&token=X``  raise LockBusy or a
 ConflictError on the first T attempts of request X, then report the attempts'
 times (for the publisher's retry delay)
+``@@mcl-conflict?times=T&token=X``  increment ``/mcl_counter`` (a
+``counters.Counter``) while, on the first T attempts, another connection
+commits an increment of it first: a real ConflictError at commit
 
 ``/_mcl_stats`` (a WSGI middleware in front of Zope) reports how many
 ``catalog_object`` calls returned in this process.  Logging goes to
@@ -73,6 +76,7 @@ SITE_ZCML = """\
   <browser:page for="*" name="mcl-index" class="zopeinstance.IndexDocument" permission="zope.Public" />
   <browser:page for="*" name="mcl-count" class="zopeinstance.Count" permission="zope.Public" />
   <browser:page for="*" name="mcl-raise" class="zopeinstance.Raise" permission="zope.Public" />
+  <browser:page for="*" name="mcl-conflict" class="zopeinstance.Conflict" permission="zope.Public" />
 </configure>
 """
 
@@ -197,6 +201,34 @@ class Raise(BrowserView):
             if form["kind"] == "busy":
                 raise LockBusy(message="test lock busy", key="test", reserved=True)
             raise ConflictError(message="test conflict")
+        self.request.response.setHeader("Content-Type", "application/json")
+        return json.dumps({"attempts": attempts})
+
+
+class Conflict(BrowserView):
+    """Change ``/mcl_counter``; on the first ``times`` attempts another connection changes it first."""
+
+    def __call__(self) -> str:
+        import transaction
+
+        from counters import Counter
+
+        form = self.request.form
+        app = self.context
+        if getattr(app.aq_base, "mcl_counter", None) is None:
+            app.mcl_counter = Counter()
+            return "created"
+        attempts = ATTEMPTS.setdefault(form["token"], [])
+        attempts.append(time.monotonic())
+        app.mcl_counter.n += 1
+        if len(attempts) <= int(form["times"]):
+            manager = transaction.TransactionManager()
+            other = app._p_jar.db().open(transaction_manager=manager)
+            try:
+                with manager:
+                    other.root()["Application"].mcl_counter.n += 1
+            finally:
+                other.close()
         self.request.response.setHeader("Content-Type", "application/json")
         return json.dumps({"attempts": attempts})
 

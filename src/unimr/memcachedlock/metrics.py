@@ -15,6 +15,15 @@ under ``(other)``.  Keys that put a varying part before the first colon
 records (about 64 KB each with full samples) and a snapshot file stays under
 about 1.5 MB, however many keys a process locks.
 
+ConflictErrors
+--------------
+A site counts the ConflictErrors its requests meet (the Zope subscriber in
+``zope/conflicts.py``, loaded by ``conflicts.zcml`` and by the catalog
+patch): by the conflicting object's class and by the request (method and
+path), each with at most :data:`MAX_CONFLICT_ROWS` rows and the rest under
+``(other)``.  ``memcachedlock stats`` lists the top ones, so an operator sees
+which objects to lock before locking anything.
+
 Reading them
 ------------
 In the process: :func:`snapshot` (counters and percentiles by prefix) and
@@ -60,6 +69,10 @@ SNAPSHOT_FORMAT = 1
 #: Prefixes with a record of their own per process; the rest count under OTHER.
 MAX_PREFIXES = 64
 OTHER = "(other)"
+#: Rows per table of ConflictErrors (by class, by request) per process; the rest count under OTHER.
+MAX_CONFLICT_ROWS = 64
+#: The tables of ConflictErrors in a snapshot.
+CONFLICT_TABLES = ("classes", "requests")
 
 _lock = threading.Lock()
 
@@ -76,6 +89,8 @@ class _Prefix:
 
 
 _prefixes: dict[str, _Prefix] = {}
+#: ConflictErrors by table, then row, then ``retried``/``failed``.
+_conflicts: dict[str, dict[str, dict[str, float]]] = {table: {} for table in CONFLICT_TABLES}
 _writer_pid: int | None = None
 #: Bumped whenever the writer is restarted; an older writer thread then ends.
 _writer_generation = 0
@@ -163,6 +178,26 @@ def record_lost(name: str) -> None:
     _count(name, "lost")
 
 
+def record_conflict(class_name: str, request: str, retried: bool) -> None:
+    """A request met a ConflictError on an object of ``class_name``; ``retried``: it will run again."""
+    outcome = "retried" if retried else "failed"
+    with _lock:
+        for table, row in (("classes", class_name), ("requests", request)):
+            rows = _conflicts[table]
+            if row not in rows and len(rows) >= MAX_CONFLICT_ROWS + (OTHER in rows):
+                row = OTHER
+            _add(rows.setdefault(row, {}), outcome)
+    logger.debug("ConflictError on %s in %s (%s)", class_name, request, outcome)
+    if _writer_pid != os.getpid():
+        _start_writer()
+
+
+def conflicts() -> dict[str, dict[str, dict[str, float]]]:
+    """This process's ConflictErrors by table and row (a copy)."""
+    with _lock:
+        return {table: {row: dict(counts) for row, counts in rows.items()} for table, rows in _conflicts.items()}
+
+
 def percentile(samples: Iterable[float], fraction: float) -> float | None:
     """Nearest-rank percentile (``fraction`` in 0..1) of ``samples``; None if there are none."""
     ordered = sorted(samples)
@@ -205,6 +240,7 @@ def report() -> dict:
         "pid": os.getpid(),
         "time": time.time(),
         "prefixes": prefixes,
+        "conflicts": conflicts(),
     }
 
 
@@ -235,6 +271,8 @@ def reset() -> None:
     global _settings_cache, _writer_pid, _writer_generation
     with _lock:
         _prefixes.clear()
+        for rows in _conflicts.values():
+            rows.clear()
     with _writer_lock:
         _settings_cache = None
         _writer_pid = None
@@ -372,6 +410,8 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     _writer_lock = threading.Lock()
     _prefixes.clear()
+    for rows in _conflicts.values():
+        rows.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -441,3 +481,25 @@ def merge(snapshots: Iterable[dict]) -> dict[str, dict[str, float | None]]:
         result[prefix] = summarize(counters, waits, holds)
         result[prefix]["processes"] = len(procs)
     return result
+
+
+def merge_conflicts(snapshots: Iterable[dict]) -> dict[str, list[tuple[str, int, int]]]:
+    """ConflictErrors of all snapshots by table: (row, retried, failed), the most frequent first.
+
+    A snapshot is read from a shared directory: fields of the wrong type are skipped.
+    """
+    summed: dict[str, dict[str, dict[str, float]]] = {table: {} for table in CONFLICT_TABLES}
+    for snap in snapshots:
+        tables = snap.get("conflicts")
+        for table in CONFLICT_TABLES:
+            rows = tables.get(table) if isinstance(tables, dict) else None
+            for row, counts in (rows.items() if isinstance(rows, dict) else ()):
+                for outcome in ("retried", "failed"):
+                    value = counts.get(outcome) if isinstance(counts, dict) else None
+                    if _numbers([value]):
+                        _add(summed[table].setdefault(str(row), {}), outcome, float(value))
+    return {
+        table: sorted(((row, int(c.get("retried", 0)), int(c.get("failed", 0))) for row, c in rows.items()),
+                      key=lambda item: (-(item[1] + item[2]), item[0]))
+        for table, rows in summed.items()
+    }

@@ -512,12 +512,16 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
         raise CommandError("metrics directory %s does not exist" % directory, EXIT_NO)
     snapshots = metrics.read_snapshots(directory, args.max_age)
     merged = metrics.merge(snapshots)
+    conflicts = metrics.merge_conflicts(snapshots)
     if args.json:
-        print_json({"directory": directory, "snapshots": len(snapshots), "prefixes": merged}, out)
+        print_json({"directory": directory, "snapshots": len(snapshots), "prefixes": merged,
+                    "conflicts": {table: [{"name": name, "retried": retried, "failed": failed}
+                                          for name, retried, failed in rows]
+                                  for table, rows in conflicts.items()}}, out)
         return EXIT_OK if snapshots else EXIT_NO
     if not snapshots:
         out.write("no metrics snapshots in %s (a process writes one every MEMCACHEDLOCK_METRICS_INTERVAL "
-                  "seconds once it has used a lock, and at exit)\n" % clean(directory))
+                  "seconds once it has used a lock or counted a ConflictError, and at exit)\n" % clean(directory))
         return EXIT_NO
     newest = max(s.get("time", 0) for s in snapshots)
     out.write("%d snapshot(s) in %s, newest %s ago\n\n"
@@ -531,10 +535,27 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
             int(data["busy_retries"]), int(data["view_moves"]), int(data["timeouts"]), int(data["fallbacks"]),
             int(data["lost"]), "%d/%d" % (data["to_locking"], data["to_optimistic"]),
         ])
-    out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
-                     "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST", "LOCKED/FREED"), rows,
-                    right=tuple(range(1, 14))) + "\n")
+    if not rows:
+        out.write("no lock used in these snapshots\n")
+    else:
+        out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
+                         "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST", "LOCKED/FREED"), rows,
+                        right=tuple(range(1, 14))) + "\n")
+    _write_conflicts(conflicts, args.top, out)
     return EXIT_OK
+
+
+def _write_conflicts(conflicts: dict[str, list[tuple[str, int, int]]], top: int, out: IO[str]) -> None:
+    """The most frequent ConflictErrors by object class and by request (counted by conflicts.zcml)."""
+    if not any(conflicts.values()):
+        out.write("\nno ConflictErrors counted (conflicts.zcml counts them; the catalog patch includes it)\n")
+        return
+    for kind, heading in (("classes", "OBJECT CLASS"), ("requests", "REQUEST")):
+        rows = conflicts[kind]
+        out.write("\nConflictErrors by %s (top %d of %d)\n" % (heading.lower(), min(top, len(rows)), len(rows)))
+        out.write(table((heading, "RETRIED", "FAILED"),
+                        [[clean(name), retried, failed] for name, retried, failed in rows[:top]],
+                        right=(1, 2)) + "\n")
 
 
 # --------------------------------------------------------------------------- demo / bench
@@ -638,6 +659,8 @@ def _add_stats_and_bench(sub) -> None:
     stats.add_argument("--dir", help="snapshot directory (default MEMCACHEDLOCK_METRICS_DIR)")
     stats.add_argument("--max-age", type=_seconds_arg, help="ignore snapshots older than this many seconds")
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stats.add_argument("--top", type=_positive_int, default=10,
+                       help="ConflictError rows shown per table (default 10)")
     stats.set_defaults(func=cmd_stats)
 
     bench = sub.add_parser("bench", add_help=False, help="latency and handoff against raw pymemcache",
