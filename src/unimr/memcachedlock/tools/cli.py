@@ -37,6 +37,7 @@ variables' rule: an empty option is not given, a bad one is refused naming it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -100,13 +101,57 @@ def load_settings(args: argparse.Namespace) -> Settings:
     ``--dir`` (as ``MEMCACHEDLOCK_DIR=`` is no variable), ``--dir locks`` is
     refused as ``MEMCACHEDLOCK_DIR=locks`` is.
     """
-    env = dict(os.environ)
+    instance = instance_config(args)
+    env = instance.environ(dict(os.environ)) if instance else dict(os.environ)
     for option, variable in (("servers", "MEMCACHEDLOCK_SERVERS"), ("backend", "MEMCACHEDLOCK_BACKEND"),
                              ("dir", "MEMCACHEDLOCK_DIR")):
         value = getattr(args, option, None)
         if not is_unset(value):
             env[variable] = value
-    return Settings.from_environ(env)
+            if instance:
+                instance.store.pop(_STORE_ATTRIBUTES.get(option, option), None)
+    settings = Settings.from_environ(env)
+    if instance and instance.store:
+        unknown = sorted(set(instance.store) - set(_STORE_FIELDS))
+        if unknown:
+            raise ConfigurationError("<memcachedlock:store> in %s: unknown attribute %s"
+                                     % (instance.store_file, ", ".join(unknown)))
+        changes = {_STORE_FIELDS[name]: value for name, value in instance.store.items() if not is_unset(value)}
+        try:
+            settings = dataclasses.replace(settings, **changes)
+        except ConfigurationError as exc:
+            raise ConfigurationError("<memcachedlock:store> in %s: %s" % (instance.store_file, exc)) from None
+    return settings
+
+
+ZOPE_CONF_HELP = ("a Zope instance's zope.conf: take its <environment> and the <memcachedlock:store> of its "
+                  "site ZCML over this shell's environment")
+#: The store directive's attributes and the settings they give (``zope/directives.py``'s IStore).
+_STORE_FIELDS = {"backend": "backend", "servers": "servers", "dir": "lock_dir", "connect_timeout": "connect_timeout",
+                 "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix"}
+#: Command-line options that override a store directive's attribute.
+_STORE_ATTRIBUTES = {"servers": "servers", "backend": "backend", "dir": "dir"}
+
+
+def instance_config(args: argparse.Namespace):
+    """What ``--zope-conf`` says (read once per command), or None without it."""
+    path = getattr(args, "zope_conf", None)
+    if is_unset(path):
+        return None
+    cached = getattr(args, "_instance", None)
+    if cached is None:
+        from .zopeconf import read_zope_conf
+
+        cached = args._instance = read_zope_conf(path)
+    return cached
+
+
+def describe_store(settings: Settings) -> str:
+    """Which store the settings name, in words: what ``list`` says it looked at."""
+    servers = "memcached %s" % ",".join(str(s) for s in settings.servers)
+    where = {"memcached": servers, "file": "the lock directory %s" % settings.lock_dir,
+             "fallback": "%s and the lock directory %s" % (servers, settings.lock_dir)}[settings.backend]
+    return "%s (prefix %s)" % (where, settings.prefix)
 
 
 def make_store(settings: Settings):
@@ -265,7 +310,7 @@ def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(table(("KEY", "HOLDER", "AGE", "TTL LEFT", "STORE"),
                         [holder_row(h) for h in holders], right=(2, 3)) + "\n")
     else:
-        out.write("no locks held\n")
+        out.write("no locks held in %s\n" % clean(describe_store(settings)))
     return EXIT_OK
 
 
@@ -443,7 +488,8 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     result: dict = {"problems": [], "servers": []}
     try:
         settings = load_settings(args)
-        metrics_dir, metrics_interval = metrics_settings()
+        instance = instance_config(args)
+        metrics_dir, metrics_interval = metrics_settings(instance.environ(dict(os.environ)) if instance else None)
     except ConfigurationError as exc:
         result["problems"].append("configuration: %s" % exc)
         result["ok"] = False
@@ -460,6 +506,8 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     }
     lines = ["configuration: ok (backend %s, servers %s, prefix %s)" % (
         settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
+    if instance:
+        lines.append("settings from %s" % instance.sources())
     if settings.backend in ("memcached", "fallback"):
         for address in settings.servers:
             _check_one_server(address, settings, result, lines)
@@ -505,7 +553,9 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
     from .. import metrics
 
     # A blank --dir is no --dir (the settings' rule); a relative one is fine here: it only reads.
-    directory = metrics.metrics_settings()[0] if is_unset(args.dir) else args.dir
+    instance = instance_config(args)
+    environ = instance.environ(dict(os.environ)) if instance else None
+    directory = metrics.metrics_settings(environ)[0] if is_unset(args.dir) else args.dir
     if not directory:
         raise CommandError("no metrics directory: give --dir or set MEMCACHEDLOCK_METRICS_DIR", EXIT_USAGE)
     if not os.path.isdir(directory):
@@ -657,6 +707,7 @@ def _add_stats_and_bench(sub) -> None:
                            description="Read the metrics snapshots processes write into "
                                        "MEMCACHEDLOCK_METRICS_DIR and merge them per key prefix.")
     stats.add_argument("--dir", help="snapshot directory (default MEMCACHEDLOCK_METRICS_DIR)")
+    stats.add_argument("--zope-conf", metavar="ZOPE_CONF", help=ZOPE_CONF_HELP)
     stats.add_argument("--max-age", type=_seconds_arg, help="ignore snapshots older than this many seconds")
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
     stats.add_argument("--top", type=_positive_int, default=10,
@@ -688,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--backend", metavar="{%s}" % ",".join(BACKEND_KINDS),
                        help="lock store, overrides MEMCACHEDLOCK_BACKEND")
     store.add_argument("--dir", help="lock directory of the file store, overrides MEMCACHEDLOCK_DIR")
+    store.add_argument("--zope-conf", metavar="ZOPE_CONF", help=ZOPE_CONF_HELP)
     store.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     _add_demo(sub)
