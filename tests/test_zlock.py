@@ -641,6 +641,72 @@ def run_threads_test(tmp_path, storage: str) -> None:
     assert overlap.violations() == []
 
 
+class Counter(PersistentMapping):
+    """A persistent object with a zlocked method, as the ZCML directive locks one."""
+
+    @zlock(lambda fun, self: "own-manager")
+    def bump(self) -> None:
+        self["value"] += 1
+
+
+def test_a_connection_with_its_own_transaction_manager_holds_the_lock_for_its_transaction(db):
+    """zlock finds the transaction through the object it is called on; lock_for_transaction is told."""
+    manager = transaction.TransactionManager()
+    connection = db.open(transaction_manager=manager)
+    try:
+        with manager:
+            connection.root()["own"] = Counter(value=0)
+        manager.begin()
+        connection.root()["own"].bump()
+        name = lock_name(function_prefix(Counter.bump.__wrapped__) + "own-manager")
+        assert get_backend().holder(name) is not None  # held after the call: until the commit
+        manager.commit()
+        assert get_backend().holder(name) is None
+        manager.begin()
+        assert lock_for_transaction("told", transaction_manager=manager) is True
+        assert holder("told") is not None
+        assert lock_for_transaction("told") is False  # the thread's own manager has no connection here
+        manager.abort()
+        assert holder("told") is None
+    finally:
+        manager.abort()
+        connection.close()
+
+
+def test_threads_with_their_own_transaction_managers_lose_nothing(db):
+    """4 threads, each with a TransactionManager of its own, x 10 increments of one counter."""
+    with db.transaction() as c:
+        c.root()["own"] = Counter(value=0)
+    conflicts = []
+
+    def worker() -> None:
+        manager = transaction.TransactionManager()
+        connection = db.open(transaction_manager=manager)
+        for _ in range(10):
+            for _ in range(20):
+                manager.begin()
+                try:
+                    connection.root()["own"].bump()
+                    time.sleep(0.002)  # still held: the others wait instead of conflicting
+                    manager.commit()
+                    break
+                except LockBusy:  # a cheap retry before any work: allowed
+                    manager.abort()
+                except ConflictError as exc:
+                    manager.abort()
+                    conflicts.append(exc)
+        connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with db.transaction() as c:
+        assert c.root()["own"]["value"] == 40
+    assert conflicts == []
+
+
 def test_called_from_a_before_commit_hook_as_cmfcore_indexing_does(db, conn):
     """CMFCore's indexing queue catalogs from a before-commit hook, inside commit()."""
     ran = []

@@ -72,11 +72,13 @@ use); policy ``on-conflict`` needs no tid, RelStorage polls at every begin.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, TypeVar
 
 from . import adaptive, metrics, notes, viewrefresh, zodbprivate
@@ -243,6 +245,9 @@ class _ReservationKeeper:
         self.streaks: dict[str, _Streak] = {}
         #: True while ``registerSynch`` runs: it calls newTransaction for the transaction in progress.
         self.joining = False
+        #: The thread whose locks these are: a transaction manager shared by threads calls every
+        #: thread's keeper, and only the thread's own transactions may adopt its reservations.
+        self.thread = threading.get_ident()
 
     def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
         """Mark where the views begin; take this thread's reserved and marked locks for ``txn``.
@@ -251,6 +256,8 @@ class _ReservationKeeper:
         transaction in progress: the transaction may have used objects, so no
         mark is made (its uses stay unknown, and its view is never moved).
         """
+        if threading.get_ident() != self.thread:
+            return
         try:
             if not self.joining:
                 _mark_views(txn)
@@ -268,6 +275,8 @@ class _ReservationKeeper:
         ZODB begins the connections' next views here too (for callers that
         never call ``begin()``): mark where they begin.
         """
+        if threading.get_ident() != self.thread:
+            return
         try:
             _mark_views(txn)
             _end_streaks(txn, self)
@@ -283,7 +292,8 @@ class _ReservationKeeper:
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.keeper = _ReservationKeeper()
-        self.registered = False
+        #: The transaction managers the keeper is a synchronizer of.
+        self.registered: weakref.WeakSet = weakref.WeakSet()
 
 
 _state = _ThreadState()
@@ -312,15 +322,17 @@ def _mark_views(txn: object) -> None:
         viewrefresh.mark_view_begin(conn)
 
 
-def _register_keeper() -> _ReservationKeeper:
+def _register_keeper(manager: Any = None) -> _ReservationKeeper:
+    """This thread's keeper, a synchronizer of ``manager`` (default ``transaction.manager``) from now on."""
     keeper = _state.keeper
-    if not _state.registered:
+    manager = _transaction.manager if manager is None else manager
+    if manager not in _state.registered:
         keeper.joining = True
         try:
-            _transaction.manager.registerSynch(keeper)
+            manager.registerSynch(keeper)
         finally:
             keeper.joining = False
-        _state.registered = True
+        _state.registered.add(manager)
     return keeper
 
 
@@ -342,14 +354,32 @@ def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: boo
     return policy
 
 
-def _current_transaction() -> object | None:
-    """The current transaction of ``transaction.manager``, or None (not installed, explicit mode)."""
+def _current_transaction(manager: Any = None) -> object | None:
+    """The current transaction of ``manager`` (default ``transaction.manager``), or None (none in explicit mode)."""
     if _transaction is None or _Connection is None:
         return None
     try:
-        return _transaction.get()
+        return (_transaction.manager if manager is None else manager).get()
     except NoTransaction:
         return None
+
+
+def manager_of(args: tuple, kwargs: dict) -> Any:
+    """The transaction manager of the first persistent argument whose connection does not use
+    ``transaction.manager`` (a connection opened with a ``TransactionManager`` of its own), else None.
+
+    zlock finds the transaction to hold a lock for through the objects it is
+    called with: a method of a persistent object, or a function given one.
+    Reading ``_p_jar`` does not load the object.
+    """
+    if _transaction is None:
+        return None
+    default = _transaction.manager
+    for value in itertools.chain(args, kwargs.values()):
+        manager = getattr(getattr(value, "_p_jar", None), "transaction_manager", None)
+        if manager is not None and manager is not default:
+            return manager
+    return None
 
 
 def _connections(txn: object, joined_only: bool = False) -> list:
@@ -991,7 +1021,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
                          policy: str = DEFAULT_POLICY, conflicts: int = DEFAULT_CONFLICTS,
-                         move_view: bool = True) -> bool:
+                         move_view: bool = True, transaction_manager: Any = None) -> bool:
     """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
@@ -1001,6 +1031,10 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     runs optimistically) and no conflict mark, when the lock will be taken
     at commit.  Returns False, taking nothing, when there is no transaction
     with a ZODB connection (or ZODB is not installed).
+
+    ``transaction_manager``: the manager whose current transaction holds the
+    lock, for connections opened with a ``TransactionManager`` of their own
+    (default ``transaction.manager``, the thread's, which Zope uses).
 
     ``conflicts`` (policy ``on-conflict`` only): after this many
     ConflictErrors in a row in this thread's transactions that used the
@@ -1016,7 +1050,7 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     timeout, interval, wait = check_options(timeout, interval, wait, {})
     check_policy(policy, conflicts, move_view)
     name = lock_name(key)
-    txn = _current_transaction()
+    txn = _current_transaction(transaction_manager)
     if txn is None:
         return False
     locks = _locks_of(txn)
@@ -1025,7 +1059,8 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     connections = _connections(txn)
     if not connections:
         return False
-    _register_keeper()  # from the thread's next transaction on, views are marked where they begin
+    # from the thread's next transaction on, views are marked where they begin
+    _register_keeper(transaction_manager)
     marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
     request = _Request(key, timeout, interval, wait, conflicts, adaptive=policy == "adaptive")
@@ -1081,7 +1116,7 @@ def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
                     kwargs: dict):
         """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
         if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts,
-                                                            move_view):
+                                                            move_view, manager_of(args, kwargs)):
             return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
         return fun(*args, **kwargs)
 
