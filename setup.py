@@ -15,6 +15,16 @@ ZOPE = [
     "zope.configuration",
 ]
 
+# A real Plone 6 site (tests/plonesite.py, tests/test_plone.py, benchmarks/plone_contention.py).
+# plone.app.layout<7: without it pip picks the alpha plone.app.layout 7.0.0a6, whose ZCML fails to load
+# with Plone 6.2.2.
+PLONE = [
+    "Plone==6.2.2",
+    "plone.app.layout<7",
+    "plone.restapi",
+    "requests",
+]
+
 setup(
     name="unimr.memcachedlock",
     version="1.0.0.dev0",
@@ -47,7 +57,9 @@ setup(
     ],
     extras_require={
         "zope": ZOPE,
+        "plone": ZOPE + PLONE,
         "test": ZOPE
+        + PLONE
         + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
            "plone.autoinclude", "build", "twine", "sphinx",
            "RelStorage[sqlite3]",
