@@ -129,6 +129,51 @@ def test_the_site_default_fails_no_request_and_loses_nothing(memcached, path):
     assert result["most_tries"] <= 2, result
 
 
+class Indexed:
+    """Something Plone's catalog tool can catalog (it has no indexes here: only its uid and counter count)."""
+
+    def __init__(self, uid: str) -> None:
+        self.id = uid
+
+
+def test_plones_catalog_tool_takes_the_lock_before_it_counts_the_write(catalog_patch, zeo_server):
+    """CMFPlone's CatalogTool changes its ``_counter`` (a Length) before it calls ZCatalog's
+    catalog_object.  The lock is taken before that: a transaction that waited behind another
+    client's catalog write has its view moved forward instead of a LockBusy, and both writes count."""
+    from Products.CMFPlone.CatalogTool import CatalogTool
+
+    from clients import in_another_client
+    from unimr.memcachedlock import metrics
+
+    db = ZEO.DB(zeo_server.address)
+    conn = db.open()
+    try:
+        tm = transaction.manager
+        tm.begin()
+        conn.root()["portal_catalog"] = CatalogTool()
+        tm.commit()
+        tm.begin()  # this thread's first zlock transaction: its views are watched from the next one on
+        conn.root()["portal_catalog"].catalog_object(Indexed("first"), "first")
+        tm.commit()
+        metrics.reset()
+        tm.begin()
+        catalog = conn.root()["portal_catalog"]  # loaded at this view; its counter is not touched yet
+        in_another_client(zeo_server.address,
+                          lambda root: root["portal_catalog"].catalog_object(Indexed("other"), "other"))
+        catalog.catalog_object(Indexed("mine"), "mine")  # no LockBusy: the view moves past the other's commit
+        tm.commit()
+        assert sum(data["view_moves"] for data in metrics.snapshot().values()) == 1
+        assert sum(data["busy_retries"] for data in metrics.snapshot().values()) == 0
+        tm.begin()
+        assert catalog.getCounter() == 3
+        assert sorted(catalog._catalog.uids.keys()) == ["first", "mine", "other"]
+        tm.abort()
+    finally:
+        transaction.abort()
+        conn.close()
+        db.close()
+
+
 def test_a_catalog_without_a_physical_path_still_works_patched(catalog_patch, zeo_server, caplog):
     """ZCatalog's own ``testBooleanEvalOn_refreshCatalog_getobject``: a catalog under a parent without
     ``getPhysicalPath``.  Stored in a database it is locked by its oid; not stored, it runs unlocked with
