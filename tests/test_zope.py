@@ -47,6 +47,7 @@ def test_reserved_lock_busy_is_retried_at_once_other_conflicts_back_off(memcache
     assert conflict[-1] - conflict[0] > 0.1, conflict
     # SiteErrorLog's lines for the LockBusy retries go to DEBUG; one INFO summary says what was retried.
     assert retried(log, "LockBusy", "/@@mcl-raise") == 0
+    assert len(re.findall(r"DEBUG Zope\.SiteErrorLog LockBusy at /@@mcl-raise: .*will be retried", log)) == 3
     assert retried(log, "ConflictError", "/@@mcl-raise") == 3
     assert re.search(r"INFO unimr\.memcachedlock\.zope\.conflicts 1 retried or failed requests since the last "
                      r"summary \(1 of them LockBusy: .*\); most on: LockBusy 'test' \(1\)", log), log
