@@ -44,7 +44,7 @@ def retried(log: str, exc: str) -> int:
 
 
 def run_once(mode: str, processes: int, threads: int, docs: int, work_ms: float, path: str,
-             servers: str) -> dict:
+             servers: str, hot: bool = False) -> dict:
     """One run on a fresh ZEO server with ``processes`` fresh Zope processes."""
     from zeoserver import ZEOServer
     from zopeinstance import ZopeInstance
@@ -66,6 +66,8 @@ def run_once(mode: str, processes: int, threads: int, docs: int, work_ms: float,
                     query = {"uid": "%s-%d" % (name, n), "work_ms": work_ms}
                     if path == "cmfcore":
                         query["queue"] = 1
+                    if hot:
+                        query["hot"] = 1
                     try:
                         if zope.get("/@@mcl-index?" + urllib.parse.urlencode(query), timeout=300) != b"ok":
                             failed.append(query["uid"])
@@ -91,7 +93,8 @@ def run_once(mode: str, processes: int, threads: int, docs: int, work_ms: float,
     return dict(mode=mode, wall=wall, conflicts=retried(log, "ConflictError"), busy=retried(log, "LockBusy"),
                 runs=runs, wasted=runs - len(expected) + len(failed), failed=len(failed),
                 missing=len(expected - uids) - len(failed), unexpected=len(uids - expected),
-                entries=content["entries"], documents=len(expected), tracebacks=log.count("Traceback"))
+                entries=content["entries"], documents=len(expected), tracebacks=log.count("Traceback"),
+                hot=content["hot"])
 
 
 def describe(result: dict) -> str:
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=8, help="requests per client thread")
     parser.add_argument("--work-ms", type=float, default=100.0, help="CPU work per request before cataloging")
     parser.add_argument("--path", choices=("cmfcore", "plain"), default="cmfcore")
+    parser.add_argument("--hot", action="store_true",
+                        help="every request changes one shared object before the catalog, as Plone's uid generator")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--servers", default=None, help="memcached servers (default: start one)")
     args = parser.parse_args(argv)
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {}
             for mode in MODES:
                 row[mode] = run_once(mode, args.processes, args.threads, args.docs, args.work_ms, args.path,
-                                     servers)
+                                     servers, args.hot)
                 print(describe(row[mode]), flush=True)
             print("  patched / unpatched wall: %.2fx" % (row["patched"]["wall"] / row["unpatched"]["wall"]),
                   flush=True)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from servers import MemcachedServer
-from unimr.memcachedlock import adaptive, registry
+from unimr.memcachedlock import adaptive, early, registry
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +65,11 @@ def _isolated_config(monkeypatch):
             monkeypatch.delenv(name)
     registry.reset()
     adaptive.reset()
+    early.reset()
     yield
     registry.reset()
     adaptive.reset()
+    early.reset()
 
 
 @pytest.fixture

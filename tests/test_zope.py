@@ -54,6 +54,19 @@ def test_reserved_lock_busy_is_retried_at_once_other_conflicts_back_off(memcache
 
 
 @pytest.mark.slow
+def test_requests_that_change_a_hot_object_before_the_catalog_learn_to_lock_when_they_begin(memcached):
+    """As a Plone add: each request changes a shared counter, then catalogs at commit.  The lock cannot
+    move such a waiter's view, so the first of them are retried after their work (LockBusy); then the
+    requests of that kind take the lock when they begin.  Without that every waiter was retried."""
+    result = publisher_contention.run_once("patched", 2, 2, 8, 20.0, "cmfcore", memcached.address, hot=True)
+    assert result["failed"] == 0 and result["tracebacks"] == 0, result
+    assert result["missing"] == 0 and result["unexpected"] == 0 and result["entries"] == result["documents"], result
+    assert result["hot"] == result["documents"] == 32, result  # the counter lost no increment
+    assert result["conflicts"] == 0, result
+    assert result["busy"] <= 10, result  # 25-32 without early locks
+
+
+@pytest.mark.slow
 def test_conflicts_are_counted_by_object_class_and_request_and_listed_by_stats(memcached, zeo_server, tmp_path):
     """Real ConflictErrors (another connection commits the same object first) and LockBusy retries are
     counted per process, written to the metrics directory, and ``memcachedlock stats`` lists them."""

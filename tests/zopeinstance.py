@@ -8,9 +8,10 @@ a free loopback port.  Nothing is mocked; the views below are what a site's
 code would do:
 
 ``@@mcl-setup?size=N``  create ``/catalog`` (a ZCatalog with typical indexes)
-``@@mcl-index?uid=U&work_ms=W[&queue=1]``  W ms of CPU work, then ``catalog_object``
-(with ``queue``, through Products.CMFCore's indexing queue at commit)
-``@@mcl-count``  the catalog's entries and uids, as JSON
+``@@mcl-index?uid=U&work_ms=W[&queue=1][&hot=1]``  W ms of CPU work, then ``catalog_object``
+(with ``queue``, through Products.CMFCore's indexing queue at commit; with
+``hot``, after an increment of ``/mcl_counter``, as Plone's uid generator)
+``@@mcl-count``  the catalog's entries and uids, and ``/mcl_counter``, as JSON
 ``@@mcl-raise?kind=busy|conflict&times=T&token=X``  raise LockBusy or a
 ConflictError on the first T attempts of request X, then report the attempts'
 times (for the publisher's retry delay)
@@ -105,7 +106,11 @@ class Setup(BrowserView):
         from Products.PluginIndexes.KeywordIndex.KeywordIndex import KeywordIndex
         from Products.ZCatalog.ZCatalog import ZCatalog
 
+        from counters import Counter
+
         app = self.context
+        if getattr(app.aq_base, "mcl_counter", None) is None:
+            app.mcl_counter = Counter()
         if "catalog" not in app.objectIds():
             app._setObject("catalog", ZCatalog("catalog"))
             catalog = app._getOb("catalog")
@@ -128,6 +133,8 @@ class IndexDocument(BrowserView):
 
     def __call__(self) -> str:
         uid = self.request.form["uid"]
+        if self.request.form.get("hot"):
+            self.context.mcl_counter.n += 1  # every request changes it before the catalog: Plone's uid generator
         burn(float(self.request.form.get("work_ms", 0)))
         document = Document(uid)
         if self.request.form.get("queue"):
@@ -183,7 +190,8 @@ class Count(BrowserView):
     def __call__(self) -> str:
         catalog = self.context.catalog
         self.request.response.setHeader("Content-Type", "application/json")
-        return json.dumps({"entries": len(catalog), "uids": sorted(catalog._catalog.uids.keys())})
+        return json.dumps({"entries": len(catalog), "uids": sorted(catalog._catalog.uids.keys()),
+                           "hot": self.context.mcl_counter.n})
 
 
 class Raise(BrowserView):

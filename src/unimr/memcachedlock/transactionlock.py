@@ -81,7 +81,7 @@ import time
 import weakref
 from typing import Any, Callable, TypeVar
 
-from . import adaptive, metrics, notes, viewrefresh, zodbprivate
+from . import adaptive, early, metrics, notes, viewrefresh, zodbprivate
 from .config import _seconds
 from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
@@ -1105,10 +1105,48 @@ def _take_for_transaction(txn: object, connections: list, name: str, request: _R
     except LockBusy:
         if learn:
             adaptive.record(name, locked=True, met=True)
+        if early.current() is not None and any(zodbprivate.touched_oids(conn) for conn in connections):
+            early.learn(name, (request, policy, move_view))  # it redoes its changes: lock at begin next time
         raise
     if learn:
         adaptive.record(name, locked=True, met=bool(waited) or moved)
     logger.debug("zlock %s held for the transaction (waited %.3fs)", name, time.monotonic() - started)
+
+
+def lock_early(label: str | None) -> int:
+    """A transaction of kind ``label`` begins: take the locks its kind learned to take now (:mod:`.early`).
+
+    Called right after the transaction began (the Zope publisher part calls
+    it for every request, with ``METHOD /path``); None ends the labelling.
+    If the transaction has used and changed nothing yet, the locks are taken
+    as at begin: the view is then brought forward, as if the transaction
+    began now.  Otherwise each is taken as by :func:`lock_for_transaction`.
+    Returns how many locks were taken.  Raises :class:`LockBusy` as that does.
+    """
+    early.begin(label)
+    wanted = early.to_take(label) if label is not None else []
+    txn = _current_transaction() if wanted else None
+    connections = _connections(txn) if txn is not None else []
+    if not connections:
+        return 0
+    _register_keeper()
+    unused = all(used == set() for used in viewrefresh.uses(connections).values()) and not any(
+        zodbprivate.touched_oids(conn) for conn in connections)
+    taken = 0
+    for name, (request, policy, move_view) in wanted:
+        if name in _locks_of(txn).held:
+            continue
+        reservation = _state.keeper.reservations.pop(name, None)
+        if unused:
+            entry = _adopt(reservation) if reservation is not None else None
+            _hold(txn, name, entry if entry is not None else _take(request, policy))
+        else:
+            _take_for_transaction(txn, connections, name, request, policy, reservation, move_view)
+        taken += 1
+    if unused and taken:
+        _refresh_view(txn)
+    logger.debug("%s: %d zlock(s) taken when the transaction began", label, taken)
+    return taken
 
 
 def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
@@ -1145,5 +1183,5 @@ def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float =
     return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy, conflicts, move_view))
 
 
-__all__ = ["zlock", "LockBusy", "lock_for_transaction", "retry_will_lock", "storage_identity", "txn_wait",
+__all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "retry_will_lock", "storage_identity", "txn_wait",
            "POLICIES", "DEFAULT_POLICY", "RESERVE_FOR", "DEFAULT_CONFLICTS"]

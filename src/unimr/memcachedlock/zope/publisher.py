@@ -1,4 +1,4 @@
-"""Retry at once after a ``LockBusy`` whose lock is reserved, without Zope's back-off.
+"""Zope's publisher and zlock: retry at once after a reserved ``LockBusy``; lock early where it pays.
 
 Zope's WSGI publisher retries a ``TransientError`` (every ConflictError) and
 calls ``request.delay_retry()`` first, which sleeps a random 0-1 s, then 0-2 s
@@ -14,6 +14,14 @@ ConflictError after which policy ``on-conflict`` takes the lock when the
 retry begins.  Skipping the sleep there was measured too: the retries were
 no faster overall, and the clients that did not sleep kept more first
 attempts running at once, so more of them conflicted (docs/zlock.rst).
+
+:func:`lock_early` (an ``IPubStart`` subscriber, registered by
+``catalog.zcml``) labels each request's transactions ``METHOD /path`` and
+takes, right after the transaction began, the zlocks that requests of the
+same label were retried at after changing objects
+(:mod:`unimr.memcachedlock.early`): a Plone content add changes the uid
+generator and the folder long before the catalog lock, so its waiters
+redid all their work; now they wait before it.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from ..transactionlock import LockBusy
+from ..transactionlock import lock_early as lock_early_for
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +74,23 @@ def delay_retry(self) -> None:
     if original is not None:
         original(self)
     return None
+
+
+def request_label(request: Any) -> str:
+    """``METHOD /path`` of a request: the kind of transaction :mod:`unimr.memcachedlock.early` learns for."""
+    return "%s %s" % (request.get("REQUEST_METHOD") or "GET", request.get("PATH_INFO") or "/")
+
+
+def lock_early(event: Any) -> None:
+    """Subscriber of ``IPubStart`` (the request's transaction has begun, nothing is used yet): take the
+    zlocks that requests like this one learned to take at begin, because they kept being retried at them
+    after doing their work."""
+    lock_early_for(request_label(event.request))
+
+
+def end_label(event: Any) -> None:
+    """Subscriber of ``IPubSuccess``/``IPubFailure``: the request's transactions are over."""
+    lock_early_for(None)
 
 
 def install() -> bool:
