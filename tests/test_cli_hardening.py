@@ -122,8 +122,9 @@ def test_show_with_memcached_down_finds_a_lock_taken_in_the_lock_directory(lock_
 
 def test_list_never_creates_the_lock_directory(tmp_path):
     proc = script("list", "--backend", "file", "--dir", str(tmp_path / "not" / "there"))
+    where = tmp_path / "not" / "there"
     assert (proc.returncode, proc.stdout) == (
-        0, "no locks held in the lock directory %s (prefix memcachedlock:)\n" % (tmp_path / "not" / "there")), proc.stderr
+        0, "no locks held in the lock directory %s (prefix memcachedlock:)\n" % where), proc.stderr
     assert not (tmp_path / "not").exists()
     proc = script("show", "k", "--backend", "file", "--dir", str(tmp_path / "absent"))
     assert proc.returncode == 1 and not (tmp_path / "absent").exists()

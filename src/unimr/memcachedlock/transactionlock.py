@@ -1120,7 +1120,10 @@ def lock_early(label: str | None) -> int:
     it for every request, with ``METHOD /path``); None ends the labelling.
     If the transaction has used and changed nothing yet, the locks are taken
     as at begin: the view is then brought forward, as if the transaction
-    began now.  Otherwise each is taken as by :func:`lock_for_transaction`.
+    began now.  (Used means read through the pickle cache's order, as for the
+    view move: code that reads ``__dict__`` between the begin and this call
+    would not be seen, and Zope's publisher runs none.)  Otherwise each is
+    taken as by :func:`lock_for_transaction`.
     Returns how many locks were taken.  Raises :class:`LockBusy` as that does.
     """
     early.begin(label)
