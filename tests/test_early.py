@@ -35,6 +35,18 @@ def test_a_label_learns_a_lock_and_forgets_it_every_forget_every_transactions():
     assert early.to_take("GET /never/retried") == []
 
 
+def test_other_documents_of_a_folder_learn_from_one_through_the_family():
+    """Each document is edited rarely; its siblings meet the same lock: the family label carries it."""
+    assert early.family("PATCH /site/folder/doc-1") == "PATCH /site/folder/*"
+    assert early.family("POST /site/folder") == "POST /site/*"
+    assert early.family("POST /site") is None and early.family("GET /") is None  # never everything at once
+    early.begin("PATCH /site/folder/doc-1")
+    assert early.learn("catalog", "request") is True
+    assert early.to_take("PATCH /site/folder/doc-2") == [("catalog", "request")]
+    assert early.to_take("PATCH /site/other/doc-2") == []
+    assert early.to_take("GET /site/folder/doc-2") == []
+
+
 def test_labels_and_their_locks_are_bounded():
     for n in range(early.MAX_LABELS + 10):
         early.begin("POST /f%d" % n)

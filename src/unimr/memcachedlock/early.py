@@ -12,8 +12,12 @@ the lock when the request begins does the same serialised work once.
 Which requests need that is learned per process, from what they meet: a
 *label* names a kind of request (the Zope publisher part uses ``METHOD
 /path``).  When a transaction under a label is retried at a lock after it
-changed objects, the label learns the lock; from then on, the label's
-transactions take it when they begin (:func:`to_take`).  Every
+changed objects, the label learns the lock, and so does its *family*, the
+label with its last path segment replaced by ``*`` (``PATCH /site/folder/doc-7``
+teaches ``PATCH /site/folder/*``: edits of other documents in that folder
+meet the same lock, while each document is edited rarely).  From then on,
+the transactions of the label and of its family take it when they begin
+(:func:`to_take`).  Every
 :data:`FORGET_EVERY` transactions of a label forget what it learned, so a
 label whose contention stopped runs without early locks again after at most
 one more retry.  The tables are bounded (:data:`MAX_LABELS`, least recently
@@ -60,39 +64,54 @@ def current() -> str | None:
     return getattr(_current, "label", None)
 
 
+def family(label: str) -> str | None:
+    """``label`` with its last path segment replaced by ``*`` (None if it has no path below its root)."""
+    head, slash, last = label.rpartition("/")
+    if not slash or not last or last == "*" or not head.rpartition(" ")[2]:
+        return None
+    return head + "/*"
+
+
 def learn(name: str, request: Any) -> bool:
     """A transaction of the current label was retried at lock ``name`` after it changed objects.
 
-    Returns True if the label learned the lock now.
+    The label and its family learn the lock.  Returns True if either learned it now.
     """
     label = current()
     if label is None:
         return False
+    learned_now = False
     with _guard:
-        found = _labels.get(label)
-        if found is None:
-            found = _labels[label] = _Label()
-            if len(_labels) > MAX_LABELS:
-                _labels.popitem(last=False)
-        _labels.move_to_end(label)
-        if name in found.locks or len(found.locks) >= MAX_LOCKS_PER_LABEL:
-            return False
-        found.locks[name] = request
-        return True
+        for kind in filter(None, (label, family(label))):
+            found = _labels.get(kind)
+            if found is None:
+                found = _labels[kind] = _Label()
+                if len(_labels) > MAX_LABELS:
+                    _labels.popitem(last=False)
+            _labels.move_to_end(kind)
+            if name not in found.locks and len(found.locks) < MAX_LOCKS_PER_LABEL:
+                found.locks[name] = request
+                learned_now = True
+    return learned_now
 
 
 def to_take(label: str) -> list[tuple[str, Any]]:
-    """The locks a transaction of ``label`` takes when it begins, by name (none on a forgetting turn)."""
+    """The locks a transaction of ``label`` takes when it begins, by name: its label's and its family's.
+
+    Each of the two forgets what it learned every FORGET_EVERY transactions that asked it.
+    """
+    wanted: dict[str, Any] = {}
     with _guard:
-        found = _labels.get(label)
-        if found is None:
-            return []
-        _labels.move_to_end(label)
-        found.began += 1
-        if found.began % FORGET_EVERY == 0:
-            found.locks.clear()
-            return []
-        return sorted(found.locks.items(), key=lambda item: item[0])
+        for kind in filter(None, (family(label), label)):
+            found = _labels.get(kind)
+            if found is None:
+                continue
+            _labels.move_to_end(kind)
+            found.began += 1
+            if found.began % FORGET_EVERY == 0:
+                found.locks.clear()
+            wanted.update(found.locks)
+    return sorted(wanted.items(), key=lambda item: item[0])
 
 
 def learned(label: str) -> list[str]:
@@ -116,4 +135,4 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["begin", "current", "learn", "to_take", "learned", "reset"]
+__all__ = ["begin", "current", "family", "learn", "to_take", "learned", "reset"]
