@@ -29,6 +29,7 @@ from ZODB.POSException import ConflictError
 from .. import metrics
 from ..keys import shown
 from ..transactionlock import LockBusy
+from .publisher import request_label
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ def conflict_class(exc: BaseException) -> str:
         return "LockBusy %s" % shown(exc.key) if exc.key is not None else "LockBusy"
     name = exc.get_class_name() if isinstance(exc, ConflictError) else None
     return name or "(class not known)"
-
-
-def request_label(request: Any) -> str:
-    """``METHOD /path`` of a Zope request (its PATH_INFO, as Zope's own log lines give it)."""
-    return "%s %s" % (request.get("REQUEST_METHOD") or "?", request.get("PATH_INFO") or "/")
 
 
 def count_conflict(event: Any) -> None:

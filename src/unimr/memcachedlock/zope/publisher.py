@@ -77,7 +77,8 @@ def delay_retry(self) -> None:
 
 
 def request_label(request: Any) -> str:
-    """``METHOD /path`` of a request: the kind of transaction :mod:`unimr.memcachedlock.early` learns for."""
+    """``METHOD /path`` of a request (its PATH_INFO, as Zope's own log lines give it): the kind of
+    transaction :mod:`unimr.memcachedlock.early` learns for, and the row ConflictErrors are counted under."""
     return "%s %s" % (request.get("REQUEST_METHOD") or "GET", request.get("PATH_INFO") or "/")
 
 
