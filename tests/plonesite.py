@@ -395,12 +395,8 @@ class ZopeProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            from servers import stop_process
+            stop_process(self.proc, 20)
             self.proc = None
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 
-from servers import free_port, wait_for_port
+from servers import free_port, stop_process, wait_for_port
 
 
 class ZEOServer:
@@ -36,12 +36,7 @@ class ZEOServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
             self.proc = None
 
     def __enter__(self) -> "ZEOServer":

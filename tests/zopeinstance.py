@@ -338,12 +338,8 @@ class ZopeInstance:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            from servers import stop_process
+            stop_process(self.proc, 15)
             self.proc = None
 
     def __enter__(self) -> "ZopeInstance":
