@@ -1,4 +1,4 @@
-"""Keys for the ZCatalog patch in ``catalog.zcml``.
+"""Keys for the ZCatalog patch in ``catalog.zcml`` and the uid generator's lock in ``uidgenerator.zcml``.
 
 ``catalog_object`` and ``uncatalog_object`` of one catalog share one zlock,
 named ``Products.ZCatalog.ZCatalog.ZCatalog:<physical path>``: every ZEO
@@ -11,7 +11,8 @@ works.  A catalog whose acquisition chain does not lead to a physical path
 wrapped in a helper object, a test's fake parent) is keyed by what every
 client shares instead, its database and oid; a catalog that is not stored
 in a database at all is written unlocked (:class:`~unimr.memcachedlock.DontLock`),
-with one warning per catalog class: no other client can write to it.
+with one warning per catalog class: no other client can write to it.  The
+uid generator is keyed the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ LOCK_NAME = "Products.ZCatalog.ZCatalog.ZCatalog"
 _warned: set = set()
 
 
-def catalog_key(fun: Callable, catalog: Any, *args: Any, **kw: Any) -> str:
-    """The catalog's physical path, e.g. ``/plone/portal_catalog``, or ``oid:<database>:<oid>`` without one."""
+def physical_path_key(fun: Callable, catalog: Any, *args: Any, **kw: Any) -> str:
+    """The object's physical path, e.g. ``/plone/portal_catalog``, or ``oid:<database>:<oid>`` without one.
+
+    Any persistent Zope object is keyed this way (``uidgenerator.zcml`` keys the uid generator by it).
+    """
     try:
         return "/".join(catalog.getPhysicalPath())
     except (AttributeError, TypeError) as exc:
@@ -45,3 +49,7 @@ def catalog_key(fun: Callable, catalog: Any, *args: Any, **kw: Any) -> str:
         logger.warning("%s %s.%s: no physical path (%s) and not in a database: called unlocked, as no other "
                        "client can write to it", fun.__name__, kind.__module__, kind.__qualname__, reason)
     raise DontLock("a %s with no physical path, not stored: nothing to lock" % kind.__qualname__)
+
+
+#: The catalog's key in catalog.zcml: its physical path.
+catalog_key = physical_path_key
