@@ -40,11 +40,25 @@ def test_other_documents_of_a_folder_learn_from_one_through_the_family():
     assert early.family("PATCH /site/folder/doc-1") == "PATCH /site/folder/*"
     assert early.family("POST /site/folder") == "POST /site/*"
     assert early.family("POST /site") is None and early.family("GET /") is None  # never everything at once
+    assert early.family("PATCH /site/folder/*") is None
     early.begin("PATCH /site/folder/doc-1")
     assert early.learn("catalog", "request") is True
     assert early.to_take("PATCH /site/folder/doc-2") == [("catalog", "request")]
     assert early.to_take("PATCH /site/other/doc-2") == []
     assert early.to_take("GET /site/folder/doc-2") == []
+
+
+def test_a_transition_of_one_document_teaches_the_same_transition_of_its_siblings():
+    """The object a request names is the last segment that is not a view or a namespace traversal."""
+    assert early.family("POST /site/folder/doc-1/@workflow/publish") == "POST /site/folder/*/@workflow/publish"
+    assert early.family("POST /site/folder/doc-1/@@edit") == "POST /site/folder/*/@@edit"
+    assert early.family("GET /site/++resource++x/@@view") is None  # only the root names an object
+    assert early.family("POST /site/@workflow/publish") is None
+    assert early.family("PATCH /site/++api++/folder/doc-1") == "PATCH /site/++api++/folder/*"
+    early.begin("POST /site/folder/doc-1/@workflow/publish")
+    assert early.learn("catalog", "request") is True
+    assert early.to_take("POST /site/folder/doc-2/@workflow/publish") == [("catalog", "request")]
+    assert early.to_take("POST /site/folder/doc-2/@workflow/retract") == []
 
 
 def test_labels_and_their_locks_are_bounded():

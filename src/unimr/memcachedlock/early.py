@@ -13,9 +13,11 @@ Which requests need that is learned per process, from what they meet: a
 *label* names a kind of request (the Zope publisher part uses ``METHOD
 /path``).  When a transaction under a label is retried at a lock after it
 changed objects, the label learns the lock, and so does its *family*, the
-label with its last path segment replaced by ``*`` (``PATCH /site/folder/doc-7``
+label with the object it names replaced by ``*`` (``PATCH /site/folder/doc-7``
 teaches ``PATCH /site/folder/*``: edits of other documents in that folder
-meet the same lock, while each document is edited rarely).  From then on,
+meet the same lock, while each document is edited rarely; a workflow
+transition ``POST /site/folder/doc-7/@workflow/publish`` teaches
+``POST /site/folder/*/@workflow/publish``).  From then on,
 the transactions of the label and of its family take it when they begin
 (:func:`to_take`).  Every
 :data:`FORGET_EVERY` transactions of a label forget what it learned, so a
@@ -65,11 +67,24 @@ def current() -> str | None:
 
 
 def family(label: str) -> str | None:
-    """``label`` with its last path segment replaced by ``*`` (None if it has no path below its root)."""
-    head, slash, last = label.rpartition("/")
-    if not slash or not last or last == "*" or not head.rpartition(" ")[2]:
+    """``label`` with the object it names replaced by ``*`` (None if that object is its root).
+
+    The object is the last path segment before the first view (``@name``, ``@@name``) that
+    is not a namespace traversal (``++api++``): ``POST /site/folder/doc/@workflow/publish`` is of
+    family ``POST /site/folder/*/@workflow/publish``, ``PATCH /site/folder/doc`` of
+    ``PATCH /site/folder/*``.
+    """
+    method, space, path = label.partition(" ")
+    segments = path.split("/")
+    if not space or not path.startswith("/"):
         return None
-    return head + "/*"
+    views = [n for n, segment in enumerate(segments) if segment.startswith("@")]
+    objects = segments[:views[0]] if views else segments  # what follows a view is its own
+    named = [n for n, segment in enumerate(objects) if segment and not segment.startswith("++")]
+    if len(named) < 2 or segments[named[-1]] == "*":
+        return None
+    segments[named[-1]] = "*"
+    return method + " " + "/".join(segments)
 
 
 def learn(name: str, request: Any) -> bool:
