@@ -111,7 +111,7 @@ class Document:
         self.created = 1_700_000_000 + number
         self.modified = 1_700_000_000 + rnd.randrange(10**6)
 
-    def getPhysicalPath(self) -> tuple[str, ...]:  # noqa: N802 (Zope API)
+    def getPhysicalPath(self) -> tuple[str, ...]:
         return ("", "docs", self.id)
 
 
@@ -343,9 +343,9 @@ def run_once(shape: Shape, docs: int, servers: str, policy: str = SITE_POLICY, s
     import ZEO
 
     sys.path.insert(0, TESTS)
-    from zeoserver import ZEOServer
-
     from rtt_proxy import RttProxy
+
+    from zeoserver import ZEOServer
 
     delayed = RttProxy(servers, shape.store_rtt_ms / 1000.0) if shape.store_rtt_ms else None
     with ZEOServer() as zeo, delayed or contextlib.nullcontext():
@@ -433,7 +433,6 @@ def describe(result: dict[str, Any]) -> str:
 def proxied_round_trip(servers: str, rtt_ms: float) -> float:
     """The median round trip, in ms, of a memcached ``get`` through the delaying proxy (what ``rtt_ms`` gives)."""
     from pymemcache.client.base import Client
-
     from rtt_proxy import RttProxy
 
     with RttProxy(servers, rtt_ms / 1000.0) as proxy:

@@ -48,6 +48,7 @@ from unimr.memcachedlock import Lock, lock_for_transaction, registry  # noqa: E4
 from unimr.memcachedlock.errors import BackendUnavailable  # noqa: E402
 from unimr.memcachedlock.keys import lock_name  # noqa: E402
 from unimr.memcachedlock.tools.servers import MemcachedServer  # noqa: E402
+
 from clients import in_another_client  # noqa: E402
 from zeoserver import ZEOServer  # noqa: E402
 
@@ -88,7 +89,7 @@ def optimistic_entry(zeo: ZEOServer, forget) -> tuple[int, int, float]:
         with attempt:
             tries += 1
             tree = conn.root()["site"]["tree"]
-            tree["a"]  # noqa: B018 (this transaction's view holds the tree before the writer's)
+            tree["a"]
             if tries == 1:
                 in_another_client(zeo.address, exclusive_writer)
                 before = time.monotonic()

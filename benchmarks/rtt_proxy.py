@@ -38,7 +38,7 @@ class RttProxy:
         self.process.kill()
         self.process.wait()
 
-    def __enter__(self) -> "RttProxy":
+    def __enter__(self) -> RttProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,7 +45,7 @@ class SlowVote:
         self.seconds = seconds
         self.transaction_manager = manager
 
-    def sortKey(self) -> str:  # noqa: N802 (IDataManager)
+    def sortKey(self) -> str:
         return "~slow-vote"
 
     def tpc_vote(self, txn) -> None:

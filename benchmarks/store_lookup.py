@@ -48,8 +48,8 @@ def main() -> None:
         from zope.component import getGlobalSiteManager
 
         from unimr.memcachedlock import config
-        from unimr.memcachedlock.registry import make_backend
         from unimr.memcachedlock.interfaces import ILockBackend
+        from unimr.memcachedlock.registry import make_backend
 
         measure("environment store", args.n, args.cycles, args.rounds)
         getGlobalSiteManager().registerUtility(make_backend(config.get_settings()), ILockBackend)

@@ -34,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
 
 from unimr.memcachedlock.tools.servers import MemcachedServer  # noqa: E402
+
 from zeoserver import ZEOServer  # noqa: E402
 
 MODES = ("nolock", "zlock", "ideal")

@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import transaction
 import ZEO

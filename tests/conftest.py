@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from servers import MemcachedServer
 from unimr.memcachedlock import adaptive, early, registry
+
+from servers import MemcachedServer
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ conflicts: two concurrent increments are a ConflictError in plain ZODB.
 
 from __future__ import annotations
 
-import persistent
 import Persistence
+import persistent
 
 
 class Counter(persistent.Persistent):

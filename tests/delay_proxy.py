@@ -96,7 +96,7 @@ class DelayProxy:
         for sock in self._sockets:
             sock.close()
 
-    def __enter__(self) -> "DelayProxy":
+    def __enter__(self) -> DelayProxy:
         return self
 
     def __exit__(self, *exc) -> None:

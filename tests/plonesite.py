@@ -316,9 +316,9 @@ def _create_site(directory: str) -> None:
     from AccessControl.SecurityManagement import newSecurityManager
     from AccessControl.users import system
     from Testing.makerequest import makerequest
-    from Zope2.Startup.run import make_wsgi_app
     from zope.component.hooks import setSite
     from zope.globalrequest import setRequest
+    from Zope2.Startup.run import make_wsgi_app
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     make_wsgi_app({}, os.path.join(directory, "etc", "zope.conf"))
@@ -430,7 +430,7 @@ class PloneCluster:
     def urls(self) -> list[str]:
         return [zope.url for zope in self.zopes]
 
-    def start(self) -> "PloneCluster":
+    def start(self) -> PloneCluster:
         from zeoserver import ZEOServer
 
         try:
@@ -492,7 +492,7 @@ class PloneCluster:
         if not self.keep:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "PloneCluster":
+    def __enter__(self) -> PloneCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -742,9 +742,8 @@ def _trace_file():
 
 def _write_trace(record: dict) -> None:
     line = json.dumps(record, default=str)
-    with _trace_lock:
-        with open(_trace_file(), "a") as f:
-            f.write(line + "\n")
+    with _trace_lock, open(_trace_file(), "a") as f:
+        f.write(line + "\n")
 
 
 def _frames(limit: int = 40) -> list[str]:

@@ -15,12 +15,11 @@ import pytest
 import transaction
 import ZEO
 from persistent.mapping import PersistentMapping
+from test_zlock_policies import TRIES, publish, read_counter, run_threads, setup_counter
 
 from unimr.memcachedlock import adaptive, metrics
 from unimr.memcachedlock.adaptive import LOCKING, OPTIMISTIC, KeyHistory
 from unimr.memcachedlock.transactionlock import DEFAULT_POLICY, zlock
-
-from test_zlock_policies import TRIES, publish, read_counter, run_threads, setup_counter
 
 HOT = "adaptive-counter"
 

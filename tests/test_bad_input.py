@@ -7,11 +7,15 @@ import os
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
+from unimr.memcachedlock import config, registry
 from unimr.memcachedlock.decorators import lock, rlock
 from unimr.memcachedlock.errors import (
-    ConfigurationError, DontLock, InvalidArgument, InvalidKey, MemcachedLockError, TimeoutTooLarge,
+    ConfigurationError,
+    DontLock,
+    InvalidArgument,
+    InvalidKey,
+    MemcachedLockError,
+    TimeoutTooLarge,
 )
 from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name, shown
 from unimr.memcachedlock.locks import Lock, RLock

@@ -142,8 +142,9 @@ def test_plones_catalog_tool_takes_the_lock_before_it_counts_the_write(catalog_p
     client's catalog write has its view moved forward instead of a LockBusy, and both writes count."""
     from Products.CMFPlone.CatalogTool import CatalogTool
 
-    from clients import in_another_client
     from unimr.memcachedlock import metrics
+
+    from clients import in_another_client
 
     db = ZEO.DB(zeo_server.address)
     conn = db.open()

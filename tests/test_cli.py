@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from servers import MemcachedServer, free_port
-from unimr.memcachedlock.tools import cli
 from unimr.memcachedlock.locks import Lock
+from unimr.memcachedlock.tools import cli
+
+from servers import MemcachedServer, free_port
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "memcachedlock")
 

@@ -13,11 +13,13 @@ import subprocess
 import time
 
 import pytest
+from test_cli import SCRIPT, holder, read_question, run, script  # noqa: F401  (holder is a fixture)
+
+from unimr.memcachedlock.keys import lock_name
+from unimr.memcachedlock.tools import cli
 
 from servers import free_port
-from test_cli import SCRIPT, holder, read_question, run, script  # noqa: F401  (holder is a fixture)
-from unimr.memcachedlock.tools import cli
-from unimr.memcachedlock.keys import lock_name
+
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in proc.stderr

@@ -13,11 +13,12 @@ import os
 import textwrap
 
 import pytest
-
-from servers import free_port
 from test_cli import Holder
+
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.tools import cli
+
+from servers import free_port
 
 SITE_ZCML = """\
 <configure xmlns="http://namespaces.zope.org/zope">

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import ConfigurationError, config
+from unimr.memcachedlock import ConfigurationError, config, registry
 from unimr.memcachedlock.config import ServerAddress, Settings, parse_servers
 
 

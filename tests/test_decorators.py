@@ -8,9 +8,10 @@ import time
 import pytest
 
 import unimr.memcachedlock as package
-from overlap import OverlapLog
 from unimr.memcachedlock import DontLock, Lock, LockTimeout, SelfDeadlock, memcachedlock
 from unimr.memcachedlock.keys import lock_name
+
+from overlap import OverlapLog
 
 pytestmark = pytest.mark.usefixtures("memcached")
 

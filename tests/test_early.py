@@ -16,11 +16,12 @@ import transaction
 import ZODB
 from ZODB.MappingStorage import MappingStorage
 
-from counters import Counter
 from unimr.memcachedlock import early
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.transactionlock import LockBusy, lock_early, zlock
+
+from counters import Counter
 
 
 def test_a_label_learns_a_lock_and_forgets_it_every_forget_every_transactions():

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config, metrics
+from unimr.memcachedlock import config, metrics, registry
 from unimr.memcachedlock.backends.fallback import FallbackBackend
 from unimr.memcachedlock.backends.file import FileLease
 from unimr.memcachedlock.backends.memcached import MemcachedLease

@@ -17,7 +17,6 @@ import tracemalloc
 
 import pytest
 
-from delay_proxy import DelayProxy
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, carries_token
 from unimr.memcachedlock.backends.pool import ClientPool
@@ -25,6 +24,8 @@ from unimr.memcachedlock.config import parse_server
 from unimr.memcachedlock.errors import BackendUnavailable, InvalidKey, TimeoutTooLarge
 from unimr.memcachedlock.lease import MAX_CHECK_PERIOD, renew_period
 from unimr.memcachedlock.locks import Lock, RLock
+
+from delay_proxy import DelayProxy
 
 
 def direct_backend(server) -> MemcachedBackend:

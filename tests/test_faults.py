@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from servers import MemcachedServer
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
+from unimr.memcachedlock import config, registry
 from unimr.memcachedlock.backends.file import FileLease
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, MemcachedLease
 from unimr.memcachedlock.decorators import lock
 from unimr.memcachedlock.errors import BackendUnavailable
 from unimr.memcachedlock.locks import Lock
+
+from servers import MemcachedServer
 
 HOLDER = r"""
 import sys, time

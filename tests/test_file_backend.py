@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
+from unimr.memcachedlock import config, registry
 from unimr.memcachedlock.backends.file import FileBackend, FileLease
 from unimr.memcachedlock.errors import ConfigurationError, NotHeld
 from unimr.memcachedlock.keys import lock_name
@@ -213,9 +212,8 @@ def test_notes_roundtrip_and_are_atomic(file_store):
 
 def test_rlock_on_file_store(file_store):
     lock = RLock("re")
-    with lock:
-        with lock:
-            assert file_store.holder(lock.name) is not None
+    with lock, lock:
+        assert file_store.holder(lock.name) is not None
     assert file_store.holder(lock.name) is None
     with pytest.raises(NotHeld):
         lock.release()

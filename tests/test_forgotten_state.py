@@ -25,15 +25,26 @@ from persistent.mapping import PersistentMapping
 from pymemcache.client.base import Client
 from ZODB.MappingStorage import MappingStorage
 
-from clients import in_another_client
-from servers import MemcachedServer
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.notes import (
-    EXCLUSIVE, FRESH, MAX_NOTE_ENTRIES, SINCE, STALE, UNKNOWN, commits_since, decode_note, encode_entries,
-    encode_note, exclusive_commits_since, merge_note, with_since,
+    EXCLUSIVE,
+    FRESH,
+    MAX_NOTE_ENTRIES,
+    SINCE,
+    STALE,
+    UNKNOWN,
+    commits_since,
+    decode_note,
+    encode_entries,
+    exclusive_commits_since,
+    merge_note,
+    with_since,
 )
 from unimr.memcachedlock.transactionlock import lock_for_transaction
+
+from clients import in_another_client
+from servers import MemcachedServer
 
 KEY = "forgotten-note"
 
@@ -197,7 +208,7 @@ class SlowVote:
         self.voting, self.release = voting, release
         self.transaction_manager = transaction.manager
 
-    def sortKey(self) -> str:  # noqa: N802 (IDataManager)
+    def sortKey(self) -> str:
         return "~slow-vote"
 
     def tpc_vote(self, txn) -> None:

@@ -20,8 +20,7 @@ import time
 import pytest
 
 import unimr.memcachedlock
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import waiting
+from unimr.memcachedlock import registry, waiting
 from unimr.memcachedlock.backends.memcached import MemcachedBackend
 from unimr.memcachedlock.config import parse_server
 from unimr.memcachedlock.locks import Lock, RLock

@@ -8,11 +8,11 @@ import time
 import weakref
 
 import pytest
+from zope.interface.verify import verifyObject
 
 from unimr.memcachedlock import Lock, NotHeld, RLock, lock_getter, rlock_getter
 from unimr.memcachedlock.errors import InvalidArgument, MemcachedLockError, TimeoutTooLarge
 from unimr.memcachedlock.interfaces import ILock
-from zope.interface.verify import verifyObject
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -47,9 +47,8 @@ def test_context_manager(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_context_manager_releases_on_exception(kind):
     lock = kind("ctx-exc")
-    with pytest.raises(KeyError):
-        with lock:
-            raise KeyError("boom")
+    with pytest.raises(KeyError), lock:
+        raise KeyError("boom")
     assert not lock.locked()
 
 

@@ -26,15 +26,15 @@ import threading
 import time
 
 import pytest
+from zope.interface.verify import verifyObject
 
-from overlap import OverlapLog
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import Lock, RLock, get_backend
+from unimr.memcachedlock import Lock, RLock, get_backend, registry
 from unimr.memcachedlock.backends.memcached import MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
 from unimr.memcachedlock.interfaces import ILease, ILockBackend
 from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name
-from zope.interface.verify import verifyObject
+
+from overlap import OverlapLog
 
 
 def _raw(server, command: bytes) -> bytes:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from servers import MemcachedServer
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import config
+from unimr.memcachedlock import config, registry
 from unimr.memcachedlock.backends.fallback import FallbackBackend
 from unimr.memcachedlock.backends.file import FileLease
 from unimr.memcachedlock.backends.memcached import MemcachedBackend, MemcachedLease
 from unimr.memcachedlock.errors import BackendUnavailable
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.locks import Lock
+
+from servers import MemcachedServer
 
 
 @pytest.fixture

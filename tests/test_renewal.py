@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import waiting
+from unimr.memcachedlock import registry, waiting
 from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
 

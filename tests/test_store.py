@@ -15,12 +15,12 @@ from zope.configuration.config import ConfigurationConflictError
 from zope.configuration.exceptions import ConfigurationError
 from zope.testing.cleanup import cleanUp
 
-from servers import MemcachedServer
-from unimr.memcachedlock import registry
-from unimr.memcachedlock import Lock, config
-from unimr.memcachedlock.registry import make_backend
+from unimr.memcachedlock import Lock, config, registry
 from unimr.memcachedlock.backends.file import FileBackend
 from unimr.memcachedlock.interfaces import ILockBackend
+from unimr.memcachedlock.registry import make_backend
+
+from servers import MemcachedServer
 
 NAMESPACES = ('xmlns="http://namespaces.zope.org/zope" '
               'xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock"')

@@ -7,8 +7,9 @@ import transaction
 import ZEO
 from ZODB.POSException import ConflictError
 
-from clients import in_another_client
 from unimr.memcachedlock import metrics
+
+from clients import in_another_client
 
 
 @pytest.fixture

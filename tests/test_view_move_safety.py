@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import transaction
@@ -29,10 +30,11 @@ from persistent.mapping import PersistentMapping
 from transaction.interfaces import NoTransaction
 from ZODB.POSException import ConflictError
 
-from clients import in_another_client, run_clients
-from counters import Counter, ZopeCounter
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, zlock
+
+from clients import in_another_client, run_clients
+from counters import Counter, ZopeCounter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "view-move-safety"

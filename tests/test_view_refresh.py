@@ -19,10 +19,11 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from clients import in_another_client
 from unimr.memcachedlock import metrics
 from unimr.memcachedlock.transactionlock import LockBusy, zlock
 from unimr.memcachedlock.viewrefresh import MARKER_OID, used_since_view_began
+
+from clients import in_another_client
 
 KEY = "view-refresh-counter"
 
@@ -142,7 +143,7 @@ def test_a_savepoint_before_the_lock_keeps_its_changes(waiter, zeo_server):
 def test_a_minimized_cache_makes_what_was_used_unknown(waiter, zeo_server):
     transaction.begin()
     root = waiter.root()
-    root["other"]["value"]                      # noqa: B018 (used, then the cache forgets the order)
+    root["other"]["value"]
     waiter.cacheMinimize()
     assert used_since_view_began(waiter) is None
     other_client_bumps(zeo_server.address)
@@ -155,7 +156,7 @@ def test_the_order_of_use_is_what_the_marker_splits(waiter):
     transaction.begin()
     root = waiter.root()
     assert waiter._cache.get(MARKER_OID) is not None
-    root["other"]["value"]                      # noqa: B018
+    root["other"]["value"]
     used = used_since_view_began(waiter)
     assert root["other"]._p_oid in used and root._p_oid in used
     assert root["counter"]._p_oid not in used   # in the cache from the last transaction, not used in this one

@@ -13,13 +13,12 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry
+from unimr.memcachedlock import Lock, get_backend, registry, waiting
 from unimr.memcachedlock.backends import records
-from unimr.memcachedlock import Lock, get_backend, waiting
-from unimr.memcachedlock.tools import bench
 from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
 from unimr.memcachedlock.config import parse_servers
 from unimr.memcachedlock.keys import lock_name
+from unimr.memcachedlock.tools import bench
 
 
 def _requests(server) -> dict[str, int]:

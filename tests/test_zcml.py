@@ -375,9 +375,8 @@ def test_wait_bounds_the_wait_for_the_lock(memcached, clean):
 
     load(lock_xml("lock", wait="0.2"))
     assert patch.patches()[0].options == {"wait": 0.2}
-    with Lock("test_zcml.Document.edit:d1"):
-        with pytest.raises(LockTimeout, match="test_zcml.Document.edit:d1"):
-            Document("d1").edit("x")
+    with Lock("test_zcml.Document.edit:d1"), pytest.raises(LockTimeout, match="test_zcml.Document.edit:d1"):
+        Document("d1").edit("x")
     assert Document.calls == 0
 
 

@@ -23,14 +23,14 @@ from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from overlap import OverlapLog
-from unimr.memcachedlock import Lock, registry, waiting
+from unimr.memcachedlock import InvalidArgument, Lock, MemcachedLockError, get_backend, memcachedlock, registry, waiting
 from unimr.memcachedlock import transactionlock as zlock_module
-from unimr.memcachedlock import InvalidArgument, MemcachedLockError, get_backend, memcachedlock
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.notes import MAX_NOTE_ENTRIES, decode_note, encode_note, merge_note
 from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, storage_identity, zlock
+
+from overlap import OverlapLog
 
 HOT = "hot-object"
 

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import transaction
@@ -465,7 +465,7 @@ class SlowVote:
         self.events = events
         self.transaction_manager = transaction.manager
 
-    def sortKey(self) -> str:  # noqa: N802 (IDataManager)
+    def sortKey(self) -> str:
         return "~slow-vote"
 
     def tpc_begin(self, txn) -> None:

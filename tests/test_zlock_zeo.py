@@ -127,8 +127,9 @@ def _writer(port: int, workdir: str, who: str, writes: int, work_ms: float) -> d
     import transaction
     import ZEO
 
-    from overlap import OverlapLog
     from unimr.memcachedlock.transactionlock import LockBusy, zlock
+
+    from overlap import OverlapLog
 
     overlap = OverlapLog(os.path.join(workdir, "overlap.log"))
     db = ZEO.DB(("127.0.0.1", port))

@@ -18,7 +18,7 @@ from zopeinstance import ZopeInstance
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import publisher_contention  # noqa: E402  (benchmarks/ is not a package)
+import publisher_contention
 
 
 def lock_env(memcached) -> dict[str, str]:

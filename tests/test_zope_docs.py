@@ -20,7 +20,6 @@ from OFS.Application import Application
 from OFS.Folder import Folder
 from OFS.SimpleItem import SimpleItem
 from Products.ZCatalog.ZCatalog import ZCatalog
-
 from test_cli import script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,7 +23,7 @@ class ZEOServer:
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
-    def start(self) -> "ZEOServer":
+    def start(self) -> ZEOServer:
         runzeo = os.path.join(os.path.dirname(sys.executable), "runzeo")
         self.proc = subprocess.Popen(
             [runzeo, "-a", "127.0.0.1:%d" % self.port, "-f", os.path.join(self.directory, "Data.fs")],
@@ -39,7 +39,7 @@ class ZEOServer:
             stop_process(self.proc, 10)
             self.proc = None
 
-    def __enter__(self) -> "ZEOServer":
+    def __enter__(self) -> ZEOServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

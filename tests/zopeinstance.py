@@ -296,7 +296,7 @@ class ZopeInstance:
     def log_path(self) -> str:
         return os.path.join(self.directory, "event.log")
 
-    def start(self, timeout: float = 60) -> "ZopeInstance":
+    def start(self, timeout: float = 60) -> ZopeInstance:
         os.makedirs(os.path.join(self.directory, "etc"))
         os.makedirs(os.path.join(self.directory, "var"))
         with open(os.path.join(self.directory, "etc", "zope.conf"), "w") as f:
@@ -342,7 +342,7 @@ class ZopeInstance:
             stop_process(self.proc, 15)
             self.proc = None
 
-    def __enter__(self) -> "ZopeInstance":
+    def __enter__(self) -> ZopeInstance:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,20 +6,29 @@ memcachedlock`` still works and gives the same objects.
 
 from __future__ import annotations
 
+from .backends.records import Holder
 from .config import get_settings
-from .registry import configure, get_backend, reset, set_backend
 from .decorators import lock, rlock
 from .errors import (
-    BackendUnavailable, ConfigurationError, DontLock, InvalidArgument, InvalidKey, LockTimeout,
-    MemcachedLockError, NotHeld, SelfDeadlock, TimeoutTooLarge,
+    BackendUnavailable,
+    ConfigurationError,
+    DontLock,
+    InvalidArgument,
+    InvalidKey,
+    LockTimeout,
+    MemcachedLockError,
+    NotHeld,
+    SelfDeadlock,
+    TimeoutTooLarge,
 )
-from .backends.records import Holder
 from .lease import release_all
 from .locks import Lock, RLock, lock_getter, rlock_getter
+from .registry import configure, get_backend, reset, set_backend
 from .transactionlock import LockBusy, lock_for_transaction, zlock
 
 __all__ = [
-    "lock", "rlock", "zlock", "lock_for_transaction", "LockBusy", "lock_getter", "rlock_getter", "Lock", "RLock", "DontLock",
+    "lock", "rlock", "zlock", "lock_for_transaction", "LockBusy", "lock_getter", "rlock_getter", "Lock", "RLock",
+    "DontLock",
     "MemcachedLockError", "ConfigurationError", "InvalidArgument", "InvalidKey", "TimeoutTooLarge",
     "NotHeld", "SelfDeadlock", "LockTimeout", "BackendUnavailable", "Holder",
     "configure", "get_backend", "get_settings", "reset", "set_backend", "release_all",

@@ -20,7 +20,8 @@ store is used then).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from zope.interface.interfaces import RegistrationEvent
 from zope.interface.registry import UtilityRegistration

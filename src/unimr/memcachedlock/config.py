@@ -45,7 +45,7 @@ import math
 import os
 import tempfile
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .errors import ConfigurationError
 
@@ -288,7 +288,7 @@ class Settings:
             object.__setattr__(self, field.name, value)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings ``environ`` (default ``os.environ``) describes; ConfigurationError names a bad value."""
         env = os.environ if environ is None else environ
         return cls(**{name: env.get(variable) for name, (variable, _) in FIELDS.items()})

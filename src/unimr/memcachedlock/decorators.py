@@ -16,13 +16,21 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import metrics
 from .errors import DontLock, InvalidKey, LockTimeout, SelfDeadlock
 from .keys import key_to_bytes, shown
 from .locks import (
-    DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MAX_LEASE, BaseLock, Lock, RLock, _interval, check_seconds,
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
+    MAX_LEASE,
+    BaseLock,
+    Lock,
+    RLock,
+    _interval,
+    check_seconds,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

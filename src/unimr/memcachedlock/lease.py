@@ -28,24 +28,25 @@ a release never runs between a renewal's read and its write: it always sees
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from zope.interface import implementer
 
 from .errors import BackendUnavailable
 from .interfaces import ILease
-from .renewer import MAX_CHECK_PERIOD, get_renewer, renew_period, shortest_life, store_ttl
+from .renewer import get_renewer, renew_period, shortest_life, store_ttl
 
 logger = logging.getLogger(__name__)
 
 #: Every lease this process holds and has not released (weakly: a lost lock object frees its lease).
-_live: "weakref.WeakSet[Lease]" = weakref.WeakSet()
+_live: weakref.WeakSet[Lease] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 @implementer(ILease)
@@ -256,17 +257,15 @@ def _call_on_lost(callback: Callable[[Lease], None], lease: Lease) -> None:
 
 #: Abandoned leases (and other orphans with a ``_reap()`` method) waiting to be given back.
 #: SimpleQueue.put is safe in finalizers: it takes no lock a finalizer could already hold.
-_reap_queue: "queue.SimpleQueue" = queue.SimpleQueue()
+_reap_queue: queue.SimpleQueue = queue.SimpleQueue()
 _reaper: threading.Thread | None = None
 _reaper_lock = threading.Lock()
 
 
 def abandon(orphan) -> None:
     """Give ``orphan`` (a lease nobody will release, or an unconfirmed store entry) to the reaper."""
-    try:
+    with contextlib.suppress(AttributeError):  # interpreter shutdown has cleared the module
         _reap_queue.put(orphan)
-    except AttributeError:  # interpreter shutdown has cleared the module
-        pass
 
 
 def reap_now() -> int:

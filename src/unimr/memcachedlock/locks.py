@@ -32,7 +32,7 @@ import operator
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from zope.interface import implementer
 
@@ -40,8 +40,8 @@ from . import metrics, waiting
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
-from .registry import get_backend
 from .lease import Lease, abandon
+from .registry import get_backend
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ import os
 import socket
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import config
 from .errors import ConfigurationError
@@ -293,10 +293,7 @@ def metrics_settings(environ=None) -> tuple[str, float]:
 
 def _checked_settings(directory: object, interval: object) -> tuple[str, float]:
     """The metrics settings parsed by the package's one rule (``config``): blank is not given, errors name it."""
-    if config.is_unset(directory):
-        directory = ""
-    else:
-        directory = config.absolute_directory("MEMCACHEDLOCK_METRICS_DIR", directory)
+    directory = "" if config.is_unset(directory) else config.absolute_directory("MEMCACHEDLOCK_METRICS_DIR", directory)
     seconds = config._seconds("MEMCACHEDLOCK_METRICS_INTERVAL", interval, DEFAULT_INTERVAL, high=MAX_INTERVAL)
     if seconds < MIN_INTERVAL:
         raise ConfigurationError("MEMCACHEDLOCK_METRICS_INTERVAL=%r must be at least %s seconds: a shorter one "

@@ -79,7 +79,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import adaptive, early, metrics, notes, viewrefresh, zodbprivate
 from .config import _seconds
@@ -249,7 +250,7 @@ class _ReservationKeeper:
         #: thread's keeper, and only the thread's own transactions may adopt its reservations.
         self.thread = threading.get_ident()
 
-    def newTransaction(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
+    def newTransaction(self, txn: object) -> None:
         """Mark where the views begin; take this thread's reserved and marked locks for ``txn``.
 
         Not a view's beginning when ``registerSynch`` calls it for the
@@ -266,10 +267,10 @@ class _ReservationKeeper:
         except Exception:
             logger.exception("taking zlocks at the beginning of a transaction failed")
 
-    def beforeCompletion(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
+    def beforeCompletion(self, txn: object) -> None:
         """Nothing to do before a transaction ends."""
 
-    def afterCompletion(self, txn: object) -> None:  # noqa: N802 (ISynchronizer)
+    def afterCompletion(self, txn: object) -> None:
         """End the runs of ConflictErrors ``txn`` did not continue; release earlier reservations.
 
         ZODB begins the connections' next views here too (for callers that

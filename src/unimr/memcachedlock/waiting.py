@@ -32,6 +32,7 @@ costs time, never safety.  Every wait here is bounded by the caller's deadline.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -39,10 +40,10 @@ import random
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .errors import BackendUnavailable
 from .backends.records import WANT_HOST, Want
+from .errors import BackendUnavailable
 from .lease import abandon
 
 logger = logging.getLogger(__name__)
@@ -276,10 +277,8 @@ def _wake_head(state: KeyState) -> None:
     if state.address:
         send_wake(state.address)
     else:
-        try:
+        with contextlib.suppress(IndexError):
             state.queue[0].event.set()
-        except IndexError:
-            pass
 
 
 def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: float | None,
@@ -361,10 +360,8 @@ def _leave_once(backend, name: str, state: KeyState, me: Waiter) -> None:
     announced = False
     orphan = None
     with _states_lock:
-        try:
+        with contextlib.suppress(ValueError):
             state.queue.remove(me)
-        except ValueError:
-            pass
         if state.queue:  # wake the head even if it was already woken: a spurious wake-up is harmless
             state.queue[0].event.set()
             if state.address:
@@ -418,10 +415,10 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
                 held, want, want_cas = store.peek_want(name)
             except BackendUnavailable:
                 check = False
-        if state.yield_until:
-            if now >= state.yield_until or (check and (held or want is None or want.token != state.yield_to)):
-                state.yield_until = 0.0
-                state.yield_to = None
+        if state.yield_until and (
+                now >= state.yield_until or (check and (held or want is None or want.token != state.yield_to))):
+            state.yield_until = 0.0
+            state.yield_to = None
         yielding = bool(state.yield_until)
         if not yielding and (direct or not check or not held):
             result = try_acquire()
@@ -451,7 +448,7 @@ def _took_it(backend, name: str, state: KeyState) -> None:
         _withdraw(backend, name, state)
 
 
-def _announce(store, name: str, state: KeyState, want: "Want | None", want_cas, delay: float, now: float) -> None:
+def _announce(store, name: str, state: KeyState, want: Want | None, want_cas, delay: float, now: float) -> None:
     """Put this process in the ``#want`` slot if it is free or ours, or if we waited longer."""
     mine = want is not None and want.token == state.token
     if mine and now < state.next_announce:
@@ -492,7 +489,7 @@ def _sleep(state: KeyState, pause: float) -> bool:
         sock.setblocking(False)
         while True:
             sock.recv(16)
-    except (BlockingIOError, socket.timeout, InterruptedError):
+    except (TimeoutError, BlockingIOError, InterruptedError):
         pass
     except OSError as exc:
         logger.debug("wake-up socket failed: %s", exc)

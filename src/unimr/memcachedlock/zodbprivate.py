@@ -21,7 +21,8 @@ instead of raising.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:
     from ZODB.utils import p64, u64

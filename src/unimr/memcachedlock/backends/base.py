@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from zope.interface import implementer
 

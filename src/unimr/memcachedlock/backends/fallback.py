@@ -37,11 +37,11 @@ from .. import metrics
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..interfaces import ICommitGate, ICommitPass
-from .records import Holder
 from ..lease import Lease
 from .base import Backend
 from .file import FileBackend
 from .memcached import MemcachedBackend
+from .records import Holder
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class FallbackCommitGate:
     they respect that holder and the first note written clears the old one.
     """
 
-    def __init__(self, backend: "FallbackBackend") -> None:
+    def __init__(self, backend: FallbackBackend) -> None:
         self.backend = backend
 
     def enter(self, name: str) -> ICommitPass | None:
@@ -98,7 +98,7 @@ class FallbackBackend(Backend):
                                  "(processes on other hosts do not see those locks)" % secondary.directory)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FallbackBackend":
+    def from_settings(cls, settings: Settings) -> FallbackBackend:
         return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings))
 
     @property

@@ -50,14 +50,24 @@ import time
 
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
-from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease
 from .base import Backend
 from .filegate import FileCommitGate
 from .lockdir import (
-    LOCK_SUFFIX, NOTE_SUFFIX, OPEN_FLAGS, READ_FLAGS, NotRegularFile, open_regular,
-    open_to_read, prepare_lock_dir, read_note, remove_note, same_file, write_note,
+    LOCK_SUFFIX,
+    NOTE_SUFFIX,
+    OPEN_FLAGS,
+    READ_FLAGS,
+    NotRegularFile,
+    open_regular,
+    open_to_read,
+    prepare_lock_dir,
+    read_note,
+    remove_note,
+    same_file,
+    write_note,
 )
+from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +157,7 @@ class FileBackend(Backend):
         self.commit_gate = FileCommitGate(self)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FileBackend":
+    def from_settings(cls, settings: Settings) -> FileBackend:
         return cls(settings.lock_dir)
 
     def __repr__(self) -> str:

@@ -20,7 +20,8 @@ import fcntl
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from zope.interface import implementer
 

@@ -8,6 +8,7 @@ lock files.  See ``file.py`` for why each of these matters.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -166,8 +167,6 @@ def write_note(directory: str, path: str, value: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise BackendUnavailable("cannot write note %s: %s" % (path, exc)) from exc

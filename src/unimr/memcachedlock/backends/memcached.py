@@ -30,7 +30,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 from urllib.parse import unquote
 
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
@@ -39,12 +40,11 @@ from zope.interface import implementer
 from ..config import ServerAddress, Settings
 from ..errors import BackendUnavailable
 from ..interfaces import IWaiterBoard
-from .records import MAGIC, Holder, decode_value, encode_value, new_token, renewed_value
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .memcachedgate import GATE_SUFFIX, MemcachedCommitGate
 from .pool import ClientPool, Write
-from .records import WANT_TTL, Want
+from .records import MAGIC, WANT_TTL, Holder, Want, decode_value, encode_value, new_token, renewed_value
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ class MemcachedBackend(Backend):
         self.commit_gate = MemcachedCommitGate(self, NOTE_SUFFIX, NOTE_TTL)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "MemcachedBackend":
+    def from_settings(cls, settings: Settings) -> MemcachedBackend:
         return cls(
             settings.servers,
             prefix=settings.prefix,
@@ -403,7 +403,7 @@ class MemcachedBackend(Backend):
         return bool(self.server_for(name).call(ClientPool.delete, self.prefix + name, noreply=False))
 
     @property
-    def waiter_board(self) -> "MemcachedBackend":
+    def waiter_board(self) -> MemcachedBackend:
         """This store keeps the waiter announcements itself."""
         return self
 
@@ -483,7 +483,8 @@ class MemcachedBackend(Backend):
         return self.server_for(name).call(ClientPool.get, self.prefix + name + NOTE_SUFFIX)
 
     def set_note(self, name: str, value: bytes) -> None:
-        self.server_for(name).call(ClientPool.set, self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL, noreply=False)
+        self.server_for(name).call(ClientPool.set, self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL,
+                                   noreply=False)
 
     def list_locks(self) -> list[Holder]:
         """Every lock in every reachable server (``lru_crawler metadump``)."""
@@ -573,7 +574,7 @@ def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0)
             ):
                 break
             if time.monotonic() > deadline:
-                raise socket.timeout("no complete answer to %r within %.1fs" % (command.decode(), timeout))
+                raise TimeoutError("no complete answer to %r within %.1fs" % (command.decode(), timeout))
             chunk = sock.recv(65536)
             if not chunk:
                 break

@@ -24,17 +24,21 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import (
-    MemcacheClientError, MemcacheServerError, MemcacheUnexpectedCloseError, MemcacheUnknownError,
+    MemcacheClientError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
 )
 
 #: Idle connections kept per server; more threads than this reconnect when they come back.
 MAX_IDLE = 64
 
-_pools: "weakref.WeakSet[ClientPool]" = weakref.WeakSet()
+_pools: weakref.WeakSet[ClientPool] = weakref.WeakSet()
 
 #: Returned by ``_exchange_on`` when the connection asked for is not available.
 _NOT_THERE = object()
@@ -47,7 +51,7 @@ def _client_method(method: Callable[..., Any]) -> Callable[..., Any]:
     """``ClientPool.<name>``: pymemcache's ``Client.<name>`` (same signature) run on a pooled client."""
 
     @functools.wraps(method)
-    def call(self: "ClientPool", *args: Any, **kw: Any) -> Any:
+    def call(self: ClientPool, *args: Any, **kw: Any) -> Any:
         return self._run(method, args, kw)
 
     return call
@@ -200,7 +204,8 @@ class ClientPool:
         Only over the connection that stored the item (see ``_exchange_on``).
         ``first`` is written before, in the same request (see ``Write``).
         Returns None when that connection is busy (another thread has it) or
-        closed, or the item changed: the caller then compares the stored value.  Otherwise (True, value of ``also_get`` or None).
+        closed, or the item changed: the caller then compares the stored value.  Otherwise (True, value of
+        ``also_get`` or None).
         """
         request = b"md %s C%s\r\nmg %s v\r\n" % (key.encode("ascii"), cas, also_get.encode("ascii"))
         answer = self._exchange_on(connection, _first(first) + request, _after(first, _read_status_and_value))

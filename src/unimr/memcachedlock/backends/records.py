@@ -141,7 +141,7 @@ class Want:
         )
 
     @classmethod
-    def decode(cls, value: bytes | None) -> "Want | None":
+    def decode(cls, value: bytes | None) -> Want | None:
         """Parse a stored announcement; None for anything else (no announcement)."""
         if not value:
             return None

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .servers import MemcachedServer
 
@@ -86,7 +86,8 @@ def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None)
     from ..registry import make_backend
 
     settings = Settings(servers=parse_servers(address), backend=kind,
-                        lock_dir=lock_dir or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
+                        lock_dir=lock_dir
+                        or os.path.join(tempfile.gettempdir(), "memcachedlock-bench-%d" % os.getuid()))
     return make_backend(settings)
 
 
@@ -142,7 +143,7 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
         "ours_rounds_us": [round(x * 1e6, 1) for x in results["ours"]],
     }
     out["ratio"] = out["ours_us"] / out["raw_us"]
-    out["ratio_rounds"] = [round(o / r, 3) for o, r in zip(results["ours"], results["raw"])]
+    out["ratio_rounds"] = [round(o / r, 3) for o, r in zip(results["ours"], results["raw"], strict=True)]
     raw.close()
     backend.close()
     if file_backend:
@@ -180,7 +181,7 @@ def _file_latency(n: int, rounds: int) -> dict:
     return {"file_raw_us": raw_us, "file_ours_us": ours_us, "file_ratio": ours_us / raw_us,
             "file_raw_rounds_us": [round(x * 1e6, 1) for x in raw_t],
             "file_ours_rounds_us": [round(x * 1e6, 1) for x in ours_t],
-            "file_ratio_rounds": [round(o / r, 3) for o, r in zip(ours_t, raw_t)]}
+            "file_ratio_rounds": [round(o / r, 3) for o, r in zip(ours_t, raw_t, strict=True)]}
 
 
 # -- handoff ------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) 
     turns = sorted(events)
     gaps = []
     alternated = 0
-    for prev, cur in zip(turns, turns[1:]):
+    for prev, cur in zip(turns, turns[1:], strict=False):
         if cur[2] != prev[2]:
             alternated += 1
             gaps.append(cur[0] - prev[1])
@@ -252,7 +253,7 @@ def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) 
         begin, end = turns[0][0], max(t[1] for t in turns)
         for w in range(workers):
             marks = [begin] + [x for t in turns if t[2] == w for x in (t[0], t[1])] + [end]
-            for free_from, taken in zip(marks[0::2], marks[1::2]):
+            for free_from, taken in zip(marks[0::2], marks[1::2], strict=False):
                 longest_wait = max(longest_wait, taken - free_from)
 
     def pct(p: float) -> float:
@@ -411,7 +412,8 @@ def print_handoff(results: list[dict], out=sys.stdout) -> None:
     for r in results:
         label = "raw add/delete, 1 ms polling" if r["kind"] == "raw" else "memcachedlock Lock"
         print("| 2 %s | %s | %s | %s | %d of %d (%.0f%%) | %s | %s |" % (
-            {"process": "processes", "thread": "threads"}[r["mode"]], label, _fmt(r["p50_ms"], 2), _fmt(r["p99_ms"], 2), r["alternated"], r["handoffs"],
+            {"process": "processes", "thread": "threads"}[r["mode"]], label, _fmt(r["p50_ms"], 2), _fmt(r["p99_ms"], 2),
+            r["alternated"], r["handoffs"],
             100 * r["alternation"], "/".join(str(v) for v in r["shares"].values()), _fmt(r["max_gap_ms"])), file=out)
 
 
@@ -485,8 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from pymemcache.exceptions import MemcacheError
 
-    from .cliargs import _positive_int, _seconds_arg
     from ..errors import BackendUnavailable
+    from .cliargs import _positive_int, _seconds_arg
 
     parser = _Parser(prog="memcachedlock bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=("latency", "handoff", "waiting", "all"))

@@ -47,19 +47,27 @@ import socket
 import sys
 import time
 import unicodedata
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 from urllib.parse import unquote
 
 from ..backends.memcached import server_command
 from ..backends.pool import ClientPool
-from .cliargs import (
-    EXIT_INTERRUPTED, EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError, _positive_int, _seconds_arg,
-)
+from ..backends.records import Holder, token_of
 from ..config import BACKEND_KINDS, ServerAddress, Settings, is_unset
 from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from ..backends.records import Holder, token_of
 from ..keys import lock_name
 from ..locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from .cliargs import (
+    EXIT_INTERRUPTED,
+    EXIT_NO,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    _positive_int,
+    _seconds_arg,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +199,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequen
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

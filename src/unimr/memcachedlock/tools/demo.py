@@ -38,7 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
 
 from ..config import ServerAddress
 from .servers import free_port
@@ -354,10 +355,8 @@ class Workspace:
     def _stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(OSError):
                     proc.terminate()
-                except OSError:
-                    pass
         for proc in reversed(self.procs):
             try:
                 proc.wait(timeout=5)
@@ -367,10 +366,8 @@ class Workspace:
                 proc.wait(timeout=5)
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
         self.procs.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -632,10 +629,8 @@ class Demo:
                     for _ in range(self.size.clients)]
 
     def _client_failure(self, mode: str, proc: subprocess.Popen) -> str:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         last = self.workspace.last_line("client-%s.log" % mode) or "no output"
         return "a %s client (pid %d) failed with exit code %s: %s" % (
             MODE_TITLES[mode], proc.pid, proc.returncode, last)
@@ -644,7 +639,7 @@ class Demo:
         """Stop every process the demo started and remove its temporary directory."""
         self.workspace.close()
 
-    def __enter__(self) -> "Demo":
+    def __enter__(self) -> Demo:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -667,7 +662,7 @@ def format_table(results: list[PhaseResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

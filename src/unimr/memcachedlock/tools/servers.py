@@ -29,9 +29,9 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
-        except OSError:
+        except OSError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError("nothing listens on %s:%d after %.0fs" % (host, port, timeout))
+                raise RuntimeError("nothing listens on %s:%d after %.0fs" % (host, port, timeout)) from exc
             time.sleep(0.02)
 
 
@@ -51,7 +51,7 @@ class MemcachedServer:
     def address(self) -> str:
         return "127.0.0.1:%d" % self.port
 
-    def start(self) -> "MemcachedServer":
+    def start(self) -> MemcachedServer:
         args = [self.binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
                 "-m", str(self.memory_mb), "-t", "2", *self.extra]
         if os.getuid() == 0:
@@ -127,7 +127,7 @@ class MemcachedServer:
             sock.sendall(b"flush_all\r\n")
             sock.recv(100)
 
-    def __enter__(self) -> "MemcachedServer":
+    def __enter__(self) -> MemcachedServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

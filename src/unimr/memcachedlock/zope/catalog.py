@@ -18,7 +18,8 @@ uid generator is keyed the same way.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import DontLock
 

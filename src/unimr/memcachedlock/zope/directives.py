@@ -25,7 +25,8 @@ and line it came from.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from zope.configuration.exceptions import ConfigurationError
 from zope.configuration.fields import GlobalObject, PythonIdentifier
@@ -33,10 +34,10 @@ from zope.interface import Interface
 from zope.schema import Bool, Choice, Float, Int, Text, TextLine
 
 from .. import config
-from ..registry import make_backend
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+from ..registry import make_backend
 from ..transactionlock import POLICIES
 from . import patch, publisher
 

@@ -28,7 +28,8 @@ import functools
 import logging
 import re
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import decorators
 from ..errors import ConfigurationError

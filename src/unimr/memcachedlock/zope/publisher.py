@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..transactionlock import LockBusy
 from ..transactionlock import lock_early as lock_early_for
