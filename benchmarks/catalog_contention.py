@@ -486,7 +486,7 @@ def summary(results: list[dict], modes: list[str]) -> None:
             if mode == "unpatched" or not base:
                 continue
             runs = [r for r in group if r["mode"] == mode]
-            ratios = [r["wall"] / b["wall"] for r, b in zip(runs, base)]
+            ratios = [r["wall"] / b["wall"] for r, b in zip(runs, base, strict=True)]
             print("| %s | %s | %d | %g | %d | %s | %g | %s | %s | %.2f | %d (%d) | %d | %s (%s) |" % (
                 catalog, path, clients, work_ms, size, "immediate" if immediate else "back-off", rtt,
                 mode, ", ".join("%.2f" % x for x in ratios), statistics.median(ratios),
@@ -517,7 +517,7 @@ def matrix_shapes(args: argparse.Namespace) -> list[Shape]:
         for field in args.fix or ():
             dims[field] = (getattr(args, field),)
         for values in itertools.product(*dims.values()):
-            shape = Shape(work_ms=args.work_ms, **dict(zip(dims, values)))
+            shape = Shape(work_ms=args.work_ms, **dict(zip(dims, values, strict=True)))
             if shape not in shapes:
                 shapes.append(shape)
     return shapes

@@ -119,7 +119,7 @@ def measure_note(repeat: int) -> None:
 
                 kept: list = []
 
-                def forget() -> None:
+                def forget(fault: str = fault, kept: list = kept) -> None:
                     if fault == "restart":
                         server.restart()
                     elif fault == "fill":

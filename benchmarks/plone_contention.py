@@ -315,7 +315,7 @@ def table(summaries: list[dict]) -> None:
             s["number"], s["mode"], s["wall"], s["p50"], s["p95"], s["http500"], s["retried"].get("ConflictError", 0),
             s["retried"].get("LockBusy", 0), s["lost_folder"] + s["lost_catalog"], s["duplicated"],
             s["extra_folder"] + s["extra_catalog"], s["stall"]))
-    pairs = [(a, b) for a, b in zip(summaries, summaries[1:])
+    pairs = [(a, b) for a, b in zip(summaries, summaries[1:], strict=False)
              if a["mode"] == "unpatched" and b["mode"] == "patched" and b["number"] == a["number"] + 1]
     if pairs:
         print("\n| pair | wall ratio patched/unpatched | p50 ratio | p95 ratio | HTTP 500 unpatched -> patched |")
@@ -342,7 +342,7 @@ def trace_report(results: list[dict]) -> None:
             per_class = collections.Counter()
             for t in adds:
                 for stored in t["stored"]:
-                    for oid, kind, new in stored["objects"]:
+                    for _oid, kind, new in stored["objects"]:
                         per_class[(kind.split(" ")[0], "new" if new else "changed")] += 1
             print("  objects per add, by class (average):")
             for (kind, how), n in sorted(per_class.items(), key=lambda kv: -kv[1]):

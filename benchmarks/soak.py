@@ -265,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.kill()
 
-    reports = [json.load(open(path)) for path in results if os.path.exists(path)]
+    reports = []
+    for path in results:
+        if os.path.exists(path):
+            with open(path) as report:
+                reports.append(json.load(report))
     total, excused, examples = overlaps(log_path, windows, excuse)
     losses = [tuple(item) for report in reports for item in report["lost"]]
     false_losses = [loss for loss in losses

@@ -75,7 +75,7 @@ def client(args: argparse.Namespace) -> None:
     for _ in range(args.writes):
         lock_file = None
         if args.mode == "ideal":
-            lock_file = open(args.flock, "a")
+            lock_file = open(args.flock, "a")  # noqa: SIM115  (closed in the finally below)
             fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             done = False
@@ -168,8 +168,8 @@ def report(row: dict, ideal_wall: float | None) -> str:
     retries = (row["attempts"] - row["commits"]) / commits
     ratio = "%.2fx" % (row["wall"] / ideal_wall) if ideal_wall else "-"
     lost = row["commits"] - row["counter"]
-    return "  %-7s %3d commits  counter %3d (lost %d, gave up %d)  wasted/commit %.3f  " \
-           "retries/commit %.3f (zlock busy %d)  wall %.2fs  vs ideal %s" % (
+    return ("  %-7s %3d commits  counter %3d (lost %d, gave up %d)  wasted/commit %.3f  "
+            "retries/commit %.3f (zlock busy %d)  wall %.2fs  vs ideal %s") % (
                row["mode"], row["commits"], row["counter"], lost, row["failed"], wasted, retries,
                row["busy"], row["wall"], ratio)
 

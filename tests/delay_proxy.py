@@ -12,6 +12,7 @@ memcached is simulated: the server is real.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -85,10 +86,8 @@ class DelayProxy:
             pass
         finally:
             for sock in (source, target):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self._closed = True

@@ -365,10 +365,10 @@ class ZopeProcess:
         return os.path.join(self.directory, "var", "log", "trace.jsonl")
 
     def launch(self) -> None:
-        self.proc = subprocess.Popen(
-            [os.path.join(BIN, "runwsgi"), os.path.join(self.directory, "etc", "zope.ini")],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "var", "log", "stderr.log"), "ab"),
-            env=subprocess_env(), cwd=self.directory)
+        with open(os.path.join(self.directory, "var", "log", "stderr.log"), "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [os.path.join(BIN, "runwsgi"), os.path.join(self.directory, "etc", "zope.ini")],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=subprocess_env(), cwd=self.directory)
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until the instance answers HTTP (any status) or the process ends."""
@@ -379,11 +379,11 @@ class ZopeProcess:
                 return
             except urllib.error.HTTPError:
                 return
-            except OSError:
+            except OSError as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("Zope at %s did not start (exit %s):\n%s" % (
                         self.directory, self.proc.poll(), self.read("stderr.log")[-4000:]
-                        + self.read("event.log")[-4000:]))
+                        + self.read("event.log")[-4000:])) from exc
                 time.sleep(0.25)
 
     def read(self, name: str = "event.log") -> str:

@@ -215,7 +215,8 @@ def run_pair(shared_zeo, run_counter, writer: str, order: str, threads_were: str
     """
     site_id = "%s-%s-%s-%s" % (writer, order.split()[0], threads_were, adaptive.START)
     metrics.reset()
-    first, second = (catalog_new, WRITERS[writer]) if order == "catalog_object first" else (WRITERS[writer], catalog_new)
+    pair = (catalog_new, WRITERS[writer])
+    first, second = pair if order == "catalog_object first" else pair[::-1]
     db = ZEO.DB(shared_zeo.address, server_sync=True)
     try:
         conn = db.open()

@@ -13,7 +13,8 @@ import subprocess
 import time
 
 import pytest
-from test_cli import SCRIPT, holder, read_question, run, script  # noqa: F401  (holder is a fixture)
+from test_cli import SCRIPT, read_question, run, script
+from test_cli import holder as holder  # a fixture: pytest finds it by this name
 
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.tools import cli

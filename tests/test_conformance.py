@@ -1,12 +1,13 @@
 """The catalog patch passes the test suites of what it patches, test by test, on every store.
 
 The installed Products.ZCatalog and Products.PluginIndexes suites (336 tests) and Products.CMFCore's
-catalog, indexing-queue, CMFCatalogAware and PortalFolder suites (113), under zope.testrunner, each group in
-a process of its own (``tests/conformance.py``; ZCatalog and PluginIndexes apart, since ZCatalog's suite
-imports every installed product, Products.CMFPlone's date-index patches among them): once unpatched, then with the site's ``configure.zcml`` on
-memcached, on the file store and on the fallback store with memcached down.  Any test whose outcome differs
-fails with its id.  Then once more with every test inside a transaction of a real ZODB connection, so that
-zlock holds the lock for the transaction, not only for the call.
+catalog, indexing-queue, CMFCatalogAware and PortalFolder suites (113), under zope.testrunner, each group
+in a process of its own (``tests/conformance.py``; ZCatalog and PluginIndexes apart, since ZCatalog's
+suite imports every installed product, Products.CMFPlone's date-index patches among them): once
+unpatched, then with the site's ``configure.zcml`` on memcached, on the file store and on the fallback
+store with memcached down.  Any test whose outcome differs fails with its id.  Then once more with every
+test inside a transaction of a real ZODB connection, so that zlock holds the lock for the transaction,
+not only for the call.
 """
 
 from __future__ import annotations

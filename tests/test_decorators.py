@@ -65,7 +65,8 @@ def test_lock_name_is_module_qualname_and_key():
             return key
 
     assert Holder().method("catalog") == "catalog"
-    expected = lock_name("%s.%s:%s" % (__name__, "test_lock_name_is_module_qualname_and_key.<locals>.Holder.method", "catalog"))
+    qualname = "test_lock_name_is_module_qualname_and_key.<locals>.Holder.method"
+    expected = lock_name("%s.%s:%s" % (__name__, qualname, "catalog"))
     assert names == [[expected]]
 
 
@@ -223,7 +224,8 @@ def test_intervall_still_works_with_a_deprecation_warning():
     assert work("old") == "old"
 
 
-@pytest.mark.parametrize("options", [dict(timeout=0), dict(timeout=-3), dict(interval=float("nan")), dict(timeout="30"), dict(wait=-1)])
+@pytest.mark.parametrize("options", [dict(timeout=0), dict(timeout=-3), dict(interval=float("nan")), dict(timeout="30"),
+                                     dict(wait=-1)])
 def test_bad_decorator_options_fail_at_decoration(options):
     with pytest.raises(ValueError) as info:
         memcachedlock.lock(by_first, **options)

@@ -142,8 +142,8 @@ def test_demo_reports_bad_servers_before_starting_zeo(tmp_path):
     proc = subprocess.run([SCRIPT, "demo"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        "memcachedlock demo: configuration error: bad memcached server 'memcached://127.0.0.1:11211': "
-        "give host:port without a URL scheme ('memcached://' is not understood)"]
+        ("memcachedlock demo: configuration error: bad memcached server 'memcached://127.0.0.1:11211': "
+         "give host:port without a URL scheme ('memcached://' is not understood)")]
     assert demo_dirs(tmp_path) == [] and leftovers(tmp_path) == []
 
 

@@ -78,7 +78,8 @@ def test_dead_memcached_uses_files_with_one_warning(fallback, private_memcached,
         assert isinstance(taken.lease, FileLease)
     assert len(warnings_of(caplog)) == 1, warnings_of(caplog)
     assert "unreachable" in warnings_of(caplog)[0]
-    assert "locking goes on in the lock directory %s" % registry.get_backend().secondary.directory in warnings_of(caplog)[0]
+    directory = registry.get_backend().secondary.directory
+    assert "locking goes on in the lock directory %s" % directory in warnings_of(caplog)[0]
     fallbacks = sum(v.get("fallbacks", 0) for v in metrics.snapshot().values())
     assert fallbacks == 51
 

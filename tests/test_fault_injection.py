@@ -98,7 +98,7 @@ def test_add_while_memcached_is_stopped_never_reports_an_absent_lock(private_mem
         else:
             outcomes["not held" if got is False else "unavailable"] += 1
             # an add that landed although the caller was told otherwise is removed by the reaper
-            assert eventually(lambda: stored_token(private_memcached, lock.name) is None)
+            assert eventually(lambda lock=lock: stored_token(private_memcached, lock.name) is None)
     assert outcomes["held"] >= 1, outcomes
 
 

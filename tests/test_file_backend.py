@@ -31,7 +31,7 @@ time.sleep(120)
 def start_holder(key: str, ttl: float = 30.0, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """A real process that takes ``key`` and holds it until killed; returns it and its lease type."""
     full_env = dict(os.environ)
-    full_env.update({k: v for k, v in (env or {}).items()})
+    full_env.update(env or {})
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, key, str(ttl)], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     line = proc.stdout.readline().decode().strip()
@@ -332,7 +332,7 @@ def both_try(tmp_path, lock_dir: str) -> list[tuple[str, int]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return [(line, proc.returncode) for line, proc in zip(said, procs)]
+    return [(line, proc.returncode) for line, proc in zip(said, procs, strict=True)]
 
 
 @pytest.mark.parametrize("relative", ["locks", " ", "./locks"])

@@ -166,7 +166,7 @@ def sweep(scenario, other: MemcachedBackend) -> int:
         key = "intr-%s-%d" % (scenario.__name__, at)
         injector = Injector(at)
         scenario(key, injector)
-        if not settle(lambda: is_free(other, key)):
+        if not settle(lambda key=key: is_free(other, key)):
             problems.append("line event %d (%s): key left locked" % (at, injector.where))
         if not settle(nobody_waits):
             problems.append("line event %d (%s): a waiter was left in the queue" % (at, injector.where))
@@ -180,7 +180,7 @@ def test_interrupt_at_every_line_of_an_uncontended_acquire_and_release(memcached
     def acquire_release(key: str, injector: Injector) -> bool:
         lock = Lock(key, timeout=5)
         interrupted = injector.run(lambda: (lock.acquire(), lock.release()))
-        del lock  # a holder dropped after an interrupt gives its lock back
+        lock = None  # a holder dropped after an interrupt gives its lock back
         return interrupted
 
     sweep(acquire_release, other)
@@ -190,7 +190,7 @@ def test_interrupt_at_every_line_of_an_rlock_acquire_and_release(memcached, othe
     def acquire_release(key: str, injector: Injector) -> bool:
         lock = RLock(key, timeout=5)
         interrupted = injector.run(lambda: (lock.acquire(), lock.acquire(), lock.release(), lock.release()))
-        del lock
+        lock = None
         return interrupted
 
     sweep(acquire_release, other)
@@ -225,7 +225,7 @@ def test_interrupt_at_every_line_of_a_wait_ended_by_a_handover(memcached, other)
         finally:
             go.set()
             releaser.join()
-        del lock
+        lock = None
         return interrupted
 
     sweep(wait_for_handover, other)
@@ -240,7 +240,7 @@ def test_interrupt_at_every_line_of_a_file_lock_acquire_and_release(lock_dir, mo
     def acquire_release(key: str, injector: Injector) -> bool:
         lock = Lock(key, timeout=5)
         interrupted = injector.run(lambda: (lock.acquire(), lock.release()))
-        del lock
+        lock = None
         return interrupted
 
     sweep(acquire_release, other)

@@ -134,7 +134,8 @@ def hiding_names(package: types.ModuleType) -> list[str]:
     return sorted(
         "%s.%s" % (package.__name__, info.name)
         for info in pkgutil.iter_modules(package.__path__)
-        if info.name in namespace and namespace[info.name] is not sys.modules.get("%s.%s" % (package.__name__, info.name))
+        if info.name in namespace
+        and namespace[info.name] is not sys.modules.get("%s.%s" % (package.__name__, info.name))
     )
 
 

@@ -215,7 +215,7 @@ def test_same_cas_after_restart_never_releases_the_new_holder(private_memcached)
     private_memcached.restart()
     filler = MemcachedBackend(parse_servers(private_memcached.address))
     new = None
-    for attempt in range(200):
+    for _ in range(200):
         candidate = filler.acquire("same-cas", 30)
         if candidate is not None and candidate.cas == old.cas:
             new = candidate
@@ -335,5 +335,5 @@ def test_several_servers_map_keys_by_fixed_rendezvous_hash(memcached):
     counts = {s: placement.count(s) for s in set(placement)}
     assert len(counts) == 3 and min(counts.values()) > 50
     smaller = MemcachedBackend(parse_servers("127.0.0.1:1,127.0.0.1:2"))
-    moved = [n for n, s in zip(names, placement) if s != "127.0.0.1:3" and str(smaller.server_for(n)) != s]
+    moved = [n for n, s in zip(names, placement, strict=True) if s != "127.0.0.1:3" and str(smaller.server_for(n)) != s]
     assert moved == [], "removing a server moves only that server's keys"

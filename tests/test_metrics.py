@@ -25,6 +25,11 @@ def _fresh_metrics():
     metrics.reset()
 
 
+
+def _read(path: str) -> dict:
+    with open(path) as snapshot:
+        return json.load(snapshot)
+
 def test_percentile_nearest_rank():
     samples = list(range(1, 101))
     assert metrics.percentile(samples, 0.5) == 50
@@ -104,7 +109,8 @@ def test_write_snapshot_and_merge(tmp_path):
     metrics.record_release("app.f:k", 0.5)
     path = metrics.write_snapshot(str(tmp_path))
     assert os.path.basename(path).endswith("-%d.json" % os.getpid())
-    data = json.loads(open(path).read())
+    with open(path) as snapshot:
+        data = json.load(snapshot)
     assert data["pid"] == os.getpid() and data["prefixes"]["app.f"]["holds"] == [0.5]
     other = dict(data, pid=1, prefixes={"app.f": {"counters": {"acquisitions": 2, "timeouts": 1},
                                                   "waits": [0.1, 0.3], "holds": [1.5, 2.5]}})
@@ -142,7 +148,7 @@ def test_periodic_writer_from_the_environment(tmp_path, monkeypatch):
         assert time.monotonic() < deadline, "snapshot not rewritten"
         time.sleep(0.05)
     deadline = time.monotonic() + 10
-    while json.loads(open(path).read())["prefixes"]["app.f"]["counters"]["acquisitions"] != 2:
+    while _read(path)["prefixes"]["app.f"]["counters"]["acquisitions"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     metrics.reset()

@@ -15,6 +15,7 @@ read style: the count must be exactly 200.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -116,10 +117,8 @@ class ClientA:
             self.conn = self.db.open()
 
     def end(self) -> None:
-        try:
+        with contextlib.suppress(NoTransaction):  # explicit transactions: none was begun
             transaction.abort()
-        except NoTransaction:  # explicit transactions: none was begun
-            pass
         if self.zope_order and self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -265,7 +264,7 @@ def run_pattern(a: ClientA, address: tuple[str, int], name: str, read: Callable[
             if attempt == 0:
                 b_increments(address, name, b_runner)
             obj = a.obj(name)
-            runner(lambda: put(obj, seen + 1))
+            runner(lambda obj=obj, seen=seen: put(obj, seen + 1))
             transaction.commit()
             outcomes.append("committed")
             return outcomes

@@ -546,7 +546,8 @@ def test_a_note_keeps_the_entries_written_last_and_stays_bounded():
     merged = merge_note(old, {"zeo:new": b"\x02" * 8, "zeo:newer": b"\x02" * 8})
     assert len(merged) == MAX_NOTE_ENTRIES
     assert "zeo:main" in merged and mine in merged and "exclusive:local:elsewhere:2:1" not in merged
-    assert [name for name in merged if name.startswith("local:elsewhere")] == ["local:elsewhere:1:2", "local:elsewhere:1:3"]
+    elsewhere = [name for name in merged if name.startswith("local:elsewhere")]
+    assert elsewhere == ["local:elsewhere:1:2", "local:elsewhere:1:3"]
     # appended entries: a name written again moves to the end, its highest tid kept
     assert list(decode_note(b" a=0000000000000002 b=0000000000000001 a=0000000000000001").items()) == [
         ("b", b"\x00" * 7 + b"\x01"), ("a", b"\x00" * 7 + b"\x02")]
@@ -621,8 +622,9 @@ def run_threads_test(tmp_path, storage: str) -> None:
         for _ in range(15):
             for attempt in transaction.manager.attempts(50):
                 with attempt:
+                    me = threading.current_thread().name
                     transaction.get().addAfterCommitHook(
-                        lambda ok, who=threading.current_thread().name: overlap.exit("counter", who)
+                        lambda ok, who=me: overlap.exit("counter", who)
                         if executions and executions[-1] == who else None
                     )
                     locked_bump(connection)

@@ -25,12 +25,13 @@ class ZEOServer:
 
     def start(self) -> ZEOServer:
         runzeo = os.path.join(os.path.dirname(sys.executable), "runzeo")
-        self.proc = subprocess.Popen(
-            [runzeo, "-a", "127.0.0.1:%d" % self.port, "-f", os.path.join(self.directory, "Data.fs")],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(self.directory, "zeo.log"), "ab"),
-            cwd=self.directory,
-        )
+        with open(os.path.join(self.directory, "zeo.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                [runzeo, "-a", "127.0.0.1:%d" % self.port, "-f", os.path.join(self.directory, "Data.fs")],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                cwd=self.directory,
+            )
         wait_for_port(self.port, timeout=30)
         return self
 

@@ -306,20 +306,20 @@ class ZopeInstance:
             f.write(SITE_ZCML % {"extra": extra})
         env = dict(os.environ, **self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), self.directory, str(self.port), str(self.threads)],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "stderr.log"), "ab"),
-            env=env, cwd=self.directory,
-        )
+        with open(os.path.join(self.directory, "stderr.log"), "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), self.directory, str(self.port), str(self.threads)],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=self.directory,
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self.get("/_mcl_stats", timeout=2)
                 return self
-            except OSError:
+            except OSError as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("Zope did not start: %s" % self.read("stderr.log")[-3000:])
+                    raise RuntimeError("Zope did not start: %s" % self.read("stderr.log")[-3000:]) from exc
                 time.sleep(0.1)
 
     def get(self, path: str, timeout: float = 60) -> bytes:
