@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-stops", action="store_true", help="no SIGSTOP/SIGCONT faults")
     args = parser.parse_args(argv)
 
-    from unimr.memcachedlock.lease import MAX_CHECK_PERIOD
+    from unimr.memcachedlock.renewer import MAX_CHECK_PERIOD
 
     excuse = 2 * MAX_CHECK_PERIOD + 2 * IO_TIMEOUT + HOLD_MAX + 1.0
     server = MemcachedServer().start()
