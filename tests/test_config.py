@@ -112,3 +112,18 @@ def test_common_server_list_mistakes_say_what_is_wrong(value, says):
     message = str(info.value)
     assert says in message and "IPv6" not in message
     assert repr(value) in message or repr(value.split(";")[0]) in message
+
+
+def test_a_server_address_given_without_its_port_is_refused_at_once():
+    """A ServerAddress given in code names a socket path, or a host and a port (found by mypy).
+
+    ``ServerAddress(host="h")`` used to pass the settings' check and fail only when the store was built,
+    with a TypeError from formatting its missing port, naming neither the setting nor the value.
+    """
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_SERVERS"):
+        Settings(servers=(ServerAddress(host="h"),))
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_SERVERS"):
+        registry.configure(servers=[ServerAddress(port=11211)])
+    with pytest.raises(ConfigurationError, match="neither a socket path nor a host and a port"):
+        str(ServerAddress(host="h"))
+    assert Settings(servers=(ServerAddress("h", 1), ServerAddress(path="/s.sock"))).servers[1].complete

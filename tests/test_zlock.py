@@ -727,3 +727,38 @@ def test_called_from_a_before_commit_hook_as_cmfcore_indexing_does(db, conn):
     assert note(db, function_prefix(catalog.__wrapped__) + "catalog") == db.lastTransaction()
     with db.transaction() as check:
         assert check.root()["counter"]["value"] == 1
+
+
+def test_lock_released_by_release_all_while_its_note_is_read_is_lock_busy(db):
+    """A zlock whose lease another thread gives back (``release_all``) while the new holder still
+    waits for the commit gate to drain is not held: LockBusy (retry), not an AttributeError on a
+    missing lease."""
+    backend = get_backend()
+    name = lock_name(HOT)
+    passing = backend.commit_gate.enter(name)  # an optimistic commit in the gate: the holder drains it
+    assert passing is not None
+    outcome: list = []
+
+    def holder_thread():
+        transaction.begin()
+        connection = db.open()
+        try:
+            connection.root()["counter"]["value"]
+            outcome.append(lock_for_transaction(HOT, policy="always"))
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            transaction.abort()
+            connection.close()
+
+    thread = threading.Thread(target=holder_thread)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while holder() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert holder() is not None
+    assert backend.release_all() == 1
+    passing.leave()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LockBusy), outcome
+    assert holder() is None

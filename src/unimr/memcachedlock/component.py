@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from zope.interface.interfaces import RegistrationEvent
 from zope.interface.registry import UtilityRegistration
 
+from .backends.base import Backend
 from .interfaces import ILockBackend
 
 _guard = threading.Lock()
@@ -34,7 +34,7 @@ _cleanup_hooked = False
 _on_change: Callable[[], None] | None = None
 
 
-def registered_backend(on_change: Callable[[], None]) -> Any:
+def registered_backend(on_change: Callable[[], None]) -> Backend | None:
     """The ILockBackend utility of the global registry, or None (also without zope.component).
 
     ``on_change`` is called whenever an ILockBackend utility is registered or
@@ -45,7 +45,8 @@ def registered_backend(on_change: Callable[[], None]) -> Any:
     except ImportError:
         return None
     _watch(on_change)
-    return getGlobalSiteManager().queryUtility(ILockBackend)
+    registered: Backend | None = getGlobalSiteManager().queryUtility(ILockBackend)
+    return registered
 
 
 def _forget() -> None:
@@ -72,7 +73,7 @@ def _watch(on_change: Callable[[], None]) -> None:
                 addCleanUp(_forget)
 
 
-def _on_event(event: Any) -> None:
+def _on_event(event: object) -> None:
     """Drop the cached store when an ILockBackend utility comes or goes."""
     if isinstance(event, RegistrationEvent):
         registration = event.object

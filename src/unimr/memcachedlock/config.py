@@ -63,15 +63,26 @@ class ServerAddress:
     path: str | None = None
 
     @property
+    def complete(self) -> bool:
+        """True if the address names a unix socket path, or a host and a port."""
+        return self.path is not None or (self.host is not None and self.port is not None)
+
+    @property
     def pymemcache_server(self) -> tuple[str, int] | str:
-        return self.path if self.path is not None else (self.host, self.port)
+        return self.path if self.path is not None else self._host_and_port()
+
+    def _host_and_port(self) -> tuple[str, int]:
+        if self.host is None or self.port is None:
+            raise ConfigurationError("memcached server %r has neither a socket path nor a host and a port" % (self,))
+        return self.host, self.port
 
     def __str__(self) -> str:
         if self.path is not None:
             return self.path
-        if ":" in (self.host or ""):
-            return "[%s]:%d" % (self.host, self.port)
-        return "%s:%d" % (self.host, self.port)
+        host, port = self._host_and_port()
+        if ":" in host:
+            return "[%s]:%d" % (host, port)
+        return "%s:%d" % (host, port)
 
 
 def _looks_like_ipv6(text: str) -> bool:
@@ -216,7 +227,7 @@ def absolute_directory(name: str, value: object) -> str:
 
 
 def _servers(name: str, value: object) -> tuple[ServerAddress, ...]:
-    if isinstance(value, (tuple, list)) and value and all(isinstance(s, ServerAddress) for s in value):
+    if isinstance(value, (tuple, list)) and value and all(isinstance(s, ServerAddress) and s.complete for s in value):
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigurationError("%s=%r is not a server list" % (name, value))
@@ -277,15 +288,28 @@ class Settings:
     retry: float = 2.0
     prefix: str = "memcachedlock:"
 
-    def __post_init__(self) -> None:
+    def __init__(self, servers: object = None, backend: object = None, lock_dir: object = None,
+                 connect_timeout: object = None, io_timeout: object = None, retry: object = None,
+                 prefix: object = None) -> None:
+        """Each field from its value as given: text (as its environment variable), a value of the field's
+        type, or None or blank text for its default (the annotations above are the fields as parsed)."""
+        given = dict(servers=servers, backend=backend, lock_dir=lock_dir, connect_timeout=connect_timeout,
+                     io_timeout=io_timeout, retry=retry, prefix=prefix)
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+            value = given[field.name]
             if is_unset(value):
-                value = field.default_factory() if field.default is dataclasses.MISSING else field.default
+                value = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
             else:
                 variable, parse = FIELDS[field.name]
                 value = parse(variable, value)
             object.__setattr__(self, field.name, value)
+
+    def replace(self, **changes: object) -> Settings:
+        """These settings with ``changes``, each given as to the constructor (``dataclasses.replace`` for
+        values given as text, which its typed form refuses)."""
+        given: dict[str, object] = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        given.update(changes)
+        return type(self)(**given)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -307,7 +331,7 @@ def get_settings() -> Settings:
         return _settings
 
 
-def replace_settings(**changes) -> Settings:
+def replace_settings(**changes: object) -> Settings:
     """Put ``changes`` in force; unnamed settings keep their values.
 
     A value is given as its environment variable would be, or as the field's
@@ -321,7 +345,7 @@ def replace_settings(**changes) -> Settings:
     if unknown:
         raise TypeError("unknown setting(s) %s: use %s" % (", ".join(unknown), ", ".join(FIELDS)))
     given = {name: value for name, value in changes.items() if not is_unset(value)}
-    new = dataclasses.replace(get_settings(), **given)
+    new = get_settings().replace(**given)
     with _lock:
         _settings = new
     return new

@@ -17,7 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from . import metrics
 from .errors import DontLock, InvalidKey, LockTimeout, SelfDeadlock
@@ -33,20 +33,33 @@ from .locks import (
     check_seconds,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+#: What ``get_key(fun, *args, **kw)`` returns: the key that names what a call protects.
+GetKey = Callable[..., str | bytes | int]
 
 #: Extra wait beyond the lease: memcached's one-second clock plus a poll.
 WAIT_MARGIN = 2.0
 
-_local = threading.local()
+
+class _Held(threading.local):
+    """The locks this thread holds through the decorators, by key."""
+
+    def __init__(self) -> None:
+        self.lock: dict[bytes, Lock] = {}
+        self.rlock: dict[bytes, RLock] = {}
 
 
-def function_prefix(fun: Callable) -> str:
+_local = _Held()
+
+
+def function_prefix(fun: Callable[..., object]) -> str:
     """``module.qualname:``, the start of every lock name a decorated function uses."""
     return "%s.%s:" % (fun.__module__, getattr(fun, "__qualname__", fun.__name__))
 
 
-def call_key(prefix: str, get_key: Callable, fun: Callable, args: tuple, kw: dict) -> bytes:
+def call_key(prefix: str, get_key: GetKey, fun: Callable[..., object], args: tuple[object, ...],
+             kw: dict[str, object]) -> bytes:
     """The lock key for one call; DontLock and get_key's own errors propagate."""
     key = get_key(fun, *args, **kw)
     try:
@@ -58,7 +71,8 @@ def call_key(prefix: str, get_key: Callable, fun: Callable, args: tuple, kw: dic
         ) from None
 
 
-def check_options(timeout: float, interval: float, wait: float | None, kw: dict) -> tuple[float, float, float]:
+def check_options(timeout: float, interval: float, wait: float | None,
+                  kw: dict[str, float]) -> tuple[float, float, float]:
     """Validate decorator keywords early: at decoration time, naming the bad value."""
     interval = _interval(interval, kw)
     if kw:
@@ -80,25 +94,21 @@ def acquire_or_raise(lock: BaseLock, wait: float) -> None:
         )
 
 
-def _held(kind: str) -> dict:
-    held = getattr(_local, kind, None)
-    if held is None:
-        held = {}
-        setattr(_local, kind, held)
-    return held
-
-
 def rlocks_held() -> dict[bytes, RLock]:
     """The RLocks this thread holds through ``rlock`` (and zlock outside a transaction)."""
-    return _held("rlock")
+    return _local.rlock
 
 
-#: How a decorated call runs once its key is known: ``run(key, timeout, interval, wait, fun, args, kwargs)``.
-Runner = Callable[[bytes, float, float, float, Callable, tuple, dict], Any]
+class Runner(Protocol):
+    """How a decorated call runs once its key is known: ``run(key, timeout, interval, wait, fun, args, kwargs)``."""
+
+    def __call__(self, key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
+                 args: tuple[object, ...], kwargs: dict[str, object]) -> R:
+        """Run ``fun(*args, **kwargs)`` locked as the decorator says; return its result."""
 
 
-def locking_decorator(get_key: Callable, timeout: float, interval: float, wait: float | None,
-                      kw: dict, run: Runner) -> Callable[[F], F]:
+def locking_decorator(get_key: GetKey, timeout: float, interval: float, wait: float | None,
+                      kw: dict[str, float], run: Runner) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """The one decorator factory behind ``lock``, ``rlock`` and ``zlock``.
 
     Checks the options at decoration time, computes each call's key (DontLock:
@@ -106,11 +116,11 @@ def locking_decorator(get_key: Callable, timeout: float, interval: float, wait: 
     """
     timeout, interval, wait = check_options(timeout, interval, wait, kw)
 
-    def decorate(fun: F) -> F:
+    def decorate(fun: Callable[P, R]) -> Callable[P, R]:
         prefix = function_prefix(fun)
 
         @functools.wraps(fun)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 key = call_key(prefix, get_key, fun, args, kwargs)
             except DontLock:
@@ -122,9 +132,10 @@ def locking_decorator(get_key: Callable, timeout: float, interval: float, wait: 
     return decorate
 
 
-def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
+def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
+               args: tuple[object, ...], kwargs: dict[str, object]) -> R:
     """Hold a Lock for ``key`` during the call; re-entry by the same thread is an error."""
-    held = _held("lock")
+    held = _local.lock
     if key in held:
         raise SelfDeadlock(
             "%r is called again for key %r while this thread holds it; use @rlock for reentrant calls"
@@ -140,9 +151,10 @@ def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Ca
         the_lock.release()
 
 
-def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple, kwargs: dict):
+def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
+                args: tuple[object, ...], kwargs: dict[str, object]) -> R:
     """Hold an RLock for ``key`` during the call, re-entrantly within the thread."""
-    held = _held("rlock")
+    held = _local.rlock
     the_lock = held.get(key)
     if the_lock is None:
         the_lock = RLock(key, timeout, interval)
@@ -158,13 +170,13 @@ def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: C
             held.pop(key, None)
 
 
-def lock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-         wait: float | None = None, **kw) -> Callable[[F], F]:
+def lock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+         wait: float | None = None, **kw: float) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Serialise calls with the same key across threads and processes (not reentrant)."""
     return locking_decorator(get_key, timeout, interval, wait, kw, run_locked)
 
 
-def rlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
-          wait: float | None = None, **kw) -> Callable[[F], F]:
+def rlock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+          wait: float | None = None, **kw: float) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Like ``lock``, but a thread may re-enter calls for a key it holds."""
     return locking_decorator(get_key, timeout, interval, wait, kw, run_rlocked)

@@ -10,7 +10,13 @@ that has meanwhile passed to somebody else (``python-redis-lock``'s rule).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Literal
+
 from zope.interface import Attribute, Interface
+
+from .backends.records import Holder, Want
 
 
 class ILock(Interface):
@@ -29,7 +35,7 @@ class ILock(Interface):
         "while this object still believed it held the lock."
     )
 
-    def acquire(blocking=True, timeout=-1):
+    def acquire(blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; return True if taken, False if not.
 
         Follows ``threading.Lock.acquire``: ``blocking=False`` tries once,
@@ -38,16 +44,16 @@ class ILock(Interface):
         one above ``threading.TIMEOUT_MAX`` an OverflowError.
         """
 
-    def release():
+    def release() -> None:
         """Give the lock back; RuntimeError if it is not held."""
 
-    def locked():
+    def locked() -> bool:
         """True if anybody holds the lock."""
 
-    def __enter__():
+    def __enter__() -> ILock:
         """``acquire()``, for the with-statement."""
 
-    def __exit__(*exc_info):
+    def __exit__(*exc_info: object) -> None:
         """``release()``, for the with-statement."""
 
 
@@ -61,14 +67,14 @@ class ILease(Interface):
     released = Attribute("True once released (by this lease, release_all, or a fork).")
     lost = Attribute("True once a renewal or release found the lock no longer ours.")
 
-    def release():
+    def release() -> bool:
         """Remove the lock if it is still ours; return True if it was.
 
         Compares the token with what the store holds.  Never raises: a store
         that cannot be reached is logged, and cleaned up when it answers again.
         """
 
-    def renew(ttl=None):
+    def renew(ttl: float | None = None) -> bool:
         """Extend the lease if the lock is still ours; return True if it was.
 
         Raises BackendUnavailable if the store cannot be reached.
@@ -82,16 +88,16 @@ class IWaiterBoard(Interface):
     the lock, so that a releaser on another host can leave it the lock.
     """
 
-    def peek_want(name):
+    def peek_want(name: str) -> tuple[bool, Want | None, bytes | None]:
         """One round trip: (is the lock held, the announcement or None, its cas)."""
 
-    def put_want(name, value, cas, add):
+    def put_want(name: str, value: bytes, cas: bytes | None, add: bool) -> bool:
         """Store an announcement: ``add`` it, or replace the one read with ``cas``; True if stored."""
 
-    def drop_want(name, token):
+    def drop_want(name: str, token: str) -> bool:
         """Remove the announcement if it is still ``token``'s; True if removed."""
 
-    def hand_record_over(lease, thread, ttl):
+    def hand_record_over(lease: ILease, thread: threading.Thread, ttl: float) -> Want | Literal[False] | None:
         """Rewrite ``lease``'s record for ``thread``, reading the announcement.
 
         Returns the announcement (or None), or False when the record could not
@@ -104,7 +110,7 @@ class ICommitPass(Interface):
 
     note = Attribute("The lock's note as it was when the pass was given (bytes or None).")
 
-    def leave(entry=None, compact=None):
+    def leave(entry: bytes | None = None, compact: Callable[[bytes | None], bytes] | None = None) -> None:
         """Record ``entry`` (bytes) in the note, then leave the gate.
 
         The entry is appended.  ``compact`` (optional), given a note,
@@ -127,17 +133,17 @@ class ICommitGate(Interface):
     the count is read, so a commit and a holder never both miss each other.
     """
 
-    def enter(name):
+    def enter(name: str) -> ICommitPass | None:
         """One round trip: a pass (an ICommitPass) if nobody holds lock ``name``, else None.
 
         None tells the caller to take the lock instead.  Raises
         BackendUnavailable if the store cannot be reached.
         """
 
-    def passing(name):
+    def passing(name: str) -> int:
         """How many optimistic commits of ``name`` are passing now (one round trip)."""
 
-    def drain(name, timeout):
+    def drain(name: str, timeout: float) -> bytes | None:
         """Wait up to ``timeout`` seconds until no pass of ``name`` is out; return the note read then.
 
         Called by the holder of lock ``name`` right after taking it.  A count
@@ -165,7 +171,7 @@ class ILockBackend(Interface):
         "commit takes the lock."
     )
 
-    def acquire(name, ttl, with_note=False):
+    def acquire(name: str, ttl: float, with_note: bool = False) -> ILease | None:
         """Try once to take lock ``name`` for ``ttl`` seconds.
 
         ``with_note`` (zlock; passed only when True): the store may read the
@@ -180,34 +186,34 @@ class ILockBackend(Interface):
         cannot be reached.
         """
 
-    def may_be_available(name):
+    def may_be_available(name: str) -> bool:
         """True if nobody seems to hold ``name`` right now (a hint, no promise)."""
 
-    def wait(name, timeout):
+    def wait(name: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``name`` to look free.
 
         Returns True if it may be available now.  A store may wait more
         cleverly than polling; the caller still has to ``acquire``.
         """
 
-    def holder(name):
+    def holder(name: str) -> Holder | None:
         """Describe who holds ``name`` (an ``records.Holder``), or None."""
 
-    def list_locks():
+    def list_locks() -> list[Holder]:
         """Every lock held now in this store, as ``records.Holder`` objects."""
 
-    def break_lock(name):
+    def break_lock(name: str) -> bool:
         """Remove ``name`` whoever holds it; True if something was removed."""
 
-    def release_all():
+    def release_all() -> int:
         """Release every lease this process holds in this store; return how many."""
 
-    def get_note(name):
+    def get_note(name: str) -> bytes | None:
         """The bytes last stored with ``set_note`` for ``name``, or None.
 
         Notes outlive the lock: zlock records the last commit made under a
         lock there.
         """
 
-    def set_note(name, value):
+    def set_note(name: str, value: bytes) -> None:
         """Store a small bytes value for ``name`` (kept for a day)."""

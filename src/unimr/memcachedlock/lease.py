@@ -36,6 +36,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 from zope.interface import implementer
 
@@ -69,9 +70,9 @@ class Lease:
     #: The waiter announcement the release found next to the lock (stores with a waiter board set it).
     successor: bytes | None = None
 
-    def __init__(self, backend, name: str, token: str, value: bytes, ttl: float,
+    def __init__(self, backend: object, name: str, token: str, value: bytes, ttl: float,
                  sent: float | None = None) -> None:
-        self.backend = backend
+        self.backend = backend  # callers only compare it with a store: ``lease.backend is store``
         self.name = name
         self.token = token
         self.value = value
@@ -122,19 +123,7 @@ class Lease:
         if self.released or self.pid != os.getpid():
             return False
         with self._guard:
-            if self.released:
-                return False
-            lapsed = self.past_deadline()
-            try:
-                ours = self._release()
-            except Exception:
-                self._forget_here()
-                logger.warning("could not release lock %s: left to expire", self.name, exc_info=True)
-                return False
-            except BaseException:
-                abandon(self)
-                raise
-            self._forget_here()
+            ours, lapsed = self._give_back_guarded()
         if (lapsed or ours is False) and not self._lost:
             self._lost = True
             if not quiet:
@@ -148,6 +137,24 @@ class Lease:
 
                 metrics.record_lost(self.name)
         return bool(ours)
+
+    def _give_back_guarded(self) -> tuple[bool | None, bool]:
+        """``_release`` under the guard: (its answer, True if the lease had lapsed before); (None, False)
+        if there was nothing to give back (released by another thread since the caller looked) or it failed."""
+        if self.released:
+            return None, False
+        lapsed = self.past_deadline()
+        try:
+            ours = self._release()
+        except Exception:
+            self._forget_here()
+            logger.warning("could not release lock %s: left to expire", self.name, exc_info=True)
+            return None, False
+        except BaseException:
+            abandon(self)
+            raise
+        self._forget_here()
+        return ours, lapsed
 
     def _forget_here(self) -> None:
         self.released = True
@@ -163,7 +170,7 @@ class Lease:
         if not self.held:
             return False
         with self._guard:
-            if not self.held:
+            if self.released or self._lost:  # released or lost in another thread since ``held`` was read
                 return False
             if self.past_deadline():
                 renewed = False
@@ -255,14 +262,21 @@ def _call_on_lost(callback: Callable[[Lease], None], lease: Lease) -> None:
 
 # -- the reaper ----------------------------------------------------------------------------
 
+class Orphan(Protocol):
+    """What the reaper gives back: an abandoned lease, an unconfirmed store entry, a waiter's seat."""
+
+    def _reap(self) -> None:
+        """Give back what was abandoned (in the reaper thread)."""
+
+
 #: Abandoned leases (and other orphans with a ``_reap()`` method) waiting to be given back.
 #: SimpleQueue.put is safe in finalizers: it takes no lock a finalizer could already hold.
-_reap_queue: queue.SimpleQueue = queue.SimpleQueue()
+_reap_queue: queue.SimpleQueue[Orphan] = queue.SimpleQueue()
 _reaper: threading.Thread | None = None
 _reaper_lock = threading.Lock()
 
 
-def abandon(orphan) -> None:
+def abandon(orphan: Orphan) -> None:
     """Give ``orphan`` (a lease nobody will release, or an unconfirmed store entry) to the reaper."""
     with contextlib.suppress(AttributeError):  # interpreter shutdown has cleared the module
         _reap_queue.put(orphan)
@@ -304,7 +318,7 @@ def _reap_forever() -> None:
         del orphan
 
 
-def live_leases(backend=None) -> list[Lease]:
+def live_leases(backend: object | None = None) -> list[Lease]:
     """Leases this process holds, optionally only those of ``backend``."""
     with _live_lock:
         leases = list(_live)
@@ -315,7 +329,7 @@ def live_leases(backend=None) -> list[Lease]:
     ]
 
 
-def release_all(backend=None) -> int:
+def release_all(backend: object | None = None) -> int:
     """Release every lease this process holds (of ``backend``, or all); return how many were ours."""
     count = 0
     for lease in live_leases(backend):

@@ -33,10 +33,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from zope.interface import implementer
 
 from . import metrics, waiting
+from .backends.base import Backend
 from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
@@ -51,6 +53,8 @@ MAX_INTERVAL = 3600.0
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 0.05
+
+_L = TypeVar("_L", bound="BaseLock")
 
 
 def check_seconds(what: str, value: object, high: float) -> float:
@@ -71,12 +75,12 @@ def wait_deadline(blocking: bool, timeout: float) -> float | None:
     above ``threading.TIMEOUT_MAX`` raises TimeoutTooLarge, an OverflowError.
     None means no deadline; a deadline in the past means "try once".
     """
-    blocking = operator.index(blocking)
+    blocks = operator.index(blocking)
     if not isinstance(timeout, (int, float)):
         raise TypeError("timeout must be a number, not %s" % type(timeout).__name__)
     if isinstance(timeout, float) and math.isnan(timeout):
         raise InvalidArgument("Invalid value NaN (not a number)")
-    if not blocking:
+    if not blocks:
         if timeout != -1:
             raise InvalidArgument("can't specify a timeout for a non-blocking call")
         return 0.0
@@ -104,7 +108,7 @@ class BaseLock:
         key: str | bytes | int,
         timeout: float = DEFAULT_TIMEOUT,
         interval: float = DEFAULT_INTERVAL,
-        backend=None,
+        backend: Backend | None = None,
         on_lost: Callable[[Lease], None] | None = None,
     ) -> None:
         self.name = lock_name(key)
@@ -117,7 +121,7 @@ class BaseLock:
         self._lost = False
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
         """The lock store: the one given, else the process's configured store."""
         return self._backend if self._backend is not None else get_backend()
 
@@ -151,7 +155,7 @@ class BaseLock:
         ttl = self.timeout
         started = time.monotonic()
         must_wait = deadline is None or deadline > started
-        lease = None
+        lease: Lease | None = None
         if self.reads_note:
             def attempt() -> Lease | None:
                 return backend.acquire(name, ttl, with_note=True)
@@ -205,11 +209,19 @@ class BaseLock:
             return True
         return not self.backend.may_be_available(self.name)
 
-    def __enter__(self):
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock; see ``threading.Lock.acquire`` (Lock and RLock implement it)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give the lock back (Lock and RLock implement it)."""
+        raise NotImplementedError
+
+    def __enter__(self: _L) -> _L:
         self.acquire()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     def __del__(self) -> None:
@@ -227,8 +239,9 @@ class Lock(BaseLock):
 
     __slots__ = ("_guard",)
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+                 backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None) -> None:
+        super().__init__(key, timeout, interval, backend, on_lost)
         self._guard = threading.Lock()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -262,8 +275,9 @@ class RLock(BaseLock):
 
     __slots__ = ("_owner", "_count")
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+                 backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None) -> None:
+        super().__init__(key, timeout, interval, backend, on_lost)
         self._owner: int | None = None
         self._count = 0
 
@@ -288,13 +302,14 @@ class RLock(BaseLock):
 
     def release(self) -> None:
         """Leave one level; the last one gives the lock back.  RuntimeError if not owned."""
-        if not self._is_owned():
+        lease = self.lease
+        if lease is None or self._owner != threading.get_ident():  # not ``_is_owned()``
             raise NotHeld("cannot release un-acquired lock")
         count = self._count - 1
         if count > 0:
             self._count = count
             return
-        lease, self._lease, self._owner, self._count = self._lease, None, None, 0
+        self._lease, self._owner, self._count = None, None, 0
         self._give_back(lease)
 
     def __repr__(self) -> str:
@@ -304,17 +319,21 @@ class RLock(BaseLock):
         )
 
 
-def lock_getter(key, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, **kw) -> Lock:
+def lock_getter(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, *,
+                backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None,
+                **kw: float) -> Lock:
     """A Lock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
-    return Lock(key, timeout, _interval(interval, kw), **kw)
+    return Lock(key, timeout, _interval(interval, kw), backend=backend, on_lost=on_lost, **kw)
 
 
-def rlock_getter(key, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, **kw) -> RLock:
+def rlock_getter(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, *,
+                 backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None,
+                 **kw: float) -> RLock:
     """An RLock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
-    return RLock(key, timeout, _interval(interval, kw), **kw)
+    return RLock(key, timeout, _interval(interval, kw), backend=backend, on_lost=on_lost, **kw)
 
 
-def _interval(interval: float, kw: dict) -> float:
+def _interval(interval: float, kw: dict[str, float]) -> float:
     """Accept the 2009 spelling ``intervall`` with a DeprecationWarning."""
     if "intervall" in kw:
         import warnings

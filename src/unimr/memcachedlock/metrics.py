@@ -50,7 +50,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypedDict
 
 from . import config
 from .errors import ConfigurationError
@@ -226,7 +227,7 @@ def snapshot() -> dict[str, dict[str, float | None]]:
     return {prefix: summarize(c, w, h) for prefix, c, w, h in copies}
 
 
-def report() -> dict:
+def report() -> dict[str, object]:
     """This process's metrics with their raw samples: what a snapshot file holds."""
     with _lock:
         prefixes = {
@@ -282,7 +283,7 @@ def reset() -> None:
 # --------------------------------------------------------------------------- snapshot files
 
 
-def metrics_settings(environ=None) -> tuple[str, float]:
+def metrics_settings(environ: Mapping[str, str] | None = None) -> tuple[str, float]:
     """``(directory, interval)`` from MEMCACHEDLOCK_METRICS_DIR / _INTERVAL; ``""`` if unset.
 
     ConfigurationError names a bad value.
@@ -417,12 +418,27 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # --------------------------------------------------------------------------- reading snapshots
 
 
-def read_snapshots(directory: str, max_age: float | None = None) -> list[dict]:
+class Snapshot(TypedDict):
+    """A snapshot file as ``read_snapshots`` returns it: ``time`` checked, the other fields as found (None
+    if missing); the file is shared, so their readers check their types."""
+
+    format: int
+    host: object
+    pid: object
+    #: When it was written (0.0 if the file does not say).
+    time: float
+    prefixes: object
+    conflicts: object
+    #: The file it was read from.
+    path: str
+
+
+def read_snapshots(directory: str, max_age: float | None = None) -> list[Snapshot]:
     """The snapshot files in ``directory`` (newer than ``max_age`` seconds), oldest first.
 
     Unreadable or foreign files are skipped with a warning.
     """
-    found = []
+    found: list[Snapshot] = []
     now = time.time()
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         try:
@@ -434,17 +450,16 @@ def read_snapshots(directory: str, max_age: float | None = None) -> list[dict]:
         if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
             logger.warning("skipping %s: not a memcachedlock metrics snapshot", path)
             continue
-        if not _numbers([data.get("time")]):
-            data["time"] = 0.0
-        if max_age is not None and now - data["time"] > max_age:
+        written = next(iter(_numbers([data.get("time")])), 0.0)
+        if max_age is not None and now - written > max_age:
             continue
-        data["path"] = path
-        found.append(data)
+        found.append(Snapshot(format=SNAPSHOT_FORMAT, host=data.get("host"), pid=data.get("pid"), time=written,
+                              prefixes=data.get("prefixes"), conflicts=data.get("conflicts"), path=path))
     found.sort(key=lambda d: d.get("time", 0))
     return found
 
 
-def _numbers(values) -> list[float]:
+def _numbers(values: object) -> list[float]:
     """The finite numbers in a snapshot's list; anything else (a planted string) is dropped."""
     if not isinstance(values, list):
         return []
@@ -452,12 +467,12 @@ def _numbers(values) -> list[float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
-def merge(snapshots: Iterable[dict]) -> dict[str, dict[str, float | None]]:
+def merge(snapshots: Iterable[Mapping[str, object]]) -> dict[str, dict[str, float | None]]:
     """Counters summed and percentiles over all samples, by prefix, plus ``processes``.
 
     A snapshot is read from a shared directory: fields of the wrong type are skipped.
     """
-    merged: dict[str, tuple[dict[str, float], list[float], list[float], set]] = {}
+    merged: dict[str, tuple[dict[str, float], list[float], list[float], set[tuple[str, str]]]] = {}
     for snap in snapshots:
         prefixes = snap.get("prefixes")
         if not isinstance(prefixes, dict):
@@ -473,14 +488,14 @@ def merge(snapshots: Iterable[dict]) -> dict[str, dict[str, float | None]]:
             waits.extend(_numbers(data.get("waits")))
             holds.extend(_numbers(data.get("holds")))
             procs.add((str(snap.get("host")), str(snap.get("pid"))))
-    result = {}
+    result: dict[str, dict[str, float | None]] = {}
     for prefix, (counters, waits, holds, procs) in merged.items():
         result[prefix] = summarize(counters, waits, holds)
         result[prefix]["processes"] = len(procs)
     return result
 
 
-def merge_conflicts(snapshots: Iterable[dict]) -> dict[str, list[tuple[str, int, int]]]:
+def merge_conflicts(snapshots: Iterable[Mapping[str, object]]) -> dict[str, list[tuple[str, int, int]]]:
     """ConflictErrors of all snapshots by table: (row, retried, failed), the most frequent first.
 
     A snapshot is read from a shared directory: fields of the wrong type are skipped.
@@ -492,9 +507,8 @@ def merge_conflicts(snapshots: Iterable[dict]) -> dict[str, list[tuple[str, int,
             rows = tables.get(table) if isinstance(tables, dict) else None
             for row, counts in (rows.items() if isinstance(rows, dict) else ()):
                 for outcome in ("retried", "failed"):
-                    value = counts.get(outcome) if isinstance(counts, dict) else None
-                    if _numbers([value]):
-                        _add(summed[table].setdefault(str(row), {}), outcome, float(value))
+                    for value in _numbers([counts.get(outcome) if isinstance(counts, dict) else None]):
+                        _add(summed[table].setdefault(str(row), {}), outcome, value)
     return {
         table: sorted(((row, int(c.get("retried", 0)), int(c.get("failed", 0))) for row, c in rows.items()),
                       key=lambda item: (-(item[1] + item[2]), item[0]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from . import config
+from .backends.base import Backend
 from .backends.fallback import FallbackBackend
 from .backends.file import FileBackend
 from .backends.memcached import MemcachedBackend
@@ -18,16 +19,16 @@ from .config import Settings, get_settings
 
 _lock = threading.Lock()
 #: What ``get_backend`` returns, cached: locks read it on every acquisition.
-_backend = None
+_backend: Backend | None = None
 #: The store built from the settings (this module owns and closes it).
-_own = None
+_own: Backend | None = None
 #: A store given with ``set_backend``.
-_pinned = None
+_pinned: Backend | None = None
 #: Bumped whenever the cache is dropped, so a lookup that raced with a change is not cached.
 _generation = 0
 
 
-def make_backend(settings: Settings):
+def make_backend(settings: Settings) -> Backend:
     """Build the ILockBackend the settings ask for."""
     if settings.backend == "memcached":
         return MemcachedBackend.from_settings(settings)
@@ -36,7 +37,7 @@ def make_backend(settings: Settings):
     return FallbackBackend.from_settings(settings)
 
 
-def configure(**changes) -> Settings:
+def configure(**changes: object) -> Settings:
     """Set settings in code (tests use this); unnamed ones keep their values.
 
     ``servers`` may be a string in ``MEMCACHEDLOCK_SERVERS`` form.  A value
@@ -82,7 +83,7 @@ def forget_backend() -> None:
         _forget()
 
 
-def get_backend():
+def get_backend() -> Backend:
     """The process's lock store (an ILockBackend).
 
     In order: a store given with ``set_backend``; the ILockBackend utility
@@ -100,24 +101,25 @@ def get_backend():
 
     generation = _generation
     registered = registered_backend(forget_backend)
-    settings = get_settings() if registered is None else None
+    # The registered store, else the settings to build one from (read before taking ``_lock``).
+    source = registered if registered is not None else get_settings()
     with _lock:
         if _backend is not None:
             return _backend
         if _pinned is not None:
             backend = _pinned
-        elif registered is not None:
-            backend = registered
+        elif not isinstance(source, Settings):
+            backend = source
         else:
             if _own is None:
-                _own = make_backend(settings)
+                _own = make_backend(source)
             backend = _own
         if generation == _generation:
             _backend = backend
         return backend
 
 
-def set_backend(backend) -> None:
+def set_backend(backend: Backend) -> None:
     """Use ``backend`` as the process's lock store until ``reset()`` or ``configure()`` (tests)."""
     global _pinned
     with _lock:

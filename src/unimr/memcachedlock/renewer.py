@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import weakref
+from typing import Protocol
 
 from .errors import BackendUnavailable
 
@@ -54,6 +55,30 @@ def renew_period(ttl: float) -> float:
     return min(MAX_CHECK_PERIOD, max(0.2, shortest_life(ttl) / 3.0))
 
 
+class Renewable(Protocol):
+    """What the renewer uses of a lease (``lease.Lease``, which imports this module)."""
+
+    name: str
+    ttl: float
+    #: The lease's current schedule entry (see ``Renewer.register``).
+    renew_seq: int
+    renew_until: float | None
+
+    @property
+    def held(self) -> bool:
+        """True while this process still holds the lease."""
+
+    def renew(self, ttl: float | None = None) -> bool:
+        """Extend the lease if still ours."""
+
+    def release(self) -> bool:
+        """Give the lock back if still ours."""
+
+
+#: A schedule entry: (when it is due, its sequence number, the lease).
+_Entry = tuple[float, int, weakref.ref[Renewable]]
+
+
 class Renewer:
     """Renews registered leases shortly before they could expire.
 
@@ -64,7 +89,7 @@ class Renewer:
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, weakref.ref]] = []
+        self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._wake_at = float("inf")
@@ -76,7 +101,7 @@ class Renewer:
         heapq.heapify(self._heap)
         self._compact_at = max(4096, 2 * len(self._heap))
 
-    def register(self, lease) -> None:
+    def register(self, lease: Renewable) -> None:
         """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held.
 
         Called again when the lease time changed (a lease handed to a lock with
@@ -95,7 +120,7 @@ class Renewer:
             elif due < self._wake_at:
                 self._cond.notify()
 
-    def _push(self, lease, due: float) -> None:
+    def _push(self, lease: Renewable, due: float) -> None:
         """Schedule ``lease``'s next renewal at ``due``, superseding its entry (caller holds ``_cond``)."""
         seq = next(self._seq)
         lease.renew_seq = seq
@@ -125,7 +150,7 @@ class Renewer:
             self._renew(lease, seq)
             del lease
 
-    def _renew(self, lease, seq: int) -> None:
+    def _renew(self, lease: Renewable, seq: int) -> None:
         """Renew ``lease`` (its entry ``seq`` came due) and schedule the next renewal,
         unless the lease was registered again meanwhile."""
         period = renew_period(lease.ttl)
@@ -153,7 +178,7 @@ class Renewer:
                     self._push(lease, due)
 
 
-def _current(entry: tuple[float, int, weakref.ref]) -> bool:
+def _current(entry: _Entry) -> bool:
     """True if the schedule entry still stands: its lease is held and was not registered again since."""
     lease = entry[2]()
     return lease is not None and lease.held and lease.renew_seq == entry[1]

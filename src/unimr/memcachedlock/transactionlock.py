@@ -80,16 +80,18 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol
 
 from . import adaptive, early, metrics, notes, viewrefresh, zodbprivate
+from .backends.base import CommitPass
 from .config import _seconds
-from .decorators import check_options, locking_decorator, rlocks_held, run_rlocked
+from .decorators import GetKey, P, R, Runner, check_options, locking_decorator, rlocks_held, run_rlocked
 from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
 from .keys import lock_name, shown
 from .lease import Lease
 from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
 from .registry import get_backend
+from .zodbprivate import Connection, Storage, Transaction
 
 try:
     import transaction as _transaction
@@ -111,8 +113,6 @@ except ImportError:
     _ClientStorage = None
 
 logger = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 #: Seconds an unclaimed reservation is kept before the renewer releases it.
 RESERVE_FOR = 3.0
@@ -140,54 +140,46 @@ POLICIES = ("adaptive", "always", "on-conflict")
 #: The default policy of zlock and lock_for_transaction.
 DEFAULT_POLICY = "adaptive"
 
-if ConflictError is not None:
 
-    class LockBusy(MemcachedLockError, ConflictError):
-        """The lock was busy or this transaction's view is older than its last commit: retry.
+def _retry_error() -> type[Exception]:
+    """What LockBusy is besides a MemcachedLockError: a ConflictError (so that every retry loop retries it),
+    else a TransientError (transaction without ZODB), else a plain Exception (neither installed)."""
+    found: type[Exception] = Exception
+    if ConflictError is not None:
+        found = ConflictError
+    elif TransientError is not None:
+        found = TransientError
+    return found
 
-        A ``ConflictError``, so ``transaction.manager.attempts()``, ``run()``
-        and the Zope publisher retry the transaction, and Zope code that
-        re-raises ConflictErrors and swallows other exceptions passes it on.
-        The lock stays reserved for this thread's retry.
-        """
 
-        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
-                     **kw: Any) -> None:
+# The second base is chosen at import (ZODB and transaction are optional and ship no types): mypy cannot follow it.
+class LockBusy(MemcachedLockError, _retry_error()):  # type: ignore[misc]
+    """The lock was busy or this transaction's view is older than its last commit: retry.
+
+    A ``ConflictError``, so ``transaction.manager.attempts()``, ``run()``
+    and the Zope publisher retry the transaction, and Zope code that
+    re-raises ConflictErrors and swallows other exceptions passes it on.
+    The lock stays reserved for this thread's retry.  Without ZODB a
+    ``TransientError``; without ``transaction`` either, a MemcachedLockError only.
+    """
+
+    def __init__(self, message: str | None = None, key: str | bytes | int | None = None, reserved: bool = False,
+                 **kw: object) -> None:
+        if ConflictError is not None:
             ConflictError.__init__(self, message=message, **kw)
-            self.key = key
-            #: True if the lock is kept for this thread's retry (no back-off needed).
-            self.reserved = reserved
-
-elif TransientError is not None:
-
-    class LockBusy(MemcachedLockError, TransientError):
-        """The lock was busy: retry the transaction (ZODB is not installed)."""
-
-        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
-                     **kw: Any) -> None:
+        else:
             super().__init__(message)
             self.message = message
-            self.key = key
-            self.reserved = reserved
-
-else:
-
-    class LockBusy(MemcachedLockError):
-        """The lock was busy: retry (neither ZODB nor transaction is installed)."""
-
-        def __init__(self, message: str | None = None, key: object = None, reserved: bool = False,
-                     **kw: Any) -> None:
-            super().__init__(message)
-            self.message = message
-            self.key = key
-            self.reserved = reserved
+        self.key = key
+        #: True if the lock is kept for this thread's retry (no back-off needed).
+        self.reserved = reserved
 
 
 @dataclasses.dataclass(eq=False)
 class _Request:
     """What a call asks of a lock: taken now, at commit (``on-conflict``), or, marked (``until``), at begin."""
 
-    key: object
+    key: str | bytes | int
     timeout: float
     interval: float
     wait: float
@@ -211,7 +203,7 @@ class _Entry:
 @dataclasses.dataclass(eq=False)
 class _Reservation:
     entry: _Entry
-    origin: object
+    origin: Transaction
 
 
 @dataclasses.dataclass(eq=False)
@@ -226,7 +218,7 @@ class _Streak:
 
     count: int = 0
     until: float = 0.0
-    txn: object = None
+    txn: Transaction | None = None
 
 
 class _ReservationKeeper:
@@ -250,7 +242,7 @@ class _ReservationKeeper:
         #: thread's keeper, and only the thread's own transactions may adopt its reservations.
         self.thread = threading.get_ident()
 
-    def newTransaction(self, txn: object) -> None:
+    def newTransaction(self, txn: Transaction) -> None:
         """Mark where the views begin; take this thread's reserved and marked locks for ``txn``.
 
         Not a view's beginning when ``registerSynch`` calls it for the
@@ -267,10 +259,10 @@ class _ReservationKeeper:
         except Exception:
             logger.exception("taking zlocks at the beginning of a transaction failed")
 
-    def beforeCompletion(self, txn: object) -> None:
+    def beforeCompletion(self, txn: Transaction) -> None:
         """Nothing to do before a transaction ends."""
 
-    def afterCompletion(self, txn: object) -> None:
+    def afterCompletion(self, txn: Transaction) -> None:
         """End the runs of ConflictErrors ``txn`` did not continue; release earlier reservations.
 
         ZODB begins the connections' next views here too (for callers that
@@ -290,11 +282,21 @@ class _ReservationKeeper:
             logger.exception("releasing unclaimed zlock reservations failed")
 
 
+class _Manager(Protocol):
+    """What zlock calls on a transaction manager (``transaction.manager`` or a ``TransactionManager``)."""
+
+    def get(self) -> Transaction:
+        """The current transaction; NoTransaction if there is none in explicit mode."""
+
+    def registerSynch(self, synch: _ReservationKeeper) -> None:
+        """Call ``synch``'s newTransaction, beforeCompletion and afterCompletion from now on."""
+
+
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.keeper = _ReservationKeeper()
         #: The transaction managers the keeper is a synchronizer of.
-        self.registered: weakref.WeakSet = weakref.WeakSet()
+        self.registered: weakref.WeakSet[_Manager] = weakref.WeakSet()
 
 
 _state = _ThreadState()
@@ -314,26 +316,26 @@ class _TxnLocks:
     #: Marked by a ConflictError but busy when the transaction began: the call takes them.
     marked: dict[str, _Request] = dataclasses.field(default_factory=dict)
     #: Policy on-conflict: committing through the lock store's commit gate, lock not taken.
-    passes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    passes: dict[str, CommitPass] = dataclasses.field(default_factory=dict)
 
 
-def _mark_views(txn: object) -> None:
+def _mark_views(txn: Transaction) -> None:
     """The views of ``txn``'s connections begin now: nothing has been used on them (see viewrefresh)."""
     for conn in _connections(txn):
         viewrefresh.mark_view_begin(conn)
 
 
-def _register_keeper(manager: Any = None) -> _ReservationKeeper:
+def _register_keeper(manager: _Manager | None = None) -> _ReservationKeeper:
     """This thread's keeper, a synchronizer of ``manager`` (default ``transaction.manager``) from now on."""
     keeper = _state.keeper
-    manager = _transaction.manager if manager is None else manager
-    if manager not in _state.registered:
+    synchronizing: _Manager = _transaction.manager if manager is None else manager
+    if synchronizing not in _state.registered:
         keeper.joining = True
         try:
-            manager.registerSynch(keeper)
+            synchronizing.registerSynch(keeper)
         finally:
             keeper.joining = False
-        _state.registered.add(manager)
+        _state.registered.add(synchronizing)
     return keeper
 
 
@@ -355,17 +357,18 @@ def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: boo
     return policy
 
 
-def _current_transaction(manager: Any = None) -> object | None:
+def _current_transaction(manager: _Manager | None = None) -> Transaction | None:
     """The current transaction of ``manager`` (default ``transaction.manager``), or None (none in explicit mode)."""
     if _transaction is None or _Connection is None:
         return None
+    current: _Manager = _transaction.manager if manager is None else manager
     try:
-        return (_transaction.manager if manager is None else manager).get()
+        return current.get()
     except NoTransaction:
         return None
 
 
-def manager_of(args: tuple, kwargs: dict) -> Any:
+def manager_of(args: tuple[object, ...], kwargs: dict[str, object]) -> _Manager | None:
     """The transaction manager of the first persistent argument whose connection does not use
     ``transaction.manager`` (a connection opened with a ``TransactionManager`` of its own), else None.
 
@@ -377,15 +380,15 @@ def manager_of(args: tuple, kwargs: dict) -> Any:
         return None
     default = _transaction.manager
     for value in itertools.chain(args, kwargs.values()):
-        manager = getattr(getattr(value, "_p_jar", None), "transaction_manager", None)
+        manager: _Manager | None = getattr(getattr(value, "_p_jar", None), "transaction_manager", None)
         if manager is not None and manager is not default:
             return manager
     return None
 
 
-def _connections(txn: object, joined_only: bool = False) -> list:
+def _connections(txn: Transaction, joined_only: bool = False) -> list[Connection]:
     """The ZODB connections of ``txn``: joined ones, then (unless ``joined_only``) those synchronised with it."""
-    found: list = []
+    found: list[Connection] = []
 
     def collect(obj: object) -> None:
         if isinstance(obj, _Connection) and obj not in found and zodbprivate.normal_storage(obj) is not None:
@@ -398,7 +401,7 @@ def _connections(txn: object, joined_only: bool = False) -> list:
     return found
 
 
-def storage_identity(conn) -> str:
+def storage_identity(conn: Connection) -> str:
     """A name of the connection's storage that every client of a shared storage computes alike.
 
     A ZEO storage is named by its server address and storage name (its
@@ -413,14 +416,14 @@ def storage_identity(conn) -> str:
     return "%s%x" % (notes.local_identity_prefix(), id(storage))
 
 
-def _view_start(conn) -> bytes | None:
+def _view_start(conn: Connection) -> bytes | None:
     """The tid this connection's snapshot reads before (its view), or None if unknown."""
     return zodbprivate.view_start(zodbprivate.normal_storage(conn))
 
 
-def _committed_tid(conn) -> bytes | None:
+def _committed_tid(conn: Connection) -> bytes | None:
     """A tid at or after this connection's last commit that this client has received."""
-    candidates = []
+    candidates: list[bytes] = []
     ltid = zodbprivate.last_committed(zodbprivate.normal_storage(conn))
     if ltid is not None:
         candidates.append(ltid)
@@ -451,10 +454,10 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
         return {}
 
 
-_unchecked_warned: set = set()
+_unchecked_warned: set[str] = set()
 
 
-def _warn_unchecked(connections: list, name: str) -> None:
+def _warn_unchecked(connections: list[Connection], name: str) -> None:
     """One warning per storage class whose view zlock cannot check (RelStorage)."""
     for conn in connections:
         kind = type(zodbprivate.normal_storage(conn)).__name__
@@ -466,8 +469,8 @@ def _warn_unchecked(connections: list, name: str) -> None:
                 "it, nothing is lost); policy on-conflict does not need the check", name, kind)
 
 
-def _commits_since_views(connections: list, note: dict[str, bytes], exclusive: bool = False
-                         ) -> list[tuple[Any, bytes]]:
+def _commits_since_views(connections: list[Connection], note: dict[str, bytes], exclusive: bool = False
+                         ) -> list[tuple[Connection, bytes]]:
     """The connections whose view lacks a commit made under the lock (``exclusive``: policy always), and its tid.
 
     Where the note cannot tell (it was forgotten, or never reached back to
@@ -476,7 +479,7 @@ def _commits_since_views(connections: list, note: dict[str, bytes], exclusive: b
     the lock.  A storage without a view tid (RelStorage) is not checked.
     """
     judge = notes.exclusive_commits_since if exclusive else notes.commits_since
-    newer = []
+    newer: list[tuple[Connection, bytes]] = []
     for conn in connections:
         start = _view_start(conn)
         if start is None:
@@ -489,12 +492,12 @@ def _commits_since_views(connections: list, note: dict[str, bytes], exclusive: b
             verdict, tid = (notes.STALE, last) if last >= start else (notes.FRESH, None)
             logger.debug("lock note says nothing of %s since tid %s: the storage's last tid %s is %s",
                          storage_identity(conn), start.hex(), last.hex(), verdict)
-        if verdict == notes.STALE:
+        if verdict == notes.STALE and tid is not None:  # a stale verdict always names its tid
             newer.append((conn, tid))
     return newer
 
 
-def _ping(storage) -> bool:
+def _ping(storage: Storage) -> bool:
     """One server round trip: afterwards every commit made before it has reached this client.
 
     False if the storage has no server to ask (not ZEO) or the ping failed.
@@ -509,7 +512,7 @@ def _ping(storage) -> bool:
     return False
 
 
-def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
+def _catch_up(stale: list[tuple[Connection, bytes]]) -> None:
     """Make sure this client has received the commits in ``stale``, so a retry sees them.
 
     A ZEO client receives invalidations asynchronously; a ``ping`` is a server
@@ -534,7 +537,7 @@ def _catch_up(stale: list[tuple[Any, bytes]]) -> None:
             pause = min(0.01, pause * 2)
 
 
-def _refresh_view(txn: object) -> None:
+def _refresh_view(txn: Transaction) -> None:
     """Bring the views of ``txn``'s connections forward: at begin, before anything is read.
 
     A round trip to each ZEO server first (so every commit made before it, in
@@ -570,7 +573,7 @@ def _conflicted() -> bool:
     return ConflictError is not None and isinstance(exc, ConflictError) and not isinstance(exc, LockBusy)
 
 
-def _mark(name: str, request: _Request, txn: object) -> None:
+def _mark(name: str, request: _Request, txn: Transaction) -> None:
     """Count ``txn``'s ConflictError for lock ``name``; after ``request.conflicts`` in a row, mark it.
 
     A mark lets this thread's next transaction take the lock when it begins.
@@ -611,12 +614,12 @@ def retry_will_lock() -> bool:
 
 
 #: Non-empty while notes cannot be written: one warning per outage, not per commit.
-_note_failures: set = set()
+_note_failures: set[bool] = set()
 
 
-def _committed_tids(txn: object, policy: str) -> dict[str, bytes]:
+def _committed_tids(txn: Transaction, policy: str) -> dict[str, bytes]:
     """The note entries of the commit ``txn`` just made: every commit, and an exclusive one apart."""
-    tids = {}
+    tids: dict[str, bytes] = {}
     for conn in _connections(txn, joined_only=True):
         tid = _committed_tid(conn)
         if tid is not None:
@@ -627,14 +630,14 @@ def _committed_tids(txn: object, policy: str) -> dict[str, bytes]:
     return tids
 
 
-def _untouched(txn: object) -> dict[str, bytes]:
+def _untouched(txn: Transaction) -> dict[str, bytes]:
     """The storages ``txn`` used without changing, each with the tid just above its last one.
 
     Written by a locked commit as where the note's record of such a storage
     begins: nothing can commit under a held lock, so every later commit
     under it is recorded.
     """
-    found = {}
+    found: dict[str, bytes] = {}
     for conn in _connections(txn):
         last = conn.db().storage.lastTransaction()
         if _view_start(conn) is not None:
@@ -642,7 +645,7 @@ def _untouched(txn: object) -> dict[str, bytes]:
     return found
 
 
-def _write_note(entry: _Entry, txn: object) -> None:
+def _write_note(entry: _Entry, txn: Transaction) -> None:
     """Record the commit just made under the lock (the whole note: nobody else writes it now)."""
     tids = _committed_tids(txn, entry.policy)
     if tids:
@@ -655,7 +658,7 @@ def _write_note(entry: _Entry, txn: object) -> None:
         _note_failures.clear()
 
 
-def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
+def _after_commit(status: bool, entry: _Entry, txn: Transaction) -> None:
     """Record the commit's tid with the lock (if it succeeded), then release."""
     try:
         if status and entry.lease.held:
@@ -674,13 +677,13 @@ def _after_commit(status: bool, entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
-def _mark_if_conflicted(entry: _Entry, txn: object) -> None:
+def _mark_if_conflicted(entry: _Entry, txn: Transaction) -> None:
     """Policy on-conflict: count a ConflictError; after enough in a row the retry locks at begin."""
     if entry.policy == "on-conflict" and _conflicted():
         _mark(entry.lock.name, entry.request, txn)
 
 
-def _after_abort(entry: _Entry, txn: object) -> None:
+def _after_abort(entry: _Entry, txn: Transaction) -> None:
     try:
         _mark_if_conflicted(entry, txn)
     except Exception:
@@ -689,16 +692,18 @@ def _after_abort(entry: _Entry, txn: object) -> None:
         _release(entry)
 
 
-def _locks_of(txn: object) -> _TxnLocks:
+def _locks_of(txn: Transaction) -> _TxnLocks:
     try:
-        return txn.data(_TXN_DATA_KEY)
+        locks = txn.data(_TXN_DATA_KEY)
     except KeyError:
+        locks = None
+    if not isinstance(locks, _TxnLocks):  # nothing else is kept under this module's key
         locks = _TxnLocks()
         txn.set_data(_TXN_DATA_KEY, locks)
-        return locks
+    return locks
 
 
-def _hold(txn: object, name: str, entry: _Entry) -> None:
+def _hold(txn: Transaction, name: str, entry: _Entry) -> None:
     """``entry`` is held for ``txn`` from now until it ends."""
     _promote(entry)
     txn.addAfterCommitHook(_after_commit, (entry, txn))
@@ -717,7 +722,7 @@ def _adopt(reservation: _Reservation) -> _Entry | None:
     return entry
 
 
-def _busy(key: object, timeout: float, waited: float) -> LockBusy:
+def _busy(key: str | bytes | int, timeout: float, waited: float) -> LockBusy:
     return LockBusy(
         message="lock %s is busy: waited %.1fs inside a transaction (MEMCACHEDLOCK_TXN_WAIT) while another "
         "transaction holds it (lease %gs); retry" % (shown(key), waited, timeout),
@@ -725,7 +730,7 @@ def _busy(key: object, timeout: float, waited: float) -> LockBusy:
     )
 
 
-def _acquire(the_lock: Lock, key: object, timeout: float, wait: float,
+def _acquire(the_lock: Lock, key: str | bytes | int, timeout: float, wait: float,
              before_waiting: Callable[[], None] | None = None) -> None:
     """Acquire within ``min(wait, txn_wait())`` seconds, else LockBusy naming the configured lease.
 
@@ -759,7 +764,11 @@ def _take(request: _Request, policy: str, before_waiting: Callable[[], None] | N
     except BaseException:
         the_lock.release()
         raise
-    return _Entry(request, the_lock, the_lock.lease, note, policy)
+    lease = the_lock.lease
+    if lease is None:  # given back meanwhile by another thread (``release_all``): not held after all
+        raise LockBusy(message="lock %s was released by another thread while it was being taken; retry"
+                       % shown(request.key), key=request.key)
+    return _Entry(request, the_lock, lease, note, policy)
 
 
 class _NoteLock(Lock):
@@ -778,13 +787,13 @@ def _promote(entry: _Entry) -> None:
             logger.debug("could not extend lock %s now (%s): the renewer retries", entry.lock.name, exc)
 
 
-def _reserve(entry: _Entry, txn: object, name: str) -> None:
+def _reserve(entry: _Entry, txn: Transaction, name: str) -> None:
     """Keep ``entry``'s lock for this thread's next transaction, at most RESERVE_FOR seconds."""
     entry.lease.renew_until = time.monotonic() + RESERVE_FOR
     _register_keeper().reservations[name] = _Reservation(entry, txn)
 
 
-def _carry_streaks(txn: object, keeper: _ReservationKeeper) -> None:
+def _carry_streaks(txn: Transaction, keeper: _ReservationKeeper) -> None:
     """The transaction that begins carries on the runs of ConflictErrors that waited for it; the rest end."""
     if not keeper.streaks:
         return
@@ -796,7 +805,7 @@ def _carry_streaks(txn: object, keeper: _ReservationKeeper) -> None:
             del keeper.streaks[name]
 
 
-def _end_streaks(txn: object, keeper: _ReservationKeeper) -> None:
+def _end_streaks(txn: Transaction, keeper: _ReservationKeeper) -> None:
     """End the runs ``txn`` carried without counting a ConflictError, unless it failed with one.
 
     A failed commit ends its transaction before its after-commit hooks
@@ -810,7 +819,7 @@ def _end_streaks(txn: object, keeper: _ReservationKeeper) -> None:
             del keeper.streaks[name]
 
 
-def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
+def _claim_at_begin(txn: Transaction, keeper: _ReservationKeeper) -> None:
     """Adopt reservations and take marked locks for the transaction that begins, then refresh its view."""
     if not keeper.reservations and not keeper.marks:
         return
@@ -842,7 +851,7 @@ def _claim_at_begin(txn: object, keeper: _ReservationKeeper) -> None:
         _refresh_view(txn)
 
 
-def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
+def _lock_at_commit(txn: Transaction, name: str, request: _Request) -> None:
     """Policy on-conflict, first attempt: the function runs now; the lock is taken at commit."""
     pending = _locks_of(txn).pending
     if name in pending:
@@ -854,7 +863,7 @@ def _lock_at_commit(txn: object, name: str, request: _Request) -> None:
     _register_keeper()
 
 
-def _take_pending(txn: object) -> None:
+def _take_pending(txn: Transaction) -> None:
     """Before-commit hook: pass the commit gate of every lock used optimistically, or take the lock.
 
     Every commit that touches a key's objects thus either passes the key's
@@ -873,7 +882,7 @@ def _take_pending(txn: object) -> None:
         _hold(txn, name, entry)
 
 
-def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
+def _pass_gate(txn: Transaction, name: str, locks: _TxnLocks) -> bool:
     """Let ``txn`` commit through lock ``name``'s commit gate; False if it must take the lock.
 
     It must when the store has no gate or cannot be reached, when the lock
@@ -904,7 +913,7 @@ def _pass_gate(txn: object, name: str, locks: _TxnLocks) -> bool:
     return True
 
 
-def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
+def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str) -> None:
     """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError.
 
     A failed commit is counted here, before the abort that follows it, so that
@@ -930,7 +939,7 @@ def _leave_gate(status: bool, entered: Any, txn: object, name: str) -> None:
         entered.leave()
 
 
-def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
+def _check_exclusive_commits(entry: _Entry, txn: Transaction, name: str) -> None:
     """LockBusy (lock reserved) if a policy-always holder committed after this transaction's view.
 
     Optimistic commits rely on ZODB's conflict resolution, which merges
@@ -960,7 +969,7 @@ def _check_exclusive_commits(entry: _Entry, txn: object, name: str) -> None:
     )
 
 
-def _after_abort_pending(txn: object) -> None:
+def _after_abort_pending(txn: Transaction) -> None:
     """Mark every lock used optimistically if the transaction failed with a ConflictError."""
     try:
         if _conflicted():
@@ -970,7 +979,7 @@ def _after_abort_pending(txn: object) -> None:
         logger.exception("could not mark the optimistic zlocks for the retry")
 
 
-def _fresh_after_ping(connections: list) -> bool:
+def _fresh_after_ping(connections: list[Connection]) -> bool:
     """True if no commit reached a shared storage since the views began (after a round trip)."""
     for conn in connections:
         storage = conn.db().storage
@@ -981,8 +990,9 @@ def _fresh_after_ping(connections: list) -> bool:
     return True
 
 
-def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: Any, policy: str,
-                adopted: bool, started: float, used: dict, move_view: bool) -> bool:
+def _check_view(entry: _Entry, txn: Transaction, connections: list[Connection], name: str, key: str | bytes | int,
+                policy: str, adopted: bool, started: float, used: dict[int, set[bytes] | None], move_view: bool
+                ) -> bool:
     """Bring a view that predates the last commit under the lock forward (True), or raise LockBusy.
 
     False if the view was not stale.
@@ -998,10 +1008,11 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
         if stale:
             _catch_up(stale)
         last = " (tid %s)" % max(tid for _, tid in stale).hex() if stale else ""
+        fresh = not stale
     else:
-        stale = [] if adopted or _fresh_after_ping(connections) else [None]
+        fresh = adopted or _fresh_after_ping(connections)
         last = ""
-    if not stale:
+    if fresh:
         return False
     why = viewrefresh.refresh(connections, used) if move_view else "this lock does not move views (move_view=False)"
     if why is None:
@@ -1022,7 +1033,7 @@ def _check_view(entry: _Entry, txn: object, connections: list, name: str, key: A
 def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT,
                          interval: float = DEFAULT_INTERVAL, wait: float | None = None,
                          policy: str = DEFAULT_POLICY, conflicts: int = DEFAULT_CONFLICTS,
-                         move_view: bool = True, transaction_manager: Any = None) -> bool:
+                         move_view: bool = True, transaction_manager: _Manager | None = None) -> bool:
     """Hold lock ``key`` for the current ZODB transaction (``policy`` always) or its commit.
 
     Returns True when the lock is held for the transaction (taken now, adopted
@@ -1074,13 +1085,13 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     return True
 
 
-def _take_for_transaction(txn: object, connections: list, name: str, request: _Request, policy: str,
+def _take_for_transaction(txn: Transaction, connections: list[Connection], name: str, request: _Request, policy: str,
                           reservation: _Reservation | None, move_view: bool) -> None:
     """Take (or adopt) the lock now, check the view, hold it to the end; policy adaptive learns what it met."""
     started = time.monotonic()
     entry = _adopt(reservation) if reservation is not None else None
     adopted = entry is not None
-    used: dict = {}
+    used: dict[int, set[bytes] | None] = {}
     waited: list[bool] = []
 
     def before_waiting() -> None:
@@ -1131,7 +1142,7 @@ def lock_early(label: str | None) -> int:
     wanted = early.to_take(label) if label is not None else []
     txn = _current_transaction() if wanted else None
     connections = _connections(txn) if txn is not None else []
-    if not connections:
+    if txn is None or not connections:
         return 0
     _register_keeper()
     unused = all(used == set() for used in viewrefresh.uses(connections).values()) and not any(
@@ -1153,9 +1164,9 @@ def lock_early(label: str | None) -> int:
     return taken
 
 
-def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
-    def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable, args: tuple,
-                    kwargs: dict):
+def _runner(policy: str, conflicts: int, move_view: bool) -> Runner:
+    def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
+                    args: tuple[object, ...], kwargs: dict[str, object]) -> R:
         """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
         if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts,
                                                             move_view, manager_of(args, kwargs)):
@@ -1165,9 +1176,9 @@ def _runner(policy: str, conflicts: int, move_view: bool) -> Callable:
     return run_zlocked
 
 
-def zlock(get_key: Callable, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
+def zlock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
           wait: float | None = None, policy: str = DEFAULT_POLICY, conflicts: int = DEFAULT_CONFLICTS,
-          move_view: bool = True, **kw) -> Callable[[F], F]:
+          move_view: bool = True, **kw: float) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Serialise a function across ZEO clients until the calling transaction ends.
 
     ``get_key(fun, *args, **kw)`` names what is protected, as for ``lock``;

@@ -66,6 +66,7 @@ import logging
 from typing import Any
 
 from . import zodbprivate
+from .zodbprivate import Connection
 
 try:
     from persistent import Persistent
@@ -133,14 +134,14 @@ class _MarkerJar:
         """A marker is never stored."""
 
 
-class AccessMarker(Persistent):
+class AccessMarker(Persistent):  # type: ignore[misc]  # persistent ships no types: its base class is Any
     """Stands in a connection's pickle cache where the current view began (see the module docstring)."""
 
     #: Read to move the marker to the most-recent end of the cache's order.
     touch = None
 
 
-def mark_view_begin(conn: Any) -> None:
+def mark_view_begin(conn: Connection) -> None:
     """Remember that ``conn``'s view begins now: nothing has been used on it yet.
 
     Called by zlock's synchronizer when a transaction begins or ends (ZODB
@@ -173,7 +174,7 @@ def _live_marker(cache: Any) -> AccessMarker | None:
     return None
 
 
-def used_since_view_began(conn: Any) -> set[bytes] | None:
+def used_since_view_began(conn: Connection) -> set[bytes] | None:
     """Oids of the objects used since ``conn``'s view began, or None if that is unknown.
 
     One pass over the cache's order: its cost grows with the objects in the
@@ -191,7 +192,7 @@ def used_since_view_began(conn: Any) -> set[bytes] | None:
     return None
 
 
-def uses(connections: list) -> dict[int, set[bytes] | None]:
+def uses(connections: list[Connection]) -> dict[int, set[bytes] | None]:
     """What each connection's transaction has used so far, by ``id(conn)``: for :func:`refresh` later.
 
     Valid as long as the transaction uses nothing more (while it waits for a lock).
@@ -208,7 +209,7 @@ class _Sight:
     Each answer is computed only if a question needs it, and at most once.
     """
 
-    def __init__(self, conn: Any, used: set[bytes] | None = None) -> None:
+    def __init__(self, conn: Connection, used: set[bytes] | None = None) -> None:
         self.conn = conn
         self.cache = zodbprivate.pickle_cache(conn)
         self.touched = zodbprivate.touched_oids(conn)
@@ -261,11 +262,12 @@ class _Sight:
 
     def _held_view_state(self, ghost: Any, may_load: bool) -> bool:
         """True unless ``ghost`` was never loaded, or its last state is older than the view's."""
-        serial = ghost._p_serial
+        serial: bytes = ghost._p_serial
         if serial == _NEVER_LOADED:
             return False
         if not may_load:
             return True
+        at_view: bytes
         try:
             _, at_view = zodbprivate.normal_storage(self.conn).load(ghost._p_oid)
         except Exception as exc:  # not at the view, or the storage failed: unknown
@@ -283,7 +285,7 @@ def _kind(obj: Any) -> str:
     return "a %s.%s" % (cls.__module__, cls.__qualname__)
 
 
-def refresh(connections: list, used: dict[int, set[bytes] | None] | None = None) -> str | None:
+def refresh(connections: list[Connection], used: dict[int, set[bytes] | None] | None = None) -> str | None:
     """Move the views of ``connections`` forward if nothing they may have seen changed; else why not.
 
     ``used`` is what :func:`uses` returned before a wait, if it was called.
@@ -311,7 +313,7 @@ def refresh(connections: list, used: dict[int, set[bytes] | None] | None = None)
     return None
 
 
-def _move(conn: Any, storage: Any, sight: _Sight, checked: set[bytes]) -> str | None:
+def _move(conn: Connection, storage: Any, sight: _Sight, checked: set[bytes]) -> str | None:
     """Ghostify the changed objects (none of them seen), then move the view; None if moved.
 
     Invalidations that arrive meanwhile are judged under the storage
@@ -321,7 +323,7 @@ def _move(conn: Any, storage: Any, sight: _Sight, checked: set[bytes]) -> str | 
     wanted = [oid for oid in checked if sight.in_memory(oid)]
     sight.cache.invalidate(list(checked))  # harmless at the old view too: none of them was seen
     last_tid = conn.db().storage.lastTransaction()
-    refused: list = []
+    refused: list[str] = []
 
     def accept(oids: set[bytes]) -> bool:
         why = sight.seen(oids - checked, may_load=False)

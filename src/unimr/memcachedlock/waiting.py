@@ -42,9 +42,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from .backends.base import Backend, WaiterBoard
 from .backends.records import WANT_HOST, Want
 from .errors import BackendUnavailable
-from .lease import abandon
+from .lease import Lease, abandon
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class KeyState:
         self.yield_until = 0.0
         self.acquired_by_head = False
         #: A lease a releasing thread of this process handed to the head of the queue.
-        self.handed = None
+        self.handed: Lease | None = None
         #: A handover saw another process waiting: the next release must free the lock.  Kept
         #: while no thread of this process waits, until a release frees the lock: the threads
         #: take turns holding, and each turn would otherwise start with no debt.
@@ -158,11 +159,11 @@ _states: dict[tuple[int, str], KeyState] = {}
 _states_lock = threading.Lock()
 
 
-def _key(backend, name: str) -> tuple[int, str]:
+def _key(backend: Backend, name: str) -> tuple[int, str]:
     return (id(backend), name)
 
 
-def must_queue(backend, name: str) -> bool:
+def must_queue(backend: Backend, name: str) -> bool:
     """True if an acquisition must not try the store first: others of this process
     queue for the key, or this process yields it to another process."""
     state = _states.get((id(backend), name))
@@ -178,7 +179,7 @@ def must_queue(backend, name: str) -> bool:
     return False
 
 
-def released(backend, name: str, successor: bytes | None) -> None:
+def released(backend: Backend, name: str, successor: bytes | None) -> None:
     """A thread of this process released ``name``: wake the next waiter, here or elsewhere.
 
     ``successor`` is the announcement the release found next to the lock.
@@ -223,7 +224,7 @@ def waiting_keys() -> int:
         return sum(1 for state in _states.values() if state.queue or state.sock is not None)
 
 
-def hand_over(backend, name: str, lease) -> bool:
+def hand_over(backend: Backend, name: str, lease: Lease) -> bool:
     """Give ``lease``, still held, to the next thread of this process queued for ``name``.
 
     The lock never becomes free: it changes threads inside the process that
@@ -267,7 +268,7 @@ def hand_over(backend, name: str, lease) -> bool:
     return True
 
 
-def _take_handed(state: KeyState):
+def _take_handed(state: KeyState) -> Lease | None:
     with _states_lock:
         lease, state.handed = state.handed, None
     return lease
@@ -281,8 +282,8 @@ def _wake_head(state: KeyState) -> None:
             state.queue[0].event.set()
 
 
-def wait_for(backend, name: str, try_acquire: Callable[[], object], deadline: float | None,
-             interval: float, immediate: bool, ttl: float = 30.0) -> object | None:
+def wait_for(backend: Backend, name: str, try_acquire: Callable[[], Lease | None], deadline: float | None,
+             interval: float, immediate: bool, ttl: float = 30.0) -> Lease | None:
     """Wait in this process's queue for ``name`` until ``deadline``; return what
     ``try_acquire`` returned when it succeeded, or None at the deadline.
 
@@ -325,7 +326,7 @@ class _Seat:
 
     __slots__ = ("backend", "name", "waiter", "state", "left")
 
-    def __init__(self, backend, name: str, waiter: Waiter) -> None:
+    def __init__(self, backend: Backend, name: str, waiter: Waiter) -> None:
         self.backend = backend
         self.name = name
         self.waiter = waiter
@@ -344,7 +345,7 @@ class _Seat:
             abandon(self)
 
 
-def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
+def _leave(backend: Backend, name: str, state: KeyState, me: Waiter) -> None:
     """Take ``me`` out of the queue, even if interrupted once on the way (each step
     is idempotent, so it is simply done again), and pass the interrupt on."""
     try:
@@ -354,7 +355,7 @@ def _leave(backend, name: str, state: KeyState, me: Waiter) -> None:
         raise
 
 
-def _leave_once(backend, name: str, state: KeyState, me: Waiter) -> None:
+def _leave_once(backend: Backend, name: str, state: KeyState, me: Waiter) -> None:
     """Take ``me`` out of the queue; promote the next thread; the last one withdraws."""
     sock = None
     announced = False
@@ -380,7 +381,7 @@ def _leave_once(backend, name: str, state: KeyState, me: Waiter) -> None:
         _withdraw(backend, name, state)
 
 
-def _withdraw(backend, name: str, state: KeyState) -> None:
+def _withdraw(backend: Backend, name: str, state: KeyState) -> None:
     store = backend.waiter_board
     if store is None:
         return
@@ -390,8 +391,8 @@ def _withdraw(backend, name: str, state: KeyState) -> None:
         logger.debug("could not withdraw the announcement for %s: %s", name, exc)
 
 
-def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object],
-          deadline: float | None, interval: float, immediate: bool) -> object | None:
+def _lead(backend: Backend, name: str, state: KeyState, try_acquire: Callable[[], Lease | None],
+          deadline: float | None, interval: float, immediate: bool) -> Lease | None:
     """The head's loop: poll the store, announce this process, wait for wake-ups."""
     store = backend.waiter_board
     if state.sock is None:
@@ -407,10 +408,10 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
             return handed
         now = time.monotonic()
         held = True
-        want = None
-        want_cas = None
+        want: Want | None = None
+        want_cas: bytes | None = None
         check = store is not None and (not direct or bool(state.yield_until))
-        if check:
+        if check and store is not None:
             try:
                 held, want, want_cas = store.peek_want(name)
             except BackendUnavailable:
@@ -438,7 +439,7 @@ def _lead(backend, name: str, state: KeyState, try_acquire: Callable[[], object]
             delay = min(interval, delay * BACKOFF)
 
 
-def _took_it(backend, name: str, state: KeyState) -> None:
+def _took_it(backend: Backend, name: str, state: KeyState) -> None:
     """The head has the lock: the threads still queued here start their wait now,
     and the last of them withdraws this process's announcement."""
     state.acquired_by_head = True
@@ -448,7 +449,8 @@ def _took_it(backend, name: str, state: KeyState) -> None:
         _withdraw(backend, name, state)
 
 
-def _announce(store, name: str, state: KeyState, want: Want | None, want_cas, delay: float, now: float) -> None:
+def _announce(store: WaiterBoard, name: str, state: KeyState, want: Want | None, want_cas: bytes | None, delay: float,
+              now: float) -> None:
     """Put this process in the ``#want`` slot if it is free or ours, or if we waited longer."""
     mine = want is not None and want.token == state.token
     if mine and now < state.next_announce:

@@ -17,17 +17,73 @@ Keeping them here means one place to change when ZODB or transaction
 renames something, and one canary test (``tests/test_zodb_private.py``)
 that fails loudly when they do.  Each function degrades to "unknown"
 instead of raising.
+
+The public methods zlock calls on those objects are named here too, as
+Protocols (neither package ships type information).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 try:
     from ZODB.utils import p64, u64
 except ImportError:  # zlock then behaves like rlock and never asks
     p64 = u64 = None
+
+Hook = Callable[..., object]
+
+
+class Transaction(Protocol):
+    """What zlock calls on a ``transaction.Transaction``: its data slots and its hooks."""
+
+    def data(self, ob: object) -> object:
+        """What ``set_data`` stored for ``ob``; KeyError if nothing."""
+
+    def set_data(self, ob: object, ob_data: object) -> None:
+        """Store ``ob_data`` for ``ob`` (keyed by its id) until the transaction ends."""
+
+    def addBeforeCommitHook(self, hook: Hook, args: Sequence[object] = (), kws: dict[str, object] | None = None
+                            ) -> None:
+        """Call ``hook(*args, **kws)`` when the commit begins."""
+
+    def addAfterCommitHook(self, hook: Hook, args: Sequence[object] = (), kws: dict[str, object] | None = None
+                           ) -> None:
+        """Call ``hook(status, *args, **kws)`` after the commit (``status``: True if it succeeded)."""
+
+    def addAfterAbortHook(self, hook: Hook, args: Sequence[object] = (), kws: dict[str, object] | None = None
+                          ) -> None:
+        """Call ``hook(*args, **kws)`` after an abort."""
+
+
+class Storage(Protocol):
+    """What zlock calls on a storage (a ZEO ``ClientStorage``, a ``FileStorage``...)."""
+
+    def lastTransaction(self) -> bytes:
+        """The newest tid this client knows of."""
+
+
+class Database(Protocol):
+    """What zlock reads of a ``ZODB.DB``."""
+
+    @property
+    def storage(self) -> Storage:
+        """The database's storage, shared by its connections."""
+
+
+class Connection(Protocol):
+    """What zlock calls on a ``ZODB.Connection.Connection``."""
+
+    def db(self) -> Database:
+        """The connection's database."""
+
+    def newTransaction(self, transaction: Transaction, sync: bool = True) -> None:
+        """Begin a new view: apply the invalidations received (after a ``sync`` if asked)."""
+
+    def prefetch(self, *reftargets: object) -> None:
+        """Ask the storage for the current state of the given oids (or objects) in one batch."""
+
 
 #: The private names read, per owner, as the canary test checks them.
 PRIVATE_NAMES = {
@@ -56,12 +112,12 @@ def last_committed(storage: Any) -> bytes | None:
     return ltid if isinstance(ltid, bytes) and len(ltid) == 8 else None
 
 
-def resources(txn: Any) -> list:
+def resources(txn: Transaction) -> list[object]:
     """The data managers joined to the transaction."""
     return list(getattr(txn, "_resources", ()))
 
 
-def each_synchronizer(txn: Any, function: Callable[[Any], None]) -> None:
+def each_synchronizer(txn: Transaction, function: Callable[[object], None]) -> None:
     """Call ``function`` with each synchronizer of the transaction's manager (its connections)."""
     synchronizers = getattr(txn, "_synchronizers", None)
     if synchronizers is not None:
@@ -116,7 +172,8 @@ def forget_rollbacks(conn: Any) -> None:
 
 def rolled_back_oids(conn: Any) -> set[bytes] | None:
     """Oids a rollback ghostified since the connection's view began; None if that is unknown."""
-    return vars(conn).get(_ROLLED_BACK)
+    rolled_back: set[bytes] | None = vars(conn).get(_ROLLED_BACK)
+    return rolled_back
 
 
 def touched_oids(conn: Any) -> set[bytes]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
+from typing import Literal, Protocol
 
 from zope.interface import implementer
 
 from .. import lease as _lease
 from ..interfaces import ICommitPass, ILockBackend
+from .records import Holder, Want
 
 #: First and longest pause between two looks at a commit gate (seconds).
 FIRST_POLL = 0.0005
@@ -21,22 +24,79 @@ MAX_POLL = 0.01
 _slow_gates: set[str] = set()
 
 
+class WaiterBoard(Protocol):
+    """What ``waiting`` asks of a store's waiter board (see ``IWaiterBoard``)."""
+
+    def peek_want(self, name: str) -> tuple[bool, Want | None, bytes | None]:
+        """One round trip: (is the lock held, the announcement or None, its cas)."""
+
+    def put_want(self, name: str, value: bytes, cas: bytes | None, add: bool) -> bool:
+        """Store an announcement: ``add`` it, or replace the one read with ``cas``; True if stored."""
+
+    def drop_want(self, name: str, token: str) -> bool:
+        """Remove the announcement if it is still ``token``'s; True if removed."""
+
+    def hand_record_over(self, lease: _lease.Lease, thread: threading.Thread,
+                         ttl: float) -> Want | Literal[False] | None:
+        """Rewrite ``lease``'s record for ``thread``: the announcement (or None), False if not rewritten."""
+
+
+class CommitGate(Protocol):
+    """What zlock asks of a store's commit gate (see ``ICommitGate``)."""
+
+    def enter(self, name: str) -> CommitPass | None:
+        """A pass if nobody holds lock ``name``, else None."""
+
+    def passing(self, name: str) -> int:
+        """How many optimistic commits of ``name`` are passing now."""
+
+    def drain(self, name: str, timeout: float) -> bytes | None:
+        """Wait up to ``timeout`` seconds until no pass of ``name`` is out; the note read then."""
+
+
 @implementer(ILockBackend)
 class Backend:
     """Base of the lock stores.  Subclasses implement ``acquire``, ``holder``,
     ``list_locks``, ``break_lock`` and the notes; waiting defaults to sleeping."""
 
     kind = "base"
-    #: An IWaiterBoard, or None: waiters of this store poll.
-    waiter_board = None
     #: An ICommitGate, or None: optimistic commits of this store take the lock one at a time.
-    commit_gate = None
+    commit_gate: CommitGate | None = None
     _lock_id_suffix = os.urandom(4).hex()
+
+    @property
+    def waiter_board(self) -> WaiterBoard | None:
+        """An IWaiterBoard, or None: waiters of this store poll."""
+        return None
 
     @property
     def lock_id(self) -> str:
         """This process's lock id (Drupal's getLockId): host, pid and a random part."""
         return "%s:%d:%s" % (socket.gethostname(), os.getpid(), self._lock_id_suffix)
+
+    def acquire(self, name: str, ttl: float, with_note: bool = False) -> _lease.Lease | None:
+        """Try once to take lock ``name`` for ``ttl`` seconds: a lease, or None if it is held (see ILockBackend)."""
+        raise NotImplementedError
+
+    def holder(self, name: str) -> Holder | None:
+        """Who holds ``name``, or None."""
+        raise NotImplementedError
+
+    def list_locks(self) -> list[Holder]:
+        """Every lock held now in this store."""
+        raise NotImplementedError
+
+    def break_lock(self, name: str) -> bool:
+        """Remove ``name`` whoever holds it; True if something was removed."""
+        raise NotImplementedError
+
+    def get_note(self, name: str) -> bytes | None:
+        """The bytes last stored with ``set_note`` for ``name``, or None."""
+        raise NotImplementedError
+
+    def set_note(self, name: str, value: bytes) -> None:
+        """Store a small bytes value for ``name``."""
+        raise NotImplementedError
 
     def may_be_available(self, name: str) -> bool:
         return self.holder(name) is None
@@ -50,16 +110,16 @@ class Backend:
     def release_all(self) -> int:
         return _lease.release_all(self)
 
-    def note_read_at_acquire(self, lease) -> tuple[bool, bytes | None]:
+    def note_read_at_acquire(self, lease: _lease.Lease) -> tuple[bool, bytes | None]:
         """(True, the note) if the acquisition of ``lease`` read the note and no commit can have passed
         the gate since; (False, None) if the note must be read apart (this store reads it apart)."""
         return False, None
 
-    def defer_note(self, lease, value: bytes) -> bool:
+    def defer_note(self, lease: _lease.Lease, value: bytes) -> bool:
         """Store ``value`` as the note of ``lease``'s lock with its release; False: store it now yourself."""
         return False
 
-    def held_leases(self) -> list:
+    def held_leases(self) -> list[_lease.Lease]:
         """Leases of this store that this process holds now."""
         return _lease.live_leases(self)
 

@@ -36,11 +36,11 @@ from zope.interface import implementer
 from .. import metrics
 from ..config import Settings
 from ..errors import BackendUnavailable
-from ..interfaces import ICommitGate, ICommitPass
+from ..interfaces import ICommitGate
 from ..lease import Lease
-from .base import Backend
+from .base import Backend, CommitPass
 from .file import FileBackend
-from .memcached import MemcachedBackend
+from .memcached import MemcachedBackend, MemcachedServer
 from .records import Holder
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class FallbackCommitGate:
     def __init__(self, backend: FallbackBackend) -> None:
         self.backend = backend
 
-    def enter(self, name: str) -> ICommitPass | None:
+    def enter(self, name: str) -> CommitPass | None:
         backend = self.backend
         if backend._held_in_files(name) or backend.secondary.get_note(name) is not None:
             return None
@@ -88,6 +88,7 @@ class FallbackBackend(Backend):
     """A memcached store backed up by a file store on this host."""
 
     kind = "fallback"
+    commit_gate: FallbackCommitGate
 
     def __init__(self, primary: MemcachedBackend, secondary: FileBackend) -> None:
         self.primary = primary
@@ -102,7 +103,7 @@ class FallbackBackend(Backend):
         return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings))
 
     @property
-    def waiter_board(self):
+    def waiter_board(self) -> MemcachedBackend:
         """The primary's: waiters announce themselves in memcached."""
         return self.primary.waiter_board
 
@@ -110,10 +111,11 @@ class FallbackBackend(Backend):
         return "<FallbackBackend %r then %r>" % (self.primary, self.secondary)
 
     @property
-    def servers(self):
+    def servers(self) -> list[MemcachedServer]:
         return self.primary.servers
 
     def acquire(self, name: str, ttl: float, with_note: bool = False) -> Lease | None:
+        lease: Lease | None
         try:
             lease = self.primary.acquire(name, ttl, with_note)
         except BackendUnavailable as exc:
@@ -180,7 +182,7 @@ class FallbackBackend(Backend):
     def release_all(self) -> int:
         return self.primary.release_all() + self.secondary.release_all()
 
-    def held_leases(self) -> list:
+    def held_leases(self) -> list[Lease]:
         return self.primary.held_leases() + self.secondary.held_leases()
 
     def get_note(self, name: str) -> bytes | None:

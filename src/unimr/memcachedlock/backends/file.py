@@ -94,7 +94,8 @@ class FileLease(Lease):
 
     __slots__ = ("fd", "path", "_fd_lock")
 
-    def __init__(self, backend, fd: int, path: str, name: str, token: str, value: bytes, ttl: float) -> None:
+    def __init__(self, backend: FileBackend, fd: int, path: str, name: str, token: str, value: bytes,
+                 ttl: float) -> None:
         self.fd: int | None = fd
         self.path = path
         self._fd_lock = threading.Lock()
@@ -114,9 +115,11 @@ class FileLease(Lease):
                 try:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 finally:
-                    # One line: ``self.fd`` names the descriptor until it is closed, so a release
-                    # interrupted before the close is finished by the reaper, and never twice.
-                    self.fd = os.close(fd)
+                    # ``self.fd`` names the descriptor until it is closed, so a release interrupted
+                    # before the close is finished by the reaper, and never twice.  As safe as one
+                    # line: CPython looks for signals after the call, not between it and the store.
+                    os.close(fd)
+                    self.fd = None
         return ours
 
     def _renew(self, ttl: float) -> bool:
@@ -150,6 +153,7 @@ class FileBackend(Backend):
     """Locks as flock'ed files in one directory (one host only)."""
 
     kind = "file"
+    commit_gate: FileCommitGate
 
     def __init__(self, directory: str, create: bool = True) -> None:
         """``create=False`` (for inspection: ``list``, ``show``, ``break``) never makes the directory."""
@@ -190,6 +194,7 @@ class FileBackend(Backend):
     def acquire(self, name: str, ttl: float, with_note: bool = False) -> FileLease | None:
         """One non-blocking attempt; None if somebody holds the lock (the note is read apart)."""
         path = self.path_for(name)
+        fd: int | None
         for _ in range(_REOPEN_ATTEMPTS):
             fd = self._open(path)
             try:  # closes ``fd`` (and so drops its flock) on any way out until a FileLease owns it
@@ -272,7 +277,7 @@ class FileBackend(Backend):
 
     def list_locks(self) -> list[Holder]:
         """Every lock held now; files left by crashed holders are removed on the way."""
-        holders = []
+        holders: list[Holder] = []
         try:
             entries = os.listdir(self.directory)
         except FileNotFoundError:

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from zope.interface import implementer
 
@@ -37,6 +37,23 @@ GATE_SUFFIX = ".gate"
 NOTE_WAIT = 1.0
 
 _APPEND_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+class Store(Protocol):
+    """What a gate asks of ``file.FileBackend`` (not imported: that module imports this one)."""
+
+    @property
+    def directory(self) -> str:
+        """The lock directory."""
+
+    def path_for(self, name: str) -> str:
+        """The lock file of ``name``."""
+
+    def is_held(self, name: str) -> bool:
+        """True if somebody holds ``name``."""
+
+    def get_note(self, name: str) -> bytes | None:
+        """The note of ``name``, or None."""
 
 
 def _flock_within(fd: int, operation: int, timeout: float) -> bool:
@@ -117,7 +134,7 @@ class FileCommitPass(CommitPass):
 class FileCommitGate:
     """The commit gates of a file store: one gate file per lock name."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Store) -> None:
         self.backend = backend
 
     def _paths(self, name: str) -> tuple[str, str]:
@@ -126,6 +143,7 @@ class FileCommitGate:
 
     def enter(self, name: str) -> FileCommitPass | None:
         gate_path, note_path = self._paths(name)
+        fd: int | None
         fd = _open(gate_path, OPEN_FLAGS)
         try:
             try:

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
@@ -43,12 +43,13 @@ from ..interfaces import IWaiterBoard
 from ..lease import Lease, abandon, shortest_life, store_ttl
 from .base import Backend
 from .memcachedgate import GATE_SUFFIX, MemcachedCommitGate
-from .pool import ClientPool, Write
+from .pool import ClientPool, Connection, Write
 from .records import MAGIC, WANT_TTL, Holder, Want, decode_value, encode_value, new_token, renewed_value
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 NOTE_SUFFIX = "#note"
 #: A waiting process's announcement (see ``waiting``): read by a release in the same round trip.
@@ -85,7 +86,7 @@ class MemcachedServer:
         self.down_since: float | None = None
         self.down_until = 0.0
         self.last_error = ""
-        self._unreleased: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+        self._unreleased: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         #: What an outage means for the locks, in its one warning (a fallback store says what takes over).
         self.while_down = "its locks are unavailable until it answers again"
 
@@ -96,7 +97,7 @@ class MemcachedServer:
     def is_down(self) -> bool:
         return self.down_since is not None
 
-    def call(self, method: Callable[..., T], *args, **kw) -> T:
+    def call(self, method: Callable[Concatenate[ClientPool, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """``method(pool, *args, **kw)`` (a ClientPool method); wrap its failures in BackendUnavailable.
 
         Fails at once while the server counts as down (see ``retry``).
@@ -108,7 +109,7 @@ class MemcachedServer:
             )
         return self.call_now(method, *args, **kw)
 
-    def call_now(self, method: Callable[..., T], *args, **kw) -> T:
+    def call_now(self, method: Callable[Concatenate[ClientPool, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """``call``, even while the server counts as down (to resolve an unknown outcome)."""
         try:
             try:
@@ -179,9 +180,10 @@ def carries_token(stored: bytes | None, token: str) -> bool:
 
 
 def _compare_and_delete(server: MemcachedServer, key: str, token: str) -> bool:
-    stored, cas = server.call(ClientPool.gets_values, key).get(key, (None, None))
-    if not carries_token(stored, token):
+    found = server.call(ClientPool.gets_values, key).get(key)
+    if found is None or not carries_token(found[0], token):
         return False
+    stored, cas = found
     return bool(server.call(ClientPool.cas_value, key, stored, cas, -1))
 
 
@@ -200,7 +202,7 @@ class _Orphan:
         self.server = server
         self.key = key
         self.token = token
-        self.rechecks = ORPHAN_RECHECKS
+        self.rechecks: tuple[float, ...] = ORPHAN_RECHECKS
 
     def _reap(self) -> None:
         try:
@@ -239,8 +241,9 @@ class MemcachedLease(Lease):
 
     expiring = True
 
-    def __init__(self, backend, server: MemcachedServer, key: str, name: str, token: str, value: bytes,
-                 ttl: float, cas: bytes | None = None, connection=None, sent: float | None = None) -> None:
+    def __init__(self, backend: MemcachedBackend, server: MemcachedServer, key: str, name: str, token: str,
+                 value: bytes, ttl: float, cas: bytes | None = None, connection: Connection | None = None,
+                 sent: float | None = None) -> None:
         self.server = server
         self.key = key
         self.successor: bytes | None = None
@@ -257,7 +260,7 @@ class MemcachedLease(Lease):
     def _release(self) -> bool | None:
         key = self.key
         try:
-            if self.cas is not None:
+            if self.cas is not None and self.connection is not None:
                 # One round trip when the connection that stored the lock proves
                 # the server has not restarted; otherwise compare the token.
                 done = self.server.call(
@@ -270,13 +273,14 @@ class MemcachedLease(Lease):
                     self.successor = done[1]
                     return True
             found = self.server.call(ClientPool.gets_values, key, key + WANT_SUFFIX)
-            stored, cas = found.get(key, (None, None))
+            mine = found.get(key)
             want = found.get(key + WANT_SUFFIX)
             if want is not None:
                 self.successor = want[0]
-            if not carries_token(stored, self.token):
+            if mine is None or not carries_token(mine[0], self.token):
                 self.note_write = None  # the lock is no longer ours: a newer holder's note must stay
                 return False
+            stored, cas = mine
             self._write_note_now()
             return bool(self.server.call(ClientPool.cas_value, key, stored, cas, -1))
         except BackendUnavailable:
@@ -298,9 +302,10 @@ class MemcachedLease(Lease):
             self.server.call(ClientPool.set, write.key, write.value, expire=write.expire, noreply=False)
 
     def _renew(self, ttl: float) -> bool:
-        stored, cas = self.server.call(ClientPool.gets_values, self.key).get(self.key, (None, None))
-        if not carries_token(stored, self.token):
+        found = self.server.call(ClientPool.gets_values, self.key).get(self.key)
+        if found is None or not carries_token(found[0], self.token):
             return False
+        stored, cas = found
         value = renewed_value(stored, ttl)
         self.cas = self.connection = None
         if self.server.call(ClientPool.cas_value, self.key, value, cas, store_ttl(ttl)):
@@ -314,6 +319,7 @@ class MemcachedBackend(Backend):
     """Locks in one or several memcached servers."""
 
     kind = "memcached"
+    commit_gate: MemcachedCommitGate
 
     def __init__(
         self,
@@ -365,7 +371,7 @@ class MemcachedBackend(Backend):
         token = new_token()
         value = encode_value(token, ttl)
         sent = time.monotonic()
-        lease = None
+        lease: MemcachedLease | None = None
         read: tuple[bytes | None, bytes | None] | None = None
         try:
             try:
@@ -407,7 +413,7 @@ class MemcachedBackend(Backend):
         """This store keeps the waiter announcements itself."""
         return self
 
-    def peek_want(self, name: str):
+    def peek_want(self, name: str) -> tuple[bool, Want | None, bytes | None]:
         """One round trip: (is the lock held, the waiter announcement or None, its cas)."""
         key = self.prefix + name
         found = self.server_for(name).call(ClientPool.gets_many, (key, key + WANT_SUFFIX))
@@ -416,17 +422,20 @@ class MemcachedBackend(Backend):
             return key in found, None, None
         return key in found, Want.decode(want[0]), want[1]
 
-    def hand_record_over(self, lease: MemcachedLease, thread: threading.Thread, ttl: float):
+    def hand_record_over(self, lease: Lease, thread: threading.Thread, ttl: float) -> Want | Literal[False] | None:
         """Rewrite ``lease``'s record for ``thread`` and lease ``ttl``, reading the announcement.
 
         One round trip, only while the lease's cas is provably current (see
         ``ClientPool.delete_if_unchanged``).  Returns the announcement (a Want
-        or None), or False when the record could not be rewritten that way.
+        or None), or False when the record could not be rewritten that way
+        (also for a lease of another store: ``waiting.hand_over`` passes only this store's).
         """
+        if not isinstance(lease, MemcachedLease):
+            return False
         value = encode_value(lease.token, ttl, thread=thread)
         key = lease.key
         with lease._guard:  # not while a renewal rewrites the record
-            if lease.cas is None or not lease.held:
+            if lease.cas is None or lease.connection is None or not lease.held:
                 return False
             sent = time.monotonic()
             answer = lease.server.call(
@@ -439,7 +448,7 @@ class MemcachedBackend(Backend):
             lease.value, lease.cas, lease.ttl, lease.deadline = value, answer[0], ttl, sent + shortest_life(ttl)
         return Want.decode(answer[1]) if answer[1] else None
 
-    def put_want(self, name: str, value: bytes, cas, add: bool) -> bool:
+    def put_want(self, name: str, value: bytes, cas: bytes | None, add: bool) -> bool:
         """Store a waiter announcement: ``add`` it, or replace the one read with ``cas``."""
         server = self.server_for(name)
         key = self.prefix + name + WANT_SUFFIX
@@ -457,30 +466,36 @@ class MemcachedBackend(Backend):
             return False
         return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
 
-    def defer_note(self, lease: MemcachedLease, value: bytes) -> bool:
+    def defer_note(self, lease: Lease, value: bytes) -> bool:
         """Store ``value`` as the note of ``lease``'s lock in front of its release (or hand-over): one round trip less.
 
         Stored before the lock is freed, as by ``set_note``: in the release's request when its cas proves
-        the lock still ours, else in a request of its own just before."""
+        the lock still ours, else in a request of its own just before.  False (store it now yourself) for
+        a lease of another store (zlock asks only for this store's)."""
+        if not isinstance(lease, MemcachedLease):
+            return False
         lease.note_write = Write(self.prefix + lease.name + NOTE_SUFFIX, value, NOTE_TTL)
         return True
 
-    def note_read_at_acquire(self, lease: MemcachedLease) -> tuple[bool, bytes | None]:
+    def note_read_at_acquire(self, lease: Lease) -> tuple[bool, bytes | None]:
         """(True, the note) if the ``add`` that took ``lease`` found no optimistic commit passing, else (False, None).
 
         Spares a new holder the round trip of ``commit_gate.drain``: the
         ``add`` read the counter and the note after it stored the lock, so no
         commit entered the gate since.  Not when the counter and the note
         were both missing (the server may have restarted: ``drain`` decides),
-        nor for a lease handed over by another thread.
+        nor for a lease handed over by another thread, nor for a lease of another store.
         """
+        if not isinstance(lease, MemcachedLease):
+            return False, None
         read, lease.read_at_acquire = lease.read_at_acquire, None
         if read is None or read == (None, None) or (read[0] is not None and int(read[0]) > 0):
             return False, None
         return True, read[1]
 
     def get_note(self, name: str) -> bytes | None:
-        return self.server_for(name).call(ClientPool.get, self.prefix + name + NOTE_SUFFIX)
+        note: bytes | None = self.server_for(name).call(ClientPool.get, self.prefix + name + NOTE_SUFFIX)
+        return note
 
     def set_note(self, name: str, value: bytes) -> None:
         self.server_for(name).call(ClientPool.set, self.prefix + name + NOTE_SUFFIX, value, expire=NOTE_TTL,
@@ -488,19 +503,7 @@ class MemcachedBackend(Backend):
 
     def list_locks(self) -> list[Holder]:
         """Every lock in every reachable server (``lru_crawler metadump``)."""
-        holders: list[Holder] = []
-        for server in self.servers:
-            keys = [
-                k for k in metadump_keys(server.address)
-                if k.startswith(self.prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX, GATE_SUFFIX))
-            ]
-            for start in range(0, len(keys), 100):
-                values = server.call(ClientPool.get_many, keys[start : start + 100])
-                for key, value in values.items():
-                    key = key.decode() if isinstance(key, bytes) else key
-                    holder = decode_value(key[len(self.prefix):], value, self.kind)
-                    if holder is not None:
-                        holders.append(holder)
+        holders = [holder for server in self.servers for holder in _locks_in(server, self.prefix, self.kind)]
         holders.sort(key=lambda h: h.acquired)
         return holders
 
@@ -512,8 +515,25 @@ class MemcachedBackend(Backend):
                 logger.debug("closing client for %s failed", server, exc_info=True)
 
 
+def _locks_in(server: MemcachedServer, prefix: str, kind: str) -> list[Holder]:
+    """The locks (keys starting with ``prefix``) in one server, read with ``lru_crawler metadump``."""
+    keys = [
+        k for k in metadump_keys(server.address)
+        if k.startswith(prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX, GATE_SUFFIX))
+    ]
+    holders: list[Holder] = []
+    for start in range(0, len(keys), 100):
+        values = server.call(ClientPool.get_many, keys[start : start + 100])
+        for key, value in values.items():
+            key = key.decode() if isinstance(key, bytes) else key
+            holder = decode_value(key[len(prefix):], value, kind)
+            if holder is not None:
+                holders.append(holder)
+    return holders
+
+
 def _resolve_unknown_add(server: MemcachedServer, key: str, value: bytes, token: str, ttl: float,
-                        failure: BackendUnavailable) -> tuple[bool, bytes | None, object]:
+                        failure: BackendUnavailable) -> tuple[bool, bytes | None, Connection | None]:
     """Find out whether an add whose answer timed out stored the lock: (stored, cas, connection).
 
     Reads the key: our token means stored (ours), another token means not
@@ -556,7 +576,7 @@ def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0)
     """
     if address.path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: object = address.path
+        target: str | tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes] = address.path
     else:
         info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from zope.interface import implementer
 
@@ -49,8 +49,29 @@ GATE_TTL = 60
 #: What memcached's ``stats`` uptime says right after a start (1.6.18 counts from two seconds before).
 UPTIME_AT_START = 2
 
+T = TypeVar("T")
+P = ParamSpec("P")
 
-def _uptime(server: Any) -> float:
+
+class Server(Protocol):
+    """What a gate asks of ``memcached.MemcachedServer`` (not imported: that module imports this one)."""
+
+    def call(self, method: Callable[Concatenate[ClientPool, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """``method(pool, *args, **kw)``; BackendUnavailable if the server cannot be reached."""
+
+
+class Store(Protocol):
+    """What a gate asks of ``memcached.MemcachedBackend``: its key prefix and the server of a lock."""
+
+    @property
+    def prefix(self) -> str:
+        """The namespace of the store's keys."""
+
+    def server_for(self, name: str) -> Server:
+        """The server that holds lock ``name``."""
+
+
+def _uptime(server: Server) -> float:
     """Seconds the server has been up (0 if it does not say: then it may just have restarted)."""
     try:
         return float(server.call(ClientPool.stats).get(b"uptime", 0))
@@ -67,7 +88,7 @@ class MemcachedCommitPass(CommitPass):
 
     __slots__ = ("server", "gate", "note_key", "note_ttl", "note_cas")
 
-    def __init__(self, server: Any, gate: bytes, note_key: bytes, note_ttl: int,
+    def __init__(self, server: Server, gate: bytes, note_key: bytes, note_ttl: int,
                  note: bytes | None, note_cas: bytes | None) -> None:
         super().__init__(note)
         self.server, self.gate, self.note_key, self.note_ttl, self.note_cas = server, gate, note_key, note_ttl, note_cas
@@ -96,7 +117,7 @@ class MemcachedCommitPass(CommitPass):
 class MemcachedCommitGate:
     """The commit gates of a memcached store, one counter per lock name."""
 
-    def __init__(self, backend: Any, note_suffix: str, note_ttl: int) -> None:
+    def __init__(self, backend: Store, note_suffix: str, note_ttl: int) -> None:
         self.backend = backend
         self.note_suffix = note_suffix.encode("ascii")
         self.note_ttl = note_ttl
@@ -127,7 +148,7 @@ class MemcachedCommitGate:
         server = self.backend.server_for(name)
         _, gate, note_key = self._keys(name)
         request = b"mg %s v\r\nmg %s v\r\n" % (gate, note_key)
-        last: list = []
+        last: list[bytes | None] = []
 
         def empty() -> bool:
             last[:] = [answer for _, answer in server.call(ClientPool.meta, request, 2)]
@@ -137,7 +158,7 @@ class MemcachedCommitGate:
             server.call(ClientPool.meta, _meta_set(gate, b"0", b"T%d" % GATE_TTL), 1)
             gate_not_drained(logger, "optimistic commits of lock %s still counted (%s) after %.1fs: counter "
                              "reset (a process may have died during a commit; ZODB's conflict detection "
-                             "still guards this one)", name, int(last[0]), timeout)
+                             "still guards this one)", name, int(last[0] or 0), timeout)  # a count: not empty
         elif last == [None, None]:
             wait = timeout + UPTIME_AT_START - _uptime(server)
             if wait > 0:

@@ -21,11 +21,13 @@ stay pymemcache's; its exception classes report protocol errors.
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
+import socket
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal, NoReturn, TypeVar
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import (
@@ -40,11 +42,20 @@ MAX_IDLE = 64
 
 _pools: weakref.WeakSet[ClientPool] = weakref.WeakSet()
 
+T = TypeVar("T")
+
+
+class _Sentinel(enum.Enum):
+    NOT_THERE = enum.auto()
+
+
 #: Returned by ``_exchange_on`` when the connection asked for is not available.
-_NOT_THERE = object()
+_NOT_THERE: Final = _Sentinel.NOT_THERE
 
 #: The client and the socket that carried a command (see ``delete_if_unchanged``).
-Connection = tuple[Client, Any]
+Connection = tuple[Client, socket.socket]
+#: Parses an answer off a socket, from what was read so far (``buf``, consumed as it goes).
+Reader = Callable[[socket.socket, bytearray], T]
 
 
 def _client_method(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +80,8 @@ class ClientPool:
 
     @property
     def default_noreply(self) -> bool:
-        return self.client_kw.get("default_noreply", True)
+        noreply: bool = self.client_kw.get("default_noreply", True)
+        return noreply
 
     @property
     def connect_timeout(self) -> float | None:
@@ -94,7 +106,7 @@ class ClientPool:
         else:
             client.close()
 
-    def _run(self, method: Callable[..., Any], args: tuple, kw: dict) -> Any:
+    def _run(self, method: Callable[..., T], args: tuple[object, ...], kw: dict[str, object]) -> T:
         """``method(client, *args, **kw)`` (a pymemcache Client method) on a pooled client."""
         client = self._checkout()
         try:
@@ -105,7 +117,7 @@ class ClientPool:
         self._checkin(client)
         return result
 
-    def _exchange(self, request: bytes, read: Any) -> tuple[Any, Connection]:
+    def _exchange(self, request: bytes, read: Reader[T]) -> tuple[T, Connection]:
         """Send ``request`` on a pooled connection, parse the answer with ``read(sock, buf)``.
 
         Returns the answer and the connection that carried it.
@@ -146,7 +158,8 @@ class ClientPool:
             return False, None, None, values
         _raise_for(line)
 
-    def _exchange_on(self, connection: Connection, request: bytes, read: Any) -> Any:
+    def _exchange_on(self, connection: Connection, request: bytes, read: Reader[T]
+                     ) -> T | Literal[_Sentinel.NOT_THERE]:
         """Like ``_exchange``, but only over ``connection``; _NOT_THERE if it is busy or closed.
 
         A cas is only proof of identity on the connection that stored the item:
@@ -162,7 +175,7 @@ class ClientPool:
             return _NOT_THERE
         return self._send_and_read(client, sock, request, read)
 
-    def _send_and_read(self, client: Client, sock: Any, request: bytes, read: Any) -> Any:
+    def _send_and_read(self, client: Client, sock: socket.socket, request: bytes, read: Reader[T]) -> T:
         """Send ``request`` on ``client``'s socket and parse the answer; a client that failed is closed, not reused."""
         try:
             sock.sendall(request)
@@ -279,7 +292,7 @@ def _first(write: Write | None) -> bytes:
     return write.command() if write is not None else b""
 
 
-def _after(write: Write | None, read: Any) -> Any:
+def _after(write: Write | None, read: Reader[T]) -> Reader[T]:
     """``read``, after the answer to ``write`` (if any) is taken off the connection into ``write.stored``.
 
     A refusal of the write (a SERVER_ERROR, say) does not fail the request it precedes.
@@ -287,14 +300,14 @@ def _after(write: Write | None, read: Any) -> Any:
     if write is None:
         return read
 
-    def read_after(sock: Any, buf: bytearray) -> Any:
+    def read_after(sock: socket.socket, buf: bytearray) -> T:
         write.stored = _read_line(sock, buf).startswith(b"HD")
         return read(sock, buf)
 
     return read_after
 
 
-def _receive(sock: Any, buf: bytearray) -> None:
+def _receive(sock: socket.socket, buf: bytearray) -> None:
     """Append what the server sent next to ``buf``; a closed connection is an error."""
     chunk = sock.recv(65536)
     if not chunk:
@@ -302,7 +315,7 @@ def _receive(sock: Any, buf: bytearray) -> None:
     buf += chunk
 
 
-def _read_line(sock: Any, buf: bytearray) -> bytes:
+def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
     while True:
         end = buf.find(b"\r\n")
         if end >= 0:
@@ -312,7 +325,7 @@ def _read_line(sock: Any, buf: bytearray) -> bytes:
         _receive(sock, buf)
 
 
-def _read_data(sock: Any, buf: bytearray, size: int) -> bytes:
+def _read_data(sock: socket.socket, buf: bytearray, size: int) -> bytes:
     """A data block of ``size`` bytes and its CRLF, taken off ``buf``; returns the data."""
     while len(buf) < size + 2:
         _receive(sock, buf)
@@ -326,7 +339,7 @@ def cas_flag(status: bytes) -> bytes | None:
     return next((flag[1:] for flag in status.split()[1:] if flag.startswith(b"c")), None)
 
 
-def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | None]:
+def _read_status_and_value(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytes | None]:
     """The answers to a meta command pipelined with ``mg ... v``: (its status line, the value or None)."""
     deleted = _read_line(sock, buf)
     found = _read_line(sock, buf)
@@ -337,7 +350,7 @@ def _read_status_and_value(sock: Any, buf: bytearray) -> tuple[bytes, bytes | No
     return deleted, _read_data(sock, buf, int(found.split()[1]))
 
 
-def _read_meta_answers(count: int, sock: Any, buf: bytearray) -> list[tuple[bytes, bytes | None]]:
+def _read_meta_answers(count: int, sock: socket.socket, buf: bytearray) -> list[tuple[bytes, bytes | None]]:
     """``count`` meta answers: a value (``VA``) with its status line, or a bare status (HD, EN, NS, EX, NF)."""
     answers: list[tuple[bytes, bytes | None]] = []
     for _ in range(count):
@@ -351,7 +364,7 @@ def _read_meta_answers(count: int, sock: Any, buf: bytearray) -> list[tuple[byte
     return answers
 
 
-def _raise_for(line: bytes) -> None:
+def _raise_for(line: bytes) -> NoReturn:
     if line.startswith(b"SERVER_ERROR"):
         raise MemcacheServerError(line[13:].decode("ascii", "replace"))
     if line.startswith(b"CLIENT_ERROR"):
@@ -359,7 +372,7 @@ def _raise_for(line: bytes) -> None:
     raise MemcacheUnknownError(line[:200].decode("ascii", "replace"))
 
 
-def _read_stored(sock: Any, buf: bytearray) -> bool | None:
+def _read_stored(sock: socket.socket, buf: bytearray) -> bool | None:
     line = _read_line(sock, buf)
     if line == b"STORED":
         return True
@@ -370,7 +383,7 @@ def _read_stored(sock: Any, buf: bytearray) -> bool | None:
     _raise_for(line)
 
 
-def _read_values(sock: Any, buf: bytearray) -> dict[str, tuple[bytes, bytes]]:
+def _read_values(sock: socket.socket, buf: bytearray) -> dict[str, tuple[bytes, bytes]]:
     found: dict[str, tuple[bytes, bytes]] = {}
     while True:
         line = _read_line(sock, buf)

@@ -51,8 +51,8 @@ class Holder:
         """Seconds until the lease runs out unless renewed."""
         return max(0.0, self.expires - time.time())
 
-    def as_dict(self) -> dict:
-        data = dataclasses.asdict(self)
+    def as_dict(self) -> dict[str, str | int | float]:
+        data: dict[str, str | int | float] = dataclasses.asdict(self)
         data["age"] = round(self.age, 3)
         data["ttl_left"] = round(self.ttl_left, 3)
         return data

@@ -37,13 +37,86 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, NoReturn, TypedDict
 
 from .servers import MemcachedServer
+
+if TYPE_CHECKING:
+    import multiprocessing.synchronize
+
+    from pymemcache.client.base import Client
+
+    from ..backends.base import Backend
 
 #: memcached ``stats`` counters that each count one request (a key of a multi-get counts once).
 REQUEST_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses",
                     "incr_hits", "incr_misses", "decr_hits", "decr_misses")
+
+
+class FileLatency(TypedDict, total=False):
+    """The file store's part of ``latency``: microseconds per pair, medians and per round."""
+
+    file_raw_us: float
+    file_ours_us: float
+    file_ratio: float
+    file_raw_rounds_us: list[float]
+    file_ours_rounds_us: list[float]
+    file_ratio_rounds: list[float]
+
+
+class Latency(FileLatency):
+    """What ``latency`` measures: memcached's part, and the file store's unless left out."""
+
+    raw_us: float
+    ours_us: float
+    raw_rounds_us: list[float]
+    ours_rounds_us: list[float]
+    ratio: float
+    ratio_rounds: list[float]
+
+
+class Turns(TypedDict):
+    """What ``analyse_turns`` finds in the turns of a handoff run."""
+
+    turns: int
+    handoffs: int
+    alternated: int
+    alternation: float
+    shares: dict[int, int]
+    p50_ms: float
+    p99_ms: float
+    max_gap_ms: float
+
+
+class Handoff(Turns):
+    """One ``handoff`` run: its turns analysed, and how it ran."""
+
+    mode: str
+    kind: str
+    hold_ms: float
+
+
+class Waiting(TypedDict):
+    """One ``waiting_load`` run: the waiters and the requests per second they cost."""
+
+    processes: int
+    threads: int
+    wait_s: float
+    requests: int
+    early_per_s: float
+    late_per_s: float
+    early_per_s_per_process: float
+    late_per_s_per_process: float
+
+
+class Report(TypedDict, total=False):
+    """What ``bench`` ran, as printed with ``--json``."""
+
+    latency: Latency
+    handoff: list[Handoff]
+    waiting: list[Waiting]
+    missed_goals: list[str]
 
 
 # -- a private memcached -------------------------------------------------------------------
@@ -81,7 +154,7 @@ def request_count(address: str) -> int:
     return sum(stats.get(name, 0) for name in REQUEST_COUNTERS)
 
 
-def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None):
+def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None) -> Backend:
     from ..config import Settings, parse_servers
     from ..registry import make_backend
 
@@ -91,7 +164,7 @@ def _backend(address: str, kind: str = "memcached", lock_dir: str | None = None)
     return make_backend(settings)
 
 
-def _raw_client(address: str):
+def _raw_client(address: str) -> Client:
     from pymemcache.client.base import Client
 
     return Client(_host_port(address), no_delay=True, default_noreply=False,
@@ -100,13 +173,13 @@ def _raw_client(address: str):
 
 # -- latency ------------------------------------------------------------------------------
 
-def _per_op(fn, n: int) -> float:
+def _per_op(fn: Callable[[int], None], n: int) -> float:
     start = time.perf_counter()
     fn(n)
     return (time.perf_counter() - start) / n
 
 
-def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = True) -> dict:
+def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = True) -> Latency:
     """Uncontended acquire+release (ours) against raw add+delete, in microseconds.
 
     The two alternate in ``rounds`` rounds of ``n`` pairs; the median round
@@ -136,22 +209,24 @@ def latency(address: str, n: int = 2000, rounds: int = 5, file_backend: bool = T
     for _ in range(rounds):
         results["raw"].append(_per_op(raw_pairs, n))
         results["ours"].append(_per_op(our_pairs, n))
-    out = {
-        "raw_us": statistics.median(results["raw"]) * 1e6,
-        "ours_us": statistics.median(results["ours"]) * 1e6,
+    raw_us = statistics.median(results["raw"]) * 1e6
+    ours_us = statistics.median(results["ours"]) * 1e6
+    out: Latency = {
+        "raw_us": raw_us,
+        "ours_us": ours_us,
         "raw_rounds_us": [round(x * 1e6, 1) for x in results["raw"]],
         "ours_rounds_us": [round(x * 1e6, 1) for x in results["ours"]],
+        "ratio": ours_us / raw_us,
+        "ratio_rounds": [round(o / r, 3) for o, r in zip(results["ours"], results["raw"], strict=True)],
     }
-    out["ratio"] = out["ours_us"] / out["raw_us"]
-    out["ratio_rounds"] = [round(o / r, 3) for o, r in zip(results["ours"], results["raw"], strict=True)]
     raw.close()
     backend.close()
     if file_backend:
-        out.update(_file_latency(n, rounds))
+        out = {**out, **_file_latency(n, rounds)}
     return out
 
 
-def _file_latency(n: int, rounds: int) -> dict:
+def _file_latency(n: int, rounds: int) -> FileLatency:
     from ..backends.file import FileBackend
     from ..locks import Lock
 
@@ -172,7 +247,8 @@ def _file_latency(n: int, rounds: int) -> dict:
                 lock.acquire()
                 lock.release()
 
-        raw_t, ours_t = [], []
+        raw_t: list[float] = []
+        ours_t: list[float] = []
         for _ in range(rounds):
             raw_t.append(_per_op(raw_pairs, n))
             ours_t.append(_per_op(our_pairs, n))
@@ -186,8 +262,8 @@ def _file_latency(n: int, rounds: int) -> dict:
 
 # -- handoff ------------------------------------------------------------------------------
 
-def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at: float,
-                 hold: float, key: str, events: list | None = None) -> list[tuple[float, float, int]]:
+def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at: float, hold: float, key: str,
+                 events: list[tuple[float, float, int]] | None = None) -> list[tuple[float, float, int]]:
     """Loop acquire / hold / release until ``stop_at``; return (acquired, released, worker) per turn."""
     out: list[tuple[float, float, int]] = [] if events is None else events
     if kind == "raw":
@@ -224,14 +300,14 @@ def _turn_worker(address: str, kind: str, worker: int, start_at: float, stop_at:
             return out
 
 
-_SHARED_BACKEND: dict[str, object] = {}
+_SHARED_BACKEND: dict[str, Backend] = {}
 
 
-def _process_worker(args: tuple) -> list:
+def _process_worker(args: tuple[str, str, int, float, float, float, str]) -> list[tuple[float, float, int]]:
     return _turn_worker(*args)
 
 
-def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) -> dict:
+def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) -> Turns:
     """Handoff latencies, alternation and starvation from (acquired, released, worker) turns.
 
     A handoff is a turn taken by another worker than the turn before; its
@@ -272,7 +348,7 @@ def analyse_turns(events: Sequence[tuple[float, float, int]], workers: int = 2) 
 
 
 def handoff(address: str, mode: str = "process", kind: str = "ours", duration: float = 0.4,
-            hold: float = 0.005) -> dict:
+            hold: float = 0.005) -> Handoff:
     """Two workers taking turns on one key for ``duration`` seconds; see ``analyse_turns``."""
     key = "bench:handoff:%s:%s:%s" % (mode, kind, os.urandom(4).hex())
     if mode == "process":
@@ -287,7 +363,7 @@ def handoff(address: str, mode: str = "process", kind: str = "ours", duration: f
         if kind == "ours":
             _SHARED_BACKEND[address] = _backend(address, "memcached")
         try:
-            events_list: list = []
+            events_list: list[tuple[float, float, int]] = []
             start_at = time.monotonic() + 0.05
             threads = [threading.Thread(target=_turn_worker,
                                         args=(address, kind, w, start_at, start_at + duration, hold, key, events_list))
@@ -301,8 +377,7 @@ def handoff(address: str, mode: str = "process", kind: str = "ours", duration: f
             backend = _SHARED_BACKEND.pop(address, None)
             if backend is not None:
                 backend.close()
-    result = analyse_turns(events)
-    result.update(mode=mode, kind=kind, hold_ms=hold * 1e3)
+    result: Handoff = {**analyse_turns(events), "mode": mode, "kind": kind, "hold_ms": hold * 1e3}
     return result
 
 
@@ -312,7 +387,8 @@ def _noop(_: int) -> None:
 
 # -- load while waiting -------------------------------------------------------------------
 
-def _waiting_process(address: str, key: str, threads: int, wait: float, ready) -> int:
+def _waiting_process(address: str, key: str, threads: int, wait: float,
+                     ready: multiprocessing.synchronize.Event) -> int:
     """``threads`` threads of this process wait ``wait`` seconds for ``key``; return how many got it."""
     from ..locks import Lock
 
@@ -336,7 +412,7 @@ def _waiting_process(address: str, key: str, threads: int, wait: float, ready) -
 
 
 def waiting_load(address: str, processes: int = 4, threads: int = 1, wait: float = 2.0,
-                 first: float = 0.2) -> dict:
+                 first: float = 0.2) -> Waiting:
     """Requests per second while ``processes`` x ``threads`` waiters wait for a held key.
 
     The holder takes the key first and keeps it past the wait, so every
@@ -390,7 +466,7 @@ def _spread(values: Sequence[float], digits: int = 1) -> str:
     return " / ".join(_fmt(v, digits) for v in (min(values), statistics.median(values), max(values)))
 
 
-def print_latency(result: dict, out=sys.stdout) -> None:
+def print_latency(result: Latency, out: IO[str] = sys.stdout) -> None:
     rounds = len(result["raw_rounds_us"])
     print("Uncontended acquire+release, %d rounds (min / median / max over rounds)" % rounds, file=out)
     print("| | us per pair | ratio to raw |", file=out)
@@ -405,7 +481,7 @@ def print_latency(result: dict, out=sys.stdout) -> None:
             _spread(result["file_ours_rounds_us"]), _spread(result["file_ratio_rounds"], 2)), file=out)
 
 
-def print_handoff(results: list[dict], out=sys.stdout) -> None:
+def print_handoff(results: list[Handoff], out: IO[str] = sys.stdout) -> None:
     print("Handoff: two workers take turns (hold %.0f ms)" % results[0]["hold_ms"], file=out)
     print("| workers | lock | p50 ms | p99 ms | alternated | shares | longest wait ms |", file=out)
     print("|---|---|---|---|---|---|---|", file=out)
@@ -417,7 +493,7 @@ def print_handoff(results: list[dict], out=sys.stdout) -> None:
             100 * r["alternation"], "/".join(str(v) for v in r["shares"].values()), _fmt(r["max_gap_ms"])), file=out)
 
 
-def print_waiting(results: list[dict], out=sys.stdout) -> None:
+def print_waiting(results: list[Waiting], out: IO[str] = sys.stdout) -> None:
     print("Load while waiting for a held key (memcached requests per second)", file=out)
     print("| waiters | first %.1f s | rest of wait | per process (first / rest) |" % 0.2, file=out)
     print("|---|---|---|---|", file=out)
@@ -427,7 +503,7 @@ def print_waiting(results: list[dict], out=sys.stdout) -> None:
             _fmt(r["early_per_s_per_process"], 0), _fmt(r["late_per_s_per_process"], 0)), file=out)
 
 
-def missed_goals(report: dict) -> list[str]:
+def missed_goals(report: Report) -> list[str]:
     """The goals (of the project's brief) the figures in ``report`` miss, each with its figure."""
     missed = []
     if "latency" in report and report["latency"]["ratio"] > 1.6:
@@ -447,7 +523,7 @@ def missed_goals(report: dict) -> list[str]:
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit 2) instead of argparse's usage block."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         from .cliargs import EXIT_USAGE, CommandError
 
         raise CommandError("%s (see memcachedlock bench --help)" % message, EXIT_USAGE)
@@ -512,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except RuntimeError as exc:
                 raise BackendUnavailable(str(exc)) from None
         _answering(address)
-        report: dict = {}
+        report: Report = {}
         try:
             if args.what in ("latency", "all"):
                 report["latency"] = latency(address, args.n, args.rounds)
@@ -534,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if args.check and missed else 0
 
 
-def _print_report(report: dict, missed: list[str], as_json: bool, check: bool) -> None:
+def _print_report(report: Report, missed: list[str], as_json: bool, check: bool) -> None:
     """The tables (or JSON), and with ``check`` the goals missed."""
     if as_json:
         if check:

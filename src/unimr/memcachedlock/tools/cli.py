@@ -37,7 +37,6 @@ variables' rule: an empty option is not given, a bad one is refused naming it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import logging
@@ -47,11 +46,14 @@ import socket
 import sys
 import time
 import unicodedata
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, TypeAlias, TypedDict
 from urllib.parse import unquote
 
-from ..backends.memcached import server_command
+from ..backends.base import Backend
+from ..backends.fallback import FallbackBackend
+from ..backends.file import FileBackend
+from ..backends.memcached import MemcachedBackend, server_command
 from ..backends.pool import ClientPool
 from ..backends.records import Holder, token_of
 from ..config import BACKEND_KINDS, ServerAddress, Settings, is_unset
@@ -69,12 +71,17 @@ from .cliargs import (
     _seconds_arg,
 )
 
+if TYPE_CHECKING:
+    from .zopeconf import InstanceConfig
+
 logger = logging.getLogger(__name__)
 
 #: Unicode categories escaped by ``clean``: controls, format (bidi overrides), separators, surrogates.
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 #: What a lock name (``keys.lock_name``) is made of.
 _NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{0,200}")
+#: The stores ``make_store`` builds; the commands tell them apart by class to reach a kind's own parts.
+Store: TypeAlias = "MemcachedBackend | FileBackend | FallbackBackend"
 
 # --------------------------------------------------------------------------- helpers
 
@@ -113,8 +120,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
     env = instance.environ(dict(os.environ)) if instance else dict(os.environ)
     for option, variable in (("servers", "MEMCACHEDLOCK_SERVERS"), ("backend", "MEMCACHEDLOCK_BACKEND"),
                              ("dir", "MEMCACHEDLOCK_DIR")):
-        value = getattr(args, option, None)
-        if not is_unset(value):
+        value: str | None = getattr(args, option, None)
+        if value is not None and not is_unset(value):
             env[variable] = value
             if instance:
                 instance.store.pop(_STORE_ATTRIBUTES.get(option, option), None)
@@ -126,7 +133,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
                                      % (instance.store_file, ", ".join(unknown)))
         changes = {_STORE_FIELDS[name]: value for name, value in instance.store.items() if not is_unset(value)}
         try:
-            settings = dataclasses.replace(settings, **changes)
+            settings = settings.replace(**changes)
         except ConfigurationError as exc:
             raise ConfigurationError("<memcachedlock:store> in %s: %s" % (instance.store_file, exc)) from None
     return settings
@@ -141,12 +148,12 @@ _STORE_FIELDS = {"backend": "backend", "servers": "servers", "dir": "lock_dir", 
 _STORE_ATTRIBUTES = {"servers": "servers", "backend": "backend", "dir": "dir"}
 
 
-def instance_config(args: argparse.Namespace):
+def instance_config(args: argparse.Namespace) -> InstanceConfig | None:
     """What ``--zope-conf`` says (read once per command), or None without it."""
-    path = getattr(args, "zope_conf", None)
-    if is_unset(path):
+    path: str | None = getattr(args, "zope_conf", None)
+    if path is None or is_unset(path):
         return None
-    cached = getattr(args, "_instance", None)
+    cached: InstanceConfig | None = getattr(args, "_instance", None)
     if cached is None:
         from .zopeconf import read_zope_conf
 
@@ -162,12 +169,8 @@ def describe_store(settings: Settings) -> str:
     return "%s (prefix %s)" % (where, settings.prefix)
 
 
-def make_store(settings: Settings):
+def make_store(settings: Settings) -> Store:
     """The store the settings name, for inspection: its lock directory is checked, never created."""
-    from ..backends.fallback import FallbackBackend
-    from ..backends.file import FileBackend
-    from ..backends.memcached import MemcachedBackend
-
     if settings.backend == "memcached":
         return MemcachedBackend.from_settings(settings)
     files = FileBackend(settings.lock_dir, create=False)
@@ -206,7 +209,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequen
     return "\n".join(lines)
 
 
-def print_json(data, out: IO[str]) -> None:
+def print_json(data: Mapping[str, object] | Sequence[Mapping[str, object]], out: IO[str]) -> None:
     """JSON with ASCII escapes: a control character read from a store cannot reach the terminal raw."""
     json.dump(data, out, indent=2, sort_keys=True, ensure_ascii=True)
     out.write("\n")
@@ -229,31 +232,32 @@ def shown_key(name: str) -> str:
     return key if key is not None else "--name %s" % name
 
 
-def holder_json(holder: Holder) -> dict:
+def holder_json(holder: Holder) -> dict[str, str | int | float | None]:
     return dict(holder.as_dict(), key=key_of(holder.name))
 
 
 def target_name(args: argparse.Namespace) -> str:
     """The lock name the command line means: ``lock_name(KEY)``, or NAME given with ``--name``."""
-    if args.name:
+    name: str | None = args.name
+    if name:
         if args.key is not None:
             raise CommandError("give either KEY or --name NAME, not both", EXIT_USAGE)
-        if not _NAME.fullmatch(args.name):
-            raise CommandError("--name %s is not a lock name as `list` shows it" % clean(args.name), EXIT_USAGE)
-        return args.name
+        if not _NAME.fullmatch(name):
+            raise CommandError("--name %s is not a lock name as `list` shows it" % clean(name), EXIT_USAGE)
+        return name
     if args.key is None:
         raise CommandError("give the KEY (or --name NAME as `list` shows it)", EXIT_USAGE)
     return lock_name(args.key)
 
 
-def find_holder(store, name: str) -> Holder | None:
+def find_holder(store: Store, name: str) -> Holder | None:
     """``name``'s holder in ``store``; BackendUnavailable when the answer cannot be known.
 
     With the fallback store a lock held in the lock directory (taken during an
     outage) is found even while memcached is down; otherwise an unreachable
     memcached means "unknown", not "not locked".
     """
-    if store.kind != "fallback":
+    if not isinstance(store, FallbackBackend):
         return store.holder(name)
     try:
         found = store.primary.holder(name)
@@ -265,11 +269,11 @@ def find_holder(store, name: str) -> Holder | None:
     return found if found is not None else store.secondary.holder(name)
 
 
-def break_held(store, name: str, token: str) -> bool:
+def break_held(store: Store, name: str, token: str) -> bool:
     """Remove ``name``'s lock only while ``token``'s holder has it (compare-and-delete, every store)."""
-    if store.kind == "file":
+    if isinstance(store, FileBackend):
         return store.break_lock(name, token=token)
-    if store.kind == "fallback":
+    if isinstance(store, FallbackBackend):
         try:
             broken = _break_in_memcached(store.primary, name, token)
         except BackendUnavailable:
@@ -278,7 +282,7 @@ def break_held(store, name: str, token: str) -> bool:
     return _break_in_memcached(store, name, token)
 
 
-def _break_in_memcached(store, name: str, token: str) -> bool:
+def _break_in_memcached(store: MemcachedBackend, name: str, token: str) -> bool:
     """``gets`` then ``cas`` with exptime -1: removed only if the item still carries ``token``."""
     server = store.server_for(name)
     key = store.prefix + name
@@ -301,12 +305,12 @@ def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
     store = make_store(settings)
     holders: list[Holder] = []
     warnings: list[str] = []
-    parts = [store.primary, store.secondary] if store.kind == "fallback" else [store]
+    parts: list[Backend] = [store.primary, store.secondary] if isinstance(store, FallbackBackend) else [store]
     for part in parts:
         try:
             holders.extend(part.list_locks())
         except BackendUnavailable as exc:
-            if store.kind != "fallback":
+            if not isinstance(store, FallbackBackend):
                 raise
             warnings.append("%s; showing the lock directory only" % exc)
     holders.sort(key=lambda h: h.acquired)
@@ -353,7 +357,7 @@ def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-def passing_commits(store, name: str) -> int:
+def passing_commits(store: Backend, name: str) -> int:
     """How many optimistic commits pass the lock's commit gate now (0 if the store has no gate)."""
     gate = store.commit_gate
     if gate is None:
@@ -425,10 +429,44 @@ def _stats(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def check_server(address: ServerAddress, settings: Settings) -> dict:
+class _Reachability(TypedDict):
+    """Whether ``check`` reached a server, and the problems and warnings it found."""
+
+    server: str
+    reachable: bool
+    problems: list[str]
+    warnings: list[str]
+
+
+class ServerReport(_Reachability, total=False):
+    """What ``check`` says about one memcached server: with the figures of a reachable one."""
+
+    version: str
+    evictions: int
+    limit_maxbytes: int
+    temporary_ttl: int
+    evictions_enabled: bool
+    lru_crawler: bool
+    can_evict_locks: bool
+
+
+class _Problems(TypedDict):
+    problems: list[str]
+    servers: list[ServerReport]
+
+
+class CheckResult(_Problems, total=False):
+    """What ``check`` found, as printed with ``--json``."""
+
+    ok: bool
+    configuration: dict[str, str | float | list[str] | None]
+    lock_dir_ok: bool
+
+
+def check_server(address: ServerAddress, settings: Settings) -> ServerReport:
     """Reachability, version, evictions and eviction settings of one server, with problems found."""
     timeout = settings.connect_timeout + settings.io_timeout
-    report: dict = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
+    report: ServerReport = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
     try:
         version = _lines(address, b"version", timeout)
         stats = _stats(_lines(address, b"stats", timeout))
@@ -470,7 +508,7 @@ def check_server(address: ServerAddress, settings: Settings) -> dict:
     return report
 
 
-def _check_one_server(address: ServerAddress, settings: Settings, result: dict, lines: list[str]) -> None:
+def _check_one_server(address: ServerAddress, settings: Settings, result: CheckResult, lines: list[str]) -> None:
     """``check`` of one memcached server: its report into ``result``, its lines into ``lines``."""
     report = check_server(address, settings)
     result["servers"].append(report)
@@ -493,7 +531,7 @@ def _check_one_server(address: ServerAddress, settings: Settings, result: dict, 
 def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     from ..metrics import metrics_settings
 
-    result: dict = {"problems": [], "servers": []}
+    result: CheckResult = {"problems": [], "servers": []}
     try:
         settings = load_settings(args)
         instance = instance_config(args)
@@ -520,7 +558,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         for address in settings.servers:
             _check_one_server(address, settings, result, lines)
     if settings.backend in ("file", "fallback"):
-        from ..backends.file import prepare_lock_dir
+        from ..backends.lockdir import prepare_lock_dir
 
         try:
             state = "private"
@@ -587,11 +625,12 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
     rows = []
     for prefix, data in sorted(merged.items()):
         rows.append([
-            prefix, data["processes"], int(data["acquisitions"]), int(data["waits"]),
+            prefix, data["processes"], _count(data["acquisitions"]), _count(data["waits"]),
             seconds(data["wait_p50"]), seconds(data["wait_p99"]),
             seconds(data["hold_p50"]), seconds(data["hold_p99"]),
-            int(data["busy_retries"]), int(data["view_moves"]), int(data["timeouts"]), int(data["fallbacks"]),
-            int(data["lost"]), "%d/%d" % (data["to_locking"], data["to_optimistic"]),
+            _count(data["busy_retries"]), _count(data["view_moves"]), _count(data["timeouts"]),
+            _count(data["fallbacks"]), _count(data["lost"]),
+            "%d/%d" % (_count(data["to_locking"]), _count(data["to_optimistic"])),
         ])
     if not rows:
         out.write("no lock used in these snapshots\n")
@@ -601,6 +640,12 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
                         right=tuple(range(1, 14))) + "\n")
     _write_conflicts(conflicts, args.top, out)
     return EXIT_OK
+
+
+def _count(value: float | None) -> int:
+    """A counter of ``metrics.merge``: never None (``metrics.summarize`` gives every counter, 0 if none counted)."""
+    assert value is not None, "a merged counter is a number"
+    return int(value)
 
 
 def _write_conflicts(conflicts: dict[str, list[tuple[str, int, int]]], top: int, out: IO[str]) -> None:
@@ -653,7 +698,7 @@ def _milliseconds(text: str) -> float:
     return value
 
 
-def _add_demo(sub) -> None:
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``memcachedlock demo``."""
     from .demo import DEFAULT_CLIENTS, DEFAULT_TIMEOUT, DEFAULT_WORK_MS, DEFAULT_WRITES, STORE_CHOICES
 
@@ -677,7 +722,8 @@ def _add_demo(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def _add_store_commands(sub, store: argparse.ArgumentParser) -> None:
+def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                        store: argparse.ArgumentParser) -> None:
     """``list``, ``show``, ``break`` and ``check``: the commands that read a lock store."""
     listing = sub.add_parser("list", parents=[store], help="the locks held now",
                              description="List the locks held now: key, holder (host, pid, thread), age, "
@@ -709,7 +755,7 @@ def _add_store_commands(sub, store: argparse.ArgumentParser) -> None:
     check.set_defaults(func=cmd_check)
 
 
-def _add_stats_and_bench(sub) -> None:
+def _add_stats_and_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``stats`` and ``bench``."""
     stats = sub.add_parser("stats", help="merged lock metrics of all processes",
                            description="Read the metrics snapshots processes write into "
@@ -769,8 +815,9 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace, IO[str]], int] = args.func
     try:
-        return args.func(args, out)
+        return func(args, out)
     except CommandError as exc:
         code, message = exc.code, str(exc)
     except ConfigurationError as exc:

@@ -38,8 +38,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from types import FrameType, TracebackType
+from typing import IO, Any, NoReturn, Protocol
 
 from ..config import ServerAddress
 from .servers import free_port
@@ -94,8 +95,8 @@ class PhaseResult:
     def nothing_lost(self) -> bool:
         return self.final_count == self.expected == self.commits
 
-    def as_dict(self) -> dict:
-        data = dataclasses.asdict(self)
+    def as_dict(self) -> dict[str, str | float]:
+        data: dict[str, str | float] = dataclasses.asdict(self)
         data.update(
             expected=self.expected,
             wasted=self.wasted,
@@ -120,7 +121,13 @@ class _Counts:
     executions = 0
 
 
-def _update(root, name: str, lock_key: str, work_ms: float, counts: _Counts) -> None:
+class _Root(Protocol):
+    """The database root as the clients use it: hot objects by name, each a mapping with its count."""
+
+    def __getitem__(self, name: str) -> MutableMapping[str, int]: ...
+
+
+def _update(root: _Root, name: str, lock_key: str, work_ms: float, counts: _Counts) -> None:
     """One write to the hot object: read it, do the work, write the result."""
     counts.executions += 1
     hot = root[name]
@@ -129,7 +136,8 @@ def _update(root, name: str, lock_key: str, work_ms: float, counts: _Counts) -> 
     hot["count"] = value + 1
 
 
-def _lock_key(fun: Callable, root, name: str, lock_key: str, *args) -> str:
+def _lock_key(fun: Callable[[_Root, str, str, float, _Counts], None], root: _Root, name: str, lock_key: str,
+              *args: float | _Counts) -> str:
     return lock_key
 
 
@@ -167,7 +175,7 @@ def worker_main(argv: Sequence[str]) -> int:
     if args.mode == "zlock":
         update = zlock(_lock_key, timeout=30, interval=0.05)(_update)
 
-    def emit(**data) -> None:
+    def emit(**data: int | dict[str, int]) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
 
@@ -229,7 +237,7 @@ class LockStore:
     """The store the demo's clients use: its kind, the environment to give them, a description."""
 
     kind: str
-    env: dict
+    env: dict[str, str]
     description: str
 
 
@@ -247,7 +255,7 @@ class DemoSize:
         return self.clients * self.writes
 
 
-def _add_counts(result: PhaseResult, state: list[dict]) -> None:
+def _add_counts(result: PhaseResult, state: list[dict[str, int]]) -> None:
     """Sum the clients' figures into ``result``; conflicts are the attempts neither committed nor busy."""
     for counts in state:
         for field in ("commits", "attempts", "busy", "executions"):
@@ -295,24 +303,24 @@ class Workspace:
 
     def __init__(self) -> None:
         self.tmp = tempfile.mkdtemp(prefix="memcachedlock-demo-")
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def path(self, name: str) -> str:
         return os.path.join(self.tmp, name)
 
-    def spawn(self, args: list[str], **popen_kw: Any) -> subprocess.Popen:
+    def spawn(self, args: list[str], **popen_kw: Any) -> subprocess.Popen[bytes]:
         """A process in its own session, working in the temporary directory, stopped by ``close()``."""
         proc = subprocess.Popen(args, cwd=self.tmp, start_new_session=True, **popen_kw)
         self.procs.append(proc)
         return proc
 
-    def spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen:
+    def spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         """A server process logging to ``log_name``, which gets SIGTERM when the demo dies."""
         with open(self.path(log_name), "ab") as log:
             return self.spawn(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               preexec_fn=_die_with_parent)
 
-    def wait_listening(self, proc: subprocess.Popen, port: int, what: str, log_name: str,
+    def wait_listening(self, proc: subprocess.Popen[bytes], port: int, what: str, log_name: str,
                        timeout: float = 30.0) -> None:
         """Return once 127.0.0.1:``port`` accepts; DemoError with the log's last line if ``proc`` died or
         ``timeout`` passed."""
@@ -399,7 +407,7 @@ def _file_store(workspace: Workspace, why: str) -> LockStore:
     )
 
 
-def choose_store(workspace: Workspace, choice: str, environ: dict | None = None) -> LockStore:
+def choose_store(workspace: Workspace, choice: str, environ: Mapping[str, str] | None = None) -> LockStore:
     """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store.
 
     ``choice`` is ``--backend``: ``file`` takes the file store at once, ``memcached`` refuses to fall
@@ -488,8 +496,8 @@ def read_counts(port: int) -> dict[str, int]:
 class PhaseRun:
     """One run: releases the clients of one mode together and collects their JSON lines."""
 
-    def __init__(self, size: DemoSize, mode: str, workers: list[subprocess.Popen], progress: Progress,
-                 failure: Callable[[subprocess.Popen], str]) -> None:
+    def __init__(self, size: DemoSize, mode: str, workers: list[subprocess.Popen[bytes]], progress: Progress,
+                 failure: Callable[[subprocess.Popen[bytes]], str]) -> None:
         self.size, self.mode, self.workers = size, mode, workers
         self.progress, self.failure = progress, failure
         self.state = [dict(commits=0, attempts=0, busy=0, executions=0) for _ in workers]
@@ -503,6 +511,7 @@ class PhaseRun:
         deadline = time.monotonic() + self.size.timeout
         selector = selectors.DefaultSelector()
         for index, proc in enumerate(self.workers):
+            assert proc.stdout is not None  # the clients are started with stdout=PIPE
             selector.register(proc.stdout, selectors.EVENT_READ, index)
         try:
             while self.finished < len(self.workers):
@@ -516,6 +525,7 @@ class PhaseRun:
                 self._show_now_and_then()
             wall = time.monotonic() - self.started
             for proc in self.workers:
+                assert proc.stdin is not None  # the clients are started with stdin=PIPE
                 proc.stdin.close()
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
@@ -527,7 +537,7 @@ class PhaseRun:
 
     def _read(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         index = key.data
-        chunk = os.read(key.fileobj.fileno(), 65536)
+        chunk = os.read(key.fd, 65536)
         if not chunk:
             selector.unregister(key.fileobj)
             if "done" not in self.state[index]:
@@ -537,13 +547,14 @@ class PhaseRun:
         for line in lines:
             self._handle(index, json.loads(line))
 
-    def _handle(self, index: int, message: dict) -> None:
+    def _handle(self, index: int, message: dict[str, Any]) -> None:
         """One client's line: ready (all ready: go), a commit's running totals, or done."""
         if "ready" in message:
             self.ready += 1
             if self.ready == len(self.workers):
                 self.started = self.last_shown = time.monotonic()
                 for proc in self.workers:
+                    assert proc.stdin is not None  # the clients are started with stdin=PIPE
                     proc.stdin.write(b"go\n")
                     proc.stdin.flush()
         elif "done" in message:
@@ -611,13 +622,14 @@ class Demo:
         workers = self._start_clients(mode)
         return PhaseRun(self.size, mode, workers, self.progress, lambda proc: self._client_failure(mode, proc)).run()
 
-    def _client_env(self) -> dict:
+    def _client_env(self) -> dict[str, str]:
+        assert self.store is not None  # run() chooses it before it starts clients
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMCACHEDLOCK_")}
         env.update(self.store.env)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _start_clients(self, mode: str) -> list[subprocess.Popen]:
+    def _start_clients(self, mode: str) -> list[subprocess.Popen[bytes]]:
         """The client processes of one phase, each waiting for ``go`` on its stdin."""
         code = "import sys; from unimr.memcachedlock.tools.demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
         args = [sys.executable, "-c", code, "--zeo", str(self.zeo_port), "--mode", mode,
@@ -628,7 +640,7 @@ class Demo:
             return [self.workspace.spawn(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
                     for _ in range(self.size.clients)]
 
-    def _client_failure(self, mode: str, proc: subprocess.Popen) -> str:
+    def _client_failure(self, mode: str, proc: subprocess.Popen[bytes]) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         last = self.workspace.last_line("client-%s.log" % mode) or "no output"
@@ -642,7 +654,8 @@ class Demo:
     def __enter__(self) -> Demo:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.close()
 
 
@@ -714,7 +727,7 @@ def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_
     if missing:
         raise DemoError("the demo needs %s: pip install 'unimr.memcachedlock[zope]'" % ", ".join(missing))
 
-    def interrupted(signum, frame):
+    def interrupted(signum: int, frame: FrameType | None) -> NoReturn:
         # A second signal must not cut the cleanup short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -727,6 +740,7 @@ def run_demo(clients: int = DEFAULT_CLIENTS, writes: int = DEFAULT_WRITES, work_
     try:
         with Demo(clients, writes, work_ms, store, timeout, progress) as demo:
             results = demo.run()
+            assert demo.store is not None and demo.zeo_port is not None  # run() set them
             store_info = dataclasses.asdict(demo.store)
             zeo_port = demo.zeo_port
     except _Interrupted as exc:

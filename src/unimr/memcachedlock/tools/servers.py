@@ -14,13 +14,15 @@ import signal
 import socket
 import subprocess
 import time
+from types import TracebackType
 
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -39,13 +41,14 @@ class MemcachedServer:
     """A memcached process on 127.0.0.1:port that a test controls."""
 
     def __init__(self, port: int | None = None, memory_mb: int = 64, extra: tuple[str, ...] = ()) -> None:
-        self.binary = shutil.which("memcached")
-        if self.binary is None:
+        binary = shutil.which("memcached")
+        if binary is None:
             raise RuntimeError("memcached is not installed: run ./run-tests, which installs it")
+        self.binary = binary
         self.port = port or free_port()
         self.memory_mb = memory_mb
         self.extra = tuple(extra)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -76,13 +79,13 @@ class MemcachedServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         deadline = time.monotonic() + 5
-        while self._state() not in ("T", "t"):
+        while self._state(self.proc.pid) not in ("T", "t"):
             if time.monotonic() > deadline:
                 raise RuntimeError("memcached %d did not stop within 5 s" % self.proc.pid)
             time.sleep(0.005)
 
-    def _state(self) -> str:
-        with open("/proc/%d/stat" % self.proc.pid) as handle:
+    def _state(self, pid: int) -> str:
+        with open("/proc/%d/stat" % pid) as handle:
             return handle.read().rsplit(")", 1)[1].split()[0]
 
     def cont(self) -> None:
@@ -130,7 +133,8 @@ class MemcachedServer:
     def __enter__(self) -> MemcachedServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         if self.proc is not None:
             self.cont() if self.proc.poll() is None else None
         self.kill()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -105,7 +106,7 @@ def read_zope_conf(path: str) -> InstanceConfig:
 
 
 def _substitute(text: str, defines: dict[str, str], path: str, number: int) -> str:
-    def value(match: re.Match) -> str:
+    def value(match: re.Match[str]) -> str:
         name = match.group(1).strip("{}")
         if name == "$":
             return "$"
@@ -118,7 +119,8 @@ def _substitute(text: str, defines: dict[str, str], path: str, number: int) -> s
 
 def _find_store(found: InstanceConfig) -> None:
     """Walk the site's ZCML from ``found.site_zcml``, keeping the last store directive's attributes."""
-    pending, seen = [found.site_zcml], set()
+    pending = [found.site_zcml]
+    seen: set[str] = set()
     while pending and len(seen) < MAX_FILES:
         path = os.path.abspath(pending.pop(0))
         if path in seen:
@@ -159,7 +161,7 @@ def package_directory(package: str) -> str | None:
     return None
 
 
-def _spec(name: str):
+def _spec(name: str) -> importlib.machinery.ModuleSpec | None:
     try:
         return importlib.util.find_spec(name)
     except (ImportError, ValueError):

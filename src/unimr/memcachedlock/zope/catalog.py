@@ -28,10 +28,10 @@ logger = logging.getLogger(__name__)
 #: The lock name shared by the patched catalog methods.
 LOCK_NAME = "Products.ZCatalog.ZCatalog.ZCatalog"
 
-_warned: set = set()
+_warned: set[type] = set()
 
 
-def physical_path_key(fun: Callable, catalog: Any, *args: Any, **kw: Any) -> str:
+def physical_path_key(fun: Callable[..., object], catalog: Any, *args: Any, **kw: Any) -> str:
     """The object's physical path, e.g. ``/plone/portal_catalog``, or ``oid:<database>:<oid>`` without one.
 
     Any persistent Zope object is keyed this way (``uidgenerator.zcml`` keys the uid generator by it).

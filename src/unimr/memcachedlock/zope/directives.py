@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from zope.configuration.exceptions import ConfigurationError
 from zope.configuration.fields import GlobalObject, PythonIdentifier
@@ -34,12 +34,21 @@ from zope.interface import Interface
 from zope.schema import Bool, Choice, Float, Int, Text, TextLine
 
 from .. import config
+from ..decorators import GetKey
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
 from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
 from ..registry import make_backend
 from ..transactionlock import POLICIES
 from . import patch, publisher
+
+
+class Context(Protocol):
+    """What a directive handler uses of its zope.configuration context: registering an action."""
+
+    def action(self, discriminator: object, callable: Callable[..., object] | None = None,
+               args: tuple[object, ...] = (), kw: dict[str, object] | None = None) -> None:
+        """Run ``callable(*args, **kw)`` when the actions are executed; ``discriminator`` detects conflicts."""
 
 
 def _field(field: type, title: str, description: str, required: bool = False, **kw: Any) -> Any:
@@ -100,7 +109,7 @@ def store_settings(**given: Any) -> config.Settings:
     return dataclasses.replace(config.Settings.from_environ(), **changes)
 
 
-def store(_context, **given: Any) -> None:
+def store(_context: Context, **given: Any) -> None:
     """Handler of ``<memcachedlock:store>``: check now, register the utility when the actions run."""
     from zope.component.zcml import utility
 
@@ -173,7 +182,7 @@ class IImmediateRetryDirective(Interface):
     """Let Zope's publisher retry LockBusy without its random back-off."""
 
 
-def lock(_context, class_: type, method: str, key: Callable, kind: str = "zlock", name: str | None = None,
+def lock(_context: Context, class_: type, method: str, key: GetKey, kind: str = "zlock", name: str | None = None,
          **options: Any) -> None:
     """Handler of ``<memcachedlock:lock>``: check everything now, patch when the actions run."""
     try:
@@ -190,7 +199,7 @@ def lock(_context, class_: type, method: str, key: Callable, kind: str = "zlock"
     )
 
 
-def immediate_retry(_context) -> None:
+def immediate_retry(_context: Context) -> None:
     """Handler of ``<memcachedlock:immediateRetry/>``."""
     _context.action(
         discriminator=("unimr.memcachedlock:immediateRetry",),

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import decorators
+from ..decorators import GetKey
 from ..errors import ConfigurationError
 from ..transactionlock import DEFAULT_CONFLICTS, zlock
 from .publisher import uninstall, warn_if_retries_end_first
@@ -42,6 +43,11 @@ KINDS = ("zlock", "lock", "rlock")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
+#: A method, and a function put in its place on the class.
+Method = Callable[..., object]
+#: What a decorator factory returns for one key function and options: it turns a method into a locked one.
+Decorate = Callable[[Method], Method]
+
 
 @dataclasses.dataclass(frozen=True)
 class Patch:
@@ -49,21 +55,21 @@ class Patch:
 
     cls: type
     method: str
-    original: Callable
+    original: Method
     own: bool
-    wrapper: Callable
+    wrapper: Method
     kind: str
     name: str | None
     options: dict[str, Any]
     #: ``calls[0]`` is what the wrapper runs: the locked method, or ``original`` once undone.
-    calls: list[Callable]
+    calls: list[Method]
 
 
 _patches: dict[tuple[type, str], Patch] = {}
 _guard = threading.Lock()
 
 
-def decorator_for(kind: str) -> Callable[..., Callable]:
+def decorator_for(kind: str) -> Callable[..., Decorate]:
     """The decorator factory of ``kind`` ('zlock', 'lock' or 'rlock')."""
     if kind == "lock":
         return decorators.lock
@@ -98,7 +104,7 @@ def check_lock_name(name: str | None) -> str | None:
     return name
 
 
-def _named(original: Callable, name: str) -> Callable:
+def _named(original: Method, name: str) -> Method:
     """A pass-through to ``original`` whose module and qualname spell ``name``.
 
     The decorators build the lock name from the decorated function's
@@ -115,7 +121,7 @@ def _named(original: Callable, name: str) -> Callable:
     return call
 
 
-def find_method(cls: type, method: str) -> tuple[Callable, bool]:
+def find_method(cls: type, method: str) -> tuple[Method, bool]:
     """``cls.<method>`` and whether ``cls`` defines it itself; ConfigurationError naming what is wrong."""
     if not isinstance(cls, type):
         raise ConfigurationError("cannot lock a method of %r: it is not a class" % (cls,))
@@ -133,7 +139,7 @@ def find_method(cls: type, method: str) -> tuple[Callable, bool]:
     return original, own
 
 
-def decorator(kind: str, get_key: Callable, options: dict[str, Any]) -> Callable[[Callable], Callable]:
+def decorator(kind: str, get_key: object, options: dict[str, Any]) -> Decorate:
     """The ``kind`` decorator for ``get_key`` with ``options``; errors name the bad value.
 
     The options are the decorator's keywords (``timeout``, ``interval``,
@@ -153,7 +159,7 @@ def decorator(kind: str, get_key: Callable, options: dict[str, Any]) -> Callable
 def lock_method(
     cls: type,
     method: str,
-    get_key: Callable,
+    get_key: GetKey,
     kind: str = "zlock",
     name: str | None = None,
     **options: Any,
@@ -178,8 +184,7 @@ def lock_method(
         def wrapper(*args: Any, **kw: Any) -> Any:
             return calls[0](*args, **kw)
 
-        functools.update_wrapper(wrapper, original)
-        wrapper.__wrapped__ = original
+        functools.update_wrapper(wrapper, original)  # sets ``__wrapped__`` too
         setattr(cls, method, wrapper)
         patch = Patch(cls, method, original, own, wrapper, kind, name, dict(options), calls)
         _patches[(cls, method)] = patch

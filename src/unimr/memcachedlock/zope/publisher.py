@@ -30,15 +30,25 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..transactionlock import LockBusy
 from ..transactionlock import lock_early as lock_early_for
 
 logger = logging.getLogger(__name__)
 
+
+
+class Request(Protocol):
+    """What this module reads of a Zope request (``ZPublisher.HTTPRequest.HTTPRequest``): its variables."""
+
+    def get(self, key: str, default: object = None) -> object:
+        """The request variable ``key`` (an environment variable such as PATH_INFO), or ``default``."""
+
+
 _guard = threading.Lock()
-_original: Callable | None = None
+#: Zope's own ``HTTPRequest.delay_retry`` while the patch is installed.
+_original: Callable[[Request], None] | None = None
 
 
 def retry_at_once(exc: BaseException | None) -> bool:
@@ -65,7 +75,7 @@ def warn_if_retries_end_first(where: str, conflicts: int) -> bool:
     return False
 
 
-def delay_retry(self) -> None:
+def delay_retry(self: Request) -> None:
     """No delay when the retry holds a reserved zlock; Zope's random back-off otherwise."""
     exc = sys.exc_info()[1]
     if retry_at_once(exc):
@@ -77,7 +87,7 @@ def delay_retry(self) -> None:
     return None
 
 
-def request_label(request: Any) -> str:
+def request_label(request: Request) -> str:
     """``METHOD /path`` of a request (its PATH_INFO, as Zope's own log lines give it): the kind of
     transaction :mod:`unimr.memcachedlock.early` learns for, and the row ConflictErrors are counted under."""
     return "%s %s" % (request.get("REQUEST_METHOD") or "GET", request.get("PATH_INFO") or "/")
