@@ -115,11 +115,11 @@ class FileLease(Lease):
                 try:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 finally:
-                    # ``self.fd`` names the descriptor until it is closed, so a release interrupted
-                    # before the close is finished by the reaper, and never twice.  As safe as one
-                    # line: CPython looks for signals after the call, not between it and the store.
-                    os.close(fd)
-                    self.fd = None
+                    # One line: ``self.fd`` names the descriptor until it is closed, so a release
+                    # interrupted before the close is finished by the reaper, and never twice (two
+                    # lines would let an interrupt fall between them: tests/test_interrupts.py).
+                    # os.close returns None, which is what ``self.fd`` must become.
+                    self.fd = os.close(fd)  # type: ignore[func-returns-value]
         return ours
 
     def _renew(self, ttl: float) -> bool:
