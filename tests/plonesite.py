@@ -71,6 +71,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from servers import unmeasured
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
@@ -238,7 +240,7 @@ def write_instance(directory: str, storage: str, port: int = 0, threads: int = 2
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the Zope processes: this directory importable (``plonesite``, ``zeoserver``)."""
-    env = dict(os.environ, **(extra or {}))
+    env = dict(unmeasured(os.environ), **(extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
     return env
 

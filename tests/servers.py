@@ -4,8 +4,21 @@ Nothing here is mocked: see :mod:`unimr.memcachedlock.tools.servers`.
 """
 
 import subprocess
+from collections.abc import Mapping
 
 from unimr.memcachedlock.tools.servers import MemcachedServer, free_port, wait_for_port
+
+#: What coverage's subprocess support (pyproject.toml, ``[tool.coverage.run] patch``) puts in the
+#: environment to measure the processes the tests start.
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def unmeasured(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without coverage's variables, for processes that run other projects' code: ZEO servers,
+    the ZCatalog and CMFCore suites, Plone instances, package builds.  Measured, they cost minutes of the
+    run, and the package's code they run (the catalog patch, the publisher's parts) is measured in other
+    tests."""
+    return {name: value for name, value in env.items() if name not in COVERAGE_VARIABLES}
 
 
 def stop_process(proc: subprocess.Popen, grace: float) -> None:
@@ -18,4 +31,4 @@ def stop_process(proc: subprocess.Popen, grace: float) -> None:
         proc.wait()
 
 
-__all__ = ["MemcachedServer", "free_port", "stop_process", "wait_for_port"]
+__all__ = ["MemcachedServer", "free_port", "stop_process", "unmeasured", "wait_for_port"]

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from servers import free_port
+from servers import free_port, unmeasured
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUPS = {"zcatalog": 195, "pluginindexes": 141, "cmfcore": 113}
@@ -35,7 +35,7 @@ def run(group: str, mode: str, env: dict, *extra: str) -> dict:
 
 
 def base_env() -> dict:
-    return {name: value for name, value in os.environ.items() if not name.startswith("MEMCACHEDLOCK_")}
+    return {name: value for name, value in unmeasured(os.environ).items() if not name.startswith("MEMCACHEDLOCK_")}
 
 
 @pytest.fixture(scope="module")

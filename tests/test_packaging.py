@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import unmeasured
+
 ROOT = Path(__file__).resolve().parent.parent
 ZCML = ("configure.zcml", "meta.zcml", "catalog.zcml")
 
@@ -43,7 +45,7 @@ def run(*argv, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    proc = run(sys.executable, "-m", "build", "-o", out, ROOT)
+    proc = run(sys.executable, "-m", "build", "-o", out, ROOT, env=unmeasured(os.environ))
     assert "License classifiers are deprecated" not in proc.stdout + proc.stderr
     return out
 
@@ -74,7 +76,7 @@ def test_each_artifact_installs_into_a_fresh_venv_with_its_zcml(dist, tmp_path, 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in unmeasured(os.environ).items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", path, env=env)
     assert run(python, "-c", CHECK, *ZCML, env=env, cwd=tmp_path).stdout.strip() == "ok"
     help_text = run(venv / "bin" / "memcachedlock", "--help", env=env, cwd=tmp_path).stdout

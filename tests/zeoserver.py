@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 
-from servers import free_port, stop_process, wait_for_port
+from servers import free_port, stop_process, unmeasured, wait_for_port
 
 
 class ZEOServer:
@@ -31,6 +31,7 @@ class ZEOServer:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 cwd=self.directory,
+                env=unmeasured(os.environ),  # ZEO's code only
             )
         wait_for_port(self.port, timeout=30)
         return self
