@@ -164,13 +164,25 @@ def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carr
                                                                                        monkeypatch):
     """A renewal drops the acquisition's cas, so the release compares the token instead; a hand-over
     to a waiting thread rewrites the lock instead of freeing it: either way the next holder reads the
-    note of this commit."""
+    note of this commit.
+
+    The hand-over needs the connection that stored the lock, which the waiter's poll may be using at
+    that moment; then the lock is released as usual (also checked).  Five tries make a run without
+    one hand-over as unlikely as five such collisions in a row."""
     from unimr.memcachedlock.backends.memcached import MemcachedBackend
 
-    handed = []
+    handed: list = []
     hand_record_over = MemcachedBackend.hand_record_over
     monkeypatch.setattr(MemcachedBackend, "hand_record_over",
                         lambda self, *args: handed.append(hand_record_over(self, *args)) or handed[-1])
+    for _ in range(5 if how == "handed over" else 1):
+        _commit_under_the_lock(db, conn, how, handed)
+        if handed and handed[-1] is not False:
+            break
+    assert handed[-1] is not False if how == "handed over" else handed == []
+
+
+def _commit_under_the_lock(db, conn, how: str, handed: list) -> None:
     transaction.begin()
     assert lock_for_transaction(HOT, policy="always") is True
     entry = zlock_module._locks_of(transaction.get()).held[lock_name(HOT)]
@@ -184,14 +196,15 @@ def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carr
         deadline = time.monotonic() + 5
         while not waiting.must_queue(get_backend(), lock_name(HOT)) and time.monotonic() < deadline:
             time.sleep(0.005)
+    tries = len(handed)
     bump(conn)
     transaction.commit()
     if how == "handed over":
         waiter.join(10)
-        assert got == [True] and holder() is not None and len(handed) == 1 and handed[0] is not False
+        assert got == [True] and holder() is not None and len(handed) == tries + 1
         other.release()
     else:
-        assert holder() is None and handed == []
+        assert holder() is None
     assert note(db) == db.lastTransaction()
 
 
