@@ -36,6 +36,7 @@ from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, 
 
 from clients import in_another_client, run_clients
 from counters import Counter, ZopeCounter
+from servers import measured_after_start
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "view-move-safety"
@@ -519,7 +520,8 @@ def test_four_processes_lose_no_increment(memcached, zeo_server, style):
         conn.root()["counter"] = Counter()
         conn.root()["tree"] = OOBTree({"n": 0})
     db.close()
-    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
+    env = dict(measured_after_start(os.environ), MEMCACHEDLOCK_SERVERS=memcached.address,
+               MEMCACHEDLOCK_BACKEND="memcached")
     reports = run_clients([[os.path.abspath(__file__), str(zeo_server.port), style, "50"]] * 4, env)
     assert final(zeo_server.address, "tree" if style == "btree under the lock" else "counter") == 200, reports
     if style == "btree under the lock":
@@ -528,6 +530,9 @@ def test_four_processes_lose_no_increment(memcached, zeo_server, style):
 
 if __name__ == "__main__":
     sys.path.insert(0, HERE)
+    from servers import measure_from_here
+
+    measure_from_here()
     print(json.dumps(_worker(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))), flush=True)
 
 

@@ -20,8 +20,10 @@ NAME = "hot"
 def run_clients(memcached, zeo_server, tmp_path, role: str, count: int, *extra: str) -> list[dict]:
     """Start ``count`` client processes, let them go at once, return their JSON reports."""
     from clients import run_clients as run
+    from servers import measured_after_start
 
-    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
+    env = dict(measured_after_start(os.environ), MEMCACHEDLOCK_SERVERS=memcached.address,
+               MEMCACHEDLOCK_BACKEND="memcached")
     return run([[os.path.abspath(__file__), role, str(zeo_server.port), str(tmp_path), "c%d" % i, *extra]
                 for i in range(count)], env, timeout=120)
 
@@ -322,4 +324,7 @@ def _client_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from servers import measure_from_here
+
+    measure_from_here()
     _client_main(sys.argv[1:])

@@ -266,8 +266,11 @@ def serve(directory: str, port: int, threads: int) -> None:
     import waitress
     from Zope2.Startup.run import make_wsgi_app
 
+    from servers import measure_from_here
+
     app = make_wsgi_app({}, os.path.join(directory, "etc", "zope.conf"))
     register_queue_processor()
+    measure_from_here()
     waitress.serve(stats_middleware(app), host="127.0.0.1", port=port, threads=threads,
                    _quiet=True)
 
@@ -304,7 +307,9 @@ class ZopeInstance:
         extra = '<include file="%s" />' % os.path.join(ROOT, "configure.zcml") if self.patched else ""
         with open(os.path.join(self.directory, "etc", "site.zcml"), "w") as f:
             f.write(SITE_ZCML % {"extra": extra})
-        env = dict(os.environ, **self.env)
+        from servers import measured_after_start
+
+        env = dict(measured_after_start(os.environ), **self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
         with open(os.path.join(self.directory, "stderr.log"), "ab") as stderr:
             self.proc = subprocess.Popen(
