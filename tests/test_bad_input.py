@@ -19,6 +19,7 @@ from unimr.memcachedlock.errors import (
 )
 from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name, shown
 from unimr.memcachedlock.locks import Lock, RLock
+from unimr.memcachedlock.transactionlock import zlock
 
 HOSTILE_KEYS = [
     "a b", "a\r\nset x 0 0 1\r\nx", "nul\0byte", "../../etc/passwd", ".", "..", "/", "%20", "#",
@@ -87,6 +88,15 @@ def test_bad_lease_and_interval_name_the_value(what, value):
         lock(lambda fun: "k", **{what: value})
     with pytest.raises(InvalidArgument):
         rlock(lambda fun: "k", **{what: value})
+
+
+def test_the_decorators_refuse_at_decoration_an_interval_the_lock_refuses():
+    """One check for every way in: an interval above an hour fails where it is given, not at the first call."""
+    with pytest.raises(InvalidArgument, match="7200"):
+        Lock("k", interval=7200)
+    for decorator in (lock, rlock, zlock):
+        with pytest.raises(InvalidArgument, match="lock interval must be above 0 and at most 3600 seconds, not 7200"):
+            decorator(lambda fun: "k", interval=7200)
 
 
 @pytest.mark.parametrize("factory", [Lock, RLock])

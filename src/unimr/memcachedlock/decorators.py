@@ -22,24 +22,13 @@ from typing import ParamSpec, Protocol, TypeVar
 from . import metrics
 from .errors import DontLock, InvalidKey, LockTimeout, SelfDeadlock
 from .keys import key_to_bytes, shown
-from .locks import (
-    DEFAULT_INTERVAL,
-    DEFAULT_TIMEOUT,
-    MAX_LEASE,
-    BaseLock,
-    Lock,
-    RLock,
-    _interval,
-    check_seconds,
-)
+from .locks import BaseLock, Lock, RLock
+from .options import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, LockOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
 #: What ``get_key(fun, *args, **kw)`` returns: the key that names what a call protects.
 GetKey = Callable[..., str | bytes | int]
-
-#: Extra wait beyond the lease: memcached's one-second clock plus a poll.
-WAIT_MARGIN = 2.0
 
 
 class _Held(threading.local):
@@ -71,18 +60,6 @@ def call_key(prefix: str, get_key: GetKey, fun: Callable[..., object], args: tup
         ) from None
 
 
-def check_options(timeout: float, interval: float, wait: float | None,
-                  kw: dict[str, float]) -> tuple[float, float, float]:
-    """Validate decorator keywords early: at decoration time, naming the bad value."""
-    interval = _interval(interval, kw)
-    if kw:
-        raise TypeError("unexpected keyword argument(s): %s" % ", ".join(sorted(kw)))
-    timeout = check_seconds("lock timeout (lease)", timeout, MAX_LEASE)
-    interval = check_seconds("lock interval", interval, MAX_LEASE)
-    wait = timeout + WAIT_MARGIN if wait is None else check_seconds("lock wait", wait, MAX_LEASE)
-    return timeout, interval, wait
-
-
 def acquire_or_raise(lock: BaseLock, wait: float) -> None:
     """Acquire ``lock`` within ``wait`` seconds or raise LockTimeout naming it."""
     started = time.monotonic()
@@ -100,21 +77,20 @@ def rlocks_held() -> dict[bytes, RLock]:
 
 
 class Runner(Protocol):
-    """How a decorated call runs once its key is known: ``run(key, timeout, interval, wait, fun, args, kwargs)``."""
+    """How a decorated call runs once its key is known: ``run(key, options, fun, args, kwargs)``."""
 
-    def __call__(self, key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
-                 args: tuple[object, ...], kwargs: dict[str, object]) -> R:
+    def __call__(self, key: bytes, options: LockOptions, fun: Callable[..., R], args: tuple[object, ...],
+                 kwargs: dict[str, object]) -> R:
         """Run ``fun(*args, **kwargs)`` locked as the decorator says; return its result."""
 
 
-def locking_decorator(get_key: GetKey, timeout: float, interval: float, wait: float | None,
-                      kw: dict[str, float], run: Runner) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def locking_decorator(get_key: GetKey, options: LockOptions, run: Runner) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """The one decorator factory behind ``lock``, ``rlock`` and ``zlock``.
 
-    Checks the options at decoration time, computes each call's key (DontLock:
-    call unlocked) and hands the call to ``run``, which decides how it is locked.
+    The options are checked when the decorator is made; each call's key is
+    computed (DontLock: call unlocked) and the call handed to ``run``, which
+    decides how it is locked.
     """
-    timeout, interval, wait = check_options(timeout, interval, wait, kw)
 
     def decorate(fun: Callable[P, R]) -> Callable[P, R]:
         prefix = function_prefix(fun)
@@ -125,15 +101,15 @@ def locking_decorator(get_key: GetKey, timeout: float, interval: float, wait: fl
                 key = call_key(prefix, get_key, fun, args, kwargs)
             except DontLock:
                 return fun(*args, **kwargs)
-            return run(key, timeout, interval, wait, fun, args, kwargs)
+            return run(key, options, fun, args, kwargs)
 
         return wrapper
 
     return decorate
 
 
-def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
-               args: tuple[object, ...], kwargs: dict[str, object]) -> R:
+def run_locked(key: bytes, options: LockOptions, fun: Callable[..., R], args: tuple[object, ...],
+               kwargs: dict[str, object]) -> R:
     """Hold a Lock for ``key`` during the call; re-entry by the same thread is an error."""
     held = _local.lock
     if key in held:
@@ -141,8 +117,8 @@ def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Ca
             "%r is called again for key %r while this thread holds it; use @rlock for reentrant calls"
             % (getattr(fun, "__qualname__", fun), key)
         )
-    the_lock = Lock(key, timeout, interval)
-    acquire_or_raise(the_lock, wait)
+    the_lock = Lock(key, options.timeout, options.interval)
+    acquire_or_raise(the_lock, options.wait)
     held[key] = the_lock
     try:
         return fun(*args, **kwargs)
@@ -151,14 +127,14 @@ def run_locked(key: bytes, timeout: float, interval: float, wait: float, fun: Ca
         the_lock.release()
 
 
-def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
-                args: tuple[object, ...], kwargs: dict[str, object]) -> R:
+def run_rlocked(key: bytes, options: LockOptions, fun: Callable[..., R], args: tuple[object, ...],
+                kwargs: dict[str, object]) -> R:
     """Hold an RLock for ``key`` during the call, re-entrantly within the thread."""
     held = _local.rlock
     the_lock = held.get(key)
     if the_lock is None:
-        the_lock = RLock(key, timeout, interval)
-        acquire_or_raise(the_lock, wait)
+        the_lock = RLock(key, options.timeout, options.interval)
+        acquire_or_raise(the_lock, options.wait)
         held[key] = the_lock
     else:
         the_lock.acquire()
@@ -173,10 +149,10 @@ def run_rlocked(key: bytes, timeout: float, interval: float, wait: float, fun: C
 def lock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
          wait: float | None = None, **kw: float) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Serialise calls with the same key across threads and processes (not reentrant)."""
-    return locking_decorator(get_key, timeout, interval, wait, kw, run_locked)
+    return locking_decorator(get_key, LockOptions.from_keywords(timeout, interval, wait, kw), run_locked)
 
 
 def rlock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
           wait: float | None = None, **kw: float) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Like ``lock``, but a thread may re-enter calls for a key it holds."""
-    return locking_decorator(get_key, timeout, interval, wait, kw, run_rlocked)
+    return locking_decorator(get_key, LockOptions.from_keywords(timeout, interval, wait, kw), run_rlocked)

@@ -43,28 +43,12 @@ from .errors import InvalidArgument, NotHeld, TimeoutTooLarge
 from .interfaces import ILock
 from .keys import lock_name
 from .lease import Lease, abandon
+from .options import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_LEASE, check_seconds, old_interval
 from .registry import get_backend
 
 logger = logging.getLogger(__name__)
 
-#: memcached reads a larger exptime as an absolute unix time.
-MAX_LEASE = 2592000.0
-MAX_INTERVAL = 3600.0
-
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_INTERVAL = 0.05
-
 _L = TypeVar("_L", bound="BaseLock")
-
-
-def check_seconds(what: str, value: object, high: float) -> float:
-    """``value`` as a float in (0, high]; InvalidArgument naming ``what`` and the value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument("%s must be a number of seconds, not %r" % (what, value))
-    number = float(value)
-    if math.isnan(number) or not 0 < number <= high:
-        raise InvalidArgument("%s must be above 0 and at most %g seconds, not %r" % (what, high, value))
-    return number
 
 
 def wait_deadline(blocking: bool, timeout: float) -> float | None:
@@ -253,8 +237,6 @@ class Lock(BaseLock):
             self._lease = lease
         return True
 
-    __enter__ = BaseLock.__enter__
-
     def release(self) -> None:
         """Give the lock back; RuntimeError (NotHeld) if it is not held."""
         with self._guard:
@@ -298,8 +280,6 @@ class RLock(BaseLock):
         self._lease = lease  # last: until here an interrupt leaves the lease to its finalizer
         return True
 
-    __enter__ = BaseLock.__enter__
-
     def release(self) -> None:
         """Leave one level; the last one gives the lock back.  RuntimeError if not owned."""
         lease = self.lease
@@ -323,26 +303,11 @@ def lock_getter(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interv
                 backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None,
                 **kw: float) -> Lock:
     """A Lock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
-    return Lock(key, timeout, _interval(interval, kw), backend=backend, on_lost=on_lost, **kw)
+    return Lock(key, timeout, old_interval(interval, kw), backend=backend, on_lost=on_lost, **kw)
 
 
 def rlock_getter(key: str | bytes | int, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL, *,
                  backend: Backend | None = None, on_lost: Callable[[Lease], None] | None = None,
                  **kw: float) -> RLock:
     """An RLock for ``key`` (the 2009 factory; ``intervall`` is accepted, deprecated)."""
-    return RLock(key, timeout, _interval(interval, kw), backend=backend, on_lost=on_lost, **kw)
-
-
-def _interval(interval: float, kw: dict[str, float]) -> float:
-    """Accept the 2009 spelling ``intervall`` with a DeprecationWarning."""
-    if "intervall" in kw:
-        import warnings
-
-        warnings.warn(
-            "'intervall' is deprecated: spell it 'interval'", DeprecationWarning, stacklevel=3
-        )
-        old = kw.pop("intervall")
-        if interval != DEFAULT_INTERVAL and interval != old:
-            raise InvalidArgument("give 'interval' or 'intervall', not both (%r, %r)" % (interval, old))
-        return old
-    return interval
+    return RLock(key, timeout, old_interval(interval, kw), backend=backend, on_lost=on_lost, **kw)

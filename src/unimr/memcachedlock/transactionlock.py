@@ -85,11 +85,19 @@ from typing import Protocol
 from . import adaptive, early, metrics, notes, viewrefresh, zodbprivate
 from .backends.base import CommitPass
 from .config import _seconds
-from .decorators import GetKey, P, R, Runner, check_options, locking_decorator, rlocks_held, run_rlocked
-from .errors import BackendUnavailable, ConfigurationError, MemcachedLockError, NotHeld
+from .decorators import GetKey, P, R, locking_decorator, rlocks_held, run_rlocked
+from .errors import BackendUnavailable, MemcachedLockError, NotHeld
 from .keys import lock_name, shown
 from .lease import Lease
-from .locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Lock
+from .locks import Lock
+from .options import (
+    DEFAULT_CONFLICTS,
+    DEFAULT_INTERVAL,
+    DEFAULT_POLICY,
+    DEFAULT_TIMEOUT,
+    POLICIES,
+    LockOptions,
+)
 from .registry import get_backend
 from .zodbprivate import Connection, Storage, Transaction
 
@@ -124,21 +132,12 @@ CATCH_UP_TIMEOUT = 2.0
 #: Seconds a conflict mark, or a run of ConflictErrors (see ``on-conflict``), waits for this thread's
 #: next transaction to begin (Zope's back-off before its last try is at most 4 s).
 MARK_FOR = 5.0
-#: Default ``conflicts`` of policy ``on-conflict``: the first retry takes the lock.
-DEFAULT_CONFLICTS = 1
 #: Default of ``MEMCACHEDLOCK_TXN_WAIT``: longest wait for a lock inside a transaction.
 DEFAULT_TXN_WAIT = 5.0
 #: Longest wait of a new holder for the optimistic commits that passed the gate before it.
 DRAIN_WAIT = 2.0
 #: A note with this many entries is written whole again by the next optimistic commit.
 COMPACT_AT = 8
-
-#: ``adaptive``: ``always`` while the key's writers meet, ``on-conflict`` while they do not (``adaptive``);
-#: ``always``: lock from the first call to the end of the transaction;
-#: ``on-conflict``: run optimistically, lock at commit, lock the whole retry after a ConflictError.
-POLICIES = ("adaptive", "always", "on-conflict")
-#: The default policy of zlock and lock_for_transaction.
-DEFAULT_POLICY = "adaptive"
 
 
 def _retry_error() -> type[Exception]:
@@ -342,19 +341,6 @@ def _register_keeper(manager: _Manager | None = None) -> _ReservationKeeper:
 def txn_wait() -> float:
     """Longest wait for a lock inside a transaction: ``MEMCACHEDLOCK_TXN_WAIT`` seconds (default 5)."""
     return _seconds("MEMCACHEDLOCK_TXN_WAIT", os.environ.get("MEMCACHEDLOCK_TXN_WAIT"), DEFAULT_TXN_WAIT)
-
-
-def check_policy(policy: str, conflicts: int = DEFAULT_CONFLICTS, move_view: bool = True) -> str:
-    """``policy`` if it is one of POLICIES and the options suit it, else a ConfigurationError naming the bad one."""
-    if not isinstance(move_view, bool):
-        raise ConfigurationError("bad zlock move_view %r: use True or False" % (move_view,))
-    if policy not in POLICIES:
-        raise ConfigurationError("unknown zlock policy %r: use one of %s" % (policy, ", ".join(POLICIES)))
-    if isinstance(conflicts, bool) or not isinstance(conflicts, int) or not 1 <= conflicts <= 100:
-        raise ConfigurationError("bad zlock conflicts %r: use a whole number from 1 to 100" % (conflicts,))
-    if policy != "on-conflict" and conflicts != DEFAULT_CONFLICTS:
-        raise ConfigurationError("zlock conflicts=%r applies to policy on-conflict only, not %s" % (conflicts, policy))
-    return policy
 
 
 def _current_transaction(manager: _Manager | None = None) -> Transaction | None:
@@ -1059,8 +1045,14 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     (not reserved) when the lock could not be taken within ``min(wait,
     txn_wait())`` seconds.
     """
-    timeout, interval, wait = check_options(timeout, interval, wait, {})
-    check_policy(policy, conflicts, move_view)
+    options = LockOptions(timeout, interval, wait, policy, conflicts, move_view)
+    return hold_for_transaction(key, options, transaction_manager)
+
+
+def hold_for_transaction(key: str | bytes | int, options: LockOptions,
+                         transaction_manager: _Manager | None = None) -> bool:
+    """:func:`lock_for_transaction` with its options checked."""
+    policy = options.policy
     name = lock_name(key)
     txn = _current_transaction(transaction_manager)
     if txn is None:
@@ -1075,13 +1067,14 @@ def lock_for_transaction(key: str | bytes | int, timeout: float = DEFAULT_TIMEOU
     _register_keeper(transaction_manager)
     marked = locks.marked.pop(name, None)
     reservation = _state.keeper.reservations.pop(name, None)
-    request = _Request(key, timeout, interval, wait, conflicts, adaptive=policy == "adaptive")
+    request = _Request(key, options.timeout, options.interval, options.wait, options.conflicts,
+                       adaptive=policy == "adaptive")
     if policy == "adaptive" and not adaptive.locks(name):
         policy = "on-conflict"
     if policy == "on-conflict" and marked is None and reservation is None:
         _lock_at_commit(txn, name, request)
         return True
-    _take_for_transaction(txn, connections, name, request, policy, reservation, move_view)
+    _take_for_transaction(txn, connections, name, request, policy, reservation, options.move_view)
     return True
 
 
@@ -1164,16 +1157,12 @@ def lock_early(label: str | None) -> int:
     return taken
 
 
-def _runner(policy: str, conflicts: int, move_view: bool) -> Runner:
-    def run_zlocked(key: bytes, timeout: float, interval: float, wait: float, fun: Callable[..., R],
-                    args: tuple[object, ...], kwargs: dict[str, object]) -> R:
-        """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
-        if key in rlocks_held() or not lock_for_transaction(key, timeout, interval, wait, policy, conflicts,
-                                                            move_view, manager_of(args, kwargs)):
-            return run_rlocked(key, timeout, interval, wait, fun, args, kwargs)
-        return fun(*args, **kwargs)
-
-    return run_zlocked
+def run_zlocked(key: bytes, options: LockOptions, fun: Callable[..., R], args: tuple[object, ...],
+                kwargs: dict[str, object]) -> R:
+    """Hold ``key`` for the transaction, or, outside one, for the call like ``rlock``."""
+    if key in rlocks_held() or not hold_for_transaction(key, options, manager_of(args, kwargs)):
+        return run_rlocked(key, options, fun, args, kwargs)
+    return fun(*args, **kwargs)
 
 
 def zlock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL,
@@ -1194,8 +1183,8 @@ def zlock(get_key: GetKey, timeout: float = DEFAULT_TIMEOUT, interval: float = D
     forward in place (see :func:`lock_for_transaction`).  The call may raise
     :class:`LockBusy` (a ConflictError: retry the transaction).
     """
-    check_policy(policy, conflicts, move_view)
-    return locking_decorator(get_key, timeout, interval, wait, kw, _runner(policy, conflicts, move_view))
+    options = LockOptions.from_keywords(timeout, interval, wait, kw, policy, conflicts, move_view)
+    return locking_decorator(get_key, options, run_zlocked)
 
 
 __all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "retry_will_lock", "storage_identity", "txn_wait",

@@ -59,7 +59,7 @@ from ..backends.records import Holder, token_of
 from ..config import BACKEND_KINDS, ServerAddress, Settings, is_unset
 from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
 from ..keys import lock_name
-from ..locks import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from ..options import DEFAULT_TIMEOUT as DEFAULT_LEASE
 from .cliargs import (
     EXIT_INTERRUPTED,
     EXIT_NO,

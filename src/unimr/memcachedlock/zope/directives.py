@@ -37,9 +37,8 @@ from .. import config
 from ..decorators import GetKey
 from ..errors import MemcachedLockError
 from ..interfaces import ILockBackend
-from ..locks import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+from ..options import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, POLICIES
 from ..registry import make_backend
-from ..transactionlock import POLICIES
 from . import patch, publisher
 
 

@@ -34,7 +34,8 @@ from typing import Any
 from .. import decorators
 from ..decorators import GetKey
 from ..errors import ConfigurationError
-from ..transactionlock import DEFAULT_CONFLICTS, zlock
+from ..options import DEFAULT_CONFLICTS
+from ..transactionlock import zlock
 from .publisher import uninstall, warn_if_retries_end_first
 
 logger = logging.getLogger(__name__)
