@@ -45,22 +45,12 @@ from typing import IO, Any, NoReturn
 
 from .democlient import MAX_ATTEMPTS, MODES, burn, worker_main
 from .demoreport import LEGEND, MODE_TITLES, PhaseResult, format_table, summary
-from .demoworld import (
-    DemoError,
-    LockStore,
-    Workspace,
-    choose_store,
-    create_objects,
-    memcached_version,
-    read_counts,
-    start_zeo,
-    zeo_root,
-)
+from .demoworld import DemoError, LockStore, Workspace, choose_store, create_objects, read_counts, start_zeo
 
 __all__ = ["run_demo", "check_counts", "Demo", "DemoSize", "PhaseRun", "Progress", "DemoError", "PhaseResult",
-           "LockStore", "Workspace", "choose_store", "memcached_version", "start_zeo", "zeo_root", "create_objects",
-           "read_counts", "worker_main", "burn", "format_table", "summary", "LEGEND", "MODES", "MODE_TITLES",
-           "MAX_ATTEMPTS", "DEFAULT_CLIENTS", "DEFAULT_WRITES", "DEFAULT_WORK_MS", "DEFAULT_TIMEOUT", "STORE_CHOICES"]
+           "LockStore", "Workspace", "choose_store", "start_zeo", "create_objects", "read_counts", "worker_main",
+           "burn", "format_table", "summary", "LEGEND", "MODES", "MODE_TITLES", "MAX_ATTEMPTS", "DEFAULT_CLIENTS",
+           "DEFAULT_WRITES", "DEFAULT_WORK_MS", "DEFAULT_TIMEOUT", "STORE_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
