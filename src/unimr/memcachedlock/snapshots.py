@@ -29,6 +29,7 @@ CONFLICT_TABLES = ("classes", "requests")
 
 
 def add_count(counters: dict[str, float], field: str, amount: float = 1) -> None:
+    """Add ``amount`` to the counter ``field`` (0 if it was never counted)."""
     counters[field] = counters.get(field, 0) + amount
 
 

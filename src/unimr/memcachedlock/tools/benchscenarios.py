@@ -1,8 +1,8 @@
 """The benchmark's scenarios: latency, handoff and load while waiting, each measured against a baseline.
 
 ``bench`` (the command line) runs them and ``benchreport`` prints what they
-return; the tests run some of them directly.  Workers started in other
-processes import this module, so it imports nothing heavy at the top.
+return; the tests run some of them directly.  The workers they start in
+other processes (``spawn``) import this module.
 """
 
 from __future__ import annotations
