@@ -33,28 +33,38 @@ Across processes (a Zope site's ZEO clients): set ``MEMCACHEDLOCK_METRICS_DIR``
 and every process that uses a lock writes ``<dir>/<host>-<pid>.json`` every
 ``MEMCACHEDLOCK_METRICS_INTERVAL`` seconds (default 60), when it exits, and
 whenever :func:`write_snapshot` is called.  ``memcachedlock stats`` reads the
-directory and merges the files: counters add up, percentiles are computed
-over the union of the samples.  A plain file per process needs no server,
-no signal handler (Zope uses SIGUSR2 itself) and survives its writer.
+directory and merges the files (``snapshots``, whose names are importable
+from here too): counters add up, percentiles are computed over the union of
+the samples.  A plain file per process needs no server, no signal handler
+(Zope uses SIGUSR2 itself) and survives its writer.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import glob
 import json
 import logging
-import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import TypedDict
+from collections.abc import Mapping
 
 from . import config
 from .errors import ConfigurationError
+from .snapshots import (
+    CONFLICT_TABLES,
+    COUNTERS,
+    SNAPSHOT_FORMAT,
+    Snapshot,
+    add_count,
+    merge,
+    merge_conflicts,
+    percentile,
+    read_snapshots,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +74,11 @@ DEFAULT_INTERVAL = 60.0
 #: Bounds of MEMCACHEDLOCK_METRICS_INTERVAL, in seconds.
 MIN_INTERVAL = 0.1
 MAX_INTERVAL = 86400.0
-COUNTERS = ("acquisitions", "waits", "wait_time", "releases", "hold_time",
-            "busy_retries", "view_moves", "timeouts", "fallbacks", "lost", "to_locking", "to_optimistic")
-SNAPSHOT_FORMAT = 1
 #: Prefixes with a record of their own per process; the rest count under OTHER.
 MAX_PREFIXES = 64
 OTHER = "(other)"
 #: Rows per table of ConflictErrors (by class, by request) per process; the rest count under OTHER.
 MAX_CONFLICT_ROWS = 64
-#: The tables of ConflictErrors in a snapshot.
-CONFLICT_TABLES = ("classes", "requests")
 
 _lock = threading.Lock()
 
@@ -117,18 +122,14 @@ def _entry(name: str) -> _Prefix:
     return entry
 
 
-def _add(counters: dict[str, float], field: str, amount: float = 1) -> None:
-    counters[field] = counters.get(field, 0) + amount
-
-
 def record_acquire(name: str, waited: float, contended: bool) -> None:
     """A lock was taken after ``waited`` seconds (``contended``: it was busy at first)."""
     with _lock:
         entry = _entry(name)
-        _add(entry.counters, "acquisitions")
+        add_count(entry.counters, "acquisitions")
         if contended:
-            _add(entry.counters, "waits")
-            _add(entry.counters, "wait_time", waited)
+            add_count(entry.counters, "waits")
+            add_count(entry.counters, "wait_time", waited)
         entry.waits.append(waited)
     if _writer_pid != os.getpid():
         _start_writer()
@@ -138,14 +139,14 @@ def record_release(name: str, held: float) -> None:
     """A lock was released after being held ``held`` seconds."""
     with _lock:
         entry = _entry(name)
-        _add(entry.counters, "releases")
-        _add(entry.counters, "hold_time", held)
+        add_count(entry.counters, "releases")
+        add_count(entry.counters, "hold_time", held)
         entry.holds.append(held)
 
 
 def _count(name: str, field: str) -> None:
     with _lock:
-        _add(_entry(name).counters, field)
+        add_count(_entry(name).counters, field)
     logger.debug("lock %s: %s", name, field)
 
 
@@ -187,7 +188,7 @@ def record_conflict(class_name: str, request: str, retried: bool) -> None:
             rows = _conflicts[table]
             if row not in rows and len(rows) >= MAX_CONFLICT_ROWS + (OTHER in rows):
                 row = OTHER
-            _add(rows.setdefault(row, {}), outcome)
+            add_count(rows.setdefault(row, {}), outcome)
     logger.debug("ConflictError on %s in %s (%s)", class_name, request, outcome)
     if _writer_pid != os.getpid():
         _start_writer()
@@ -197,27 +198,6 @@ def conflicts() -> dict[str, dict[str, dict[str, float]]]:
     """This process's ConflictErrors by table and row (a copy)."""
     with _lock:
         return {table: {row: dict(counts) for row, counts in rows.items()} for table, rows in _conflicts.items()}
-
-
-def percentile(samples: Iterable[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (``fraction`` in 0..1) of ``samples``; None if there are none."""
-    ordered = sorted(samples)
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
-def summarize(counters: dict[str, float], waits: Iterable[float], holds: Iterable[float]) -> dict[str, float | None]:
-    """Counters (every field, zero if never counted) plus wait/hold p50 and p99 in seconds."""
-    waits = list(waits)
-    holds = list(holds)
-    data: dict[str, float | None] = {field: counters.get(field, 0) for field in COUNTERS}
-    data.update(
-        wait_p50=percentile(waits, 0.5), wait_p99=percentile(waits, 0.99),
-        hold_p50=percentile(holds, 0.5), hold_p99=percentile(holds, 0.99),
-    )
-    return data
 
 
 def snapshot() -> dict[str, dict[str, float | None]]:
@@ -415,102 +395,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# --------------------------------------------------------------------------- reading snapshots
-
-
-class Snapshot(TypedDict):
-    """A snapshot file as ``read_snapshots`` returns it: ``time`` checked, the other fields as found (None
-    if missing); the file is shared, so their readers check their types."""
-
-    format: int
-    host: object
-    pid: object
-    #: When it was written (0.0 if the file does not say).
-    time: float
-    prefixes: object
-    conflicts: object
-    #: The file it was read from.
-    path: str
-
-
-def read_snapshots(directory: str, max_age: float | None = None) -> list[Snapshot]:
-    """The snapshot files in ``directory`` (newer than ``max_age`` seconds), oldest first.
-
-    Unreadable or foreign files are skipped with a warning.
-    """
-    found: list[Snapshot] = []
-    now = time.time()
-    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            logger.warning("skipping metrics snapshot %s: %s", path, exc)
-            continue
-        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
-            logger.warning("skipping %s: not a memcachedlock metrics snapshot", path)
-            continue
-        written = next(iter(_numbers([data.get("time")])), 0.0)
-        if max_age is not None and now - written > max_age:
-            continue
-        found.append(Snapshot(format=SNAPSHOT_FORMAT, host=data.get("host"), pid=data.get("pid"), time=written,
-                              prefixes=data.get("prefixes"), conflicts=data.get("conflicts"), path=path))
-    found.sort(key=lambda d: d.get("time", 0))
-    return found
-
-
-def _numbers(values: object) -> list[float]:
-    """The finite numbers in a snapshot's list; anything else (a planted string) is dropped."""
-    if not isinstance(values, list):
-        return []
-    return [float(v) for v in values
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-
-
-def merge(snapshots: Iterable[Mapping[str, object]]) -> dict[str, dict[str, float | None]]:
-    """Counters summed and percentiles over all samples, by prefix, plus ``processes``.
-
-    A snapshot is read from a shared directory: fields of the wrong type are skipped.
-    """
-    merged: dict[str, tuple[dict[str, float], list[float], list[float], set[tuple[str, str]]]] = {}
-    for snap in snapshots:
-        prefixes = snap.get("prefixes")
-        if not isinstance(prefixes, dict):
-            continue
-        for prefix, data in prefixes.items():
-            if not isinstance(data, dict):
-                continue
-            counters, waits, holds, procs = merged.setdefault(str(prefix), ({}, [], [], set()))
-            found = data.get("counters")
-            for field, value in (found.items() if isinstance(found, dict) else ()):
-                if field in COUNTERS and _numbers([value]):
-                    _add(counters, field, float(value))
-            waits.extend(_numbers(data.get("waits")))
-            holds.extend(_numbers(data.get("holds")))
-            procs.add((str(snap.get("host")), str(snap.get("pid"))))
-    result: dict[str, dict[str, float | None]] = {}
-    for prefix, (counters, waits, holds, procs) in merged.items():
-        result[prefix] = summarize(counters, waits, holds)
-        result[prefix]["processes"] = len(procs)
-    return result
-
-
-def merge_conflicts(snapshots: Iterable[Mapping[str, object]]) -> dict[str, list[tuple[str, int, int]]]:
-    """ConflictErrors of all snapshots by table: (row, retried, failed), the most frequent first.
-
-    A snapshot is read from a shared directory: fields of the wrong type are skipped.
-    """
-    summed: dict[str, dict[str, dict[str, float]]] = {table: {} for table in CONFLICT_TABLES}
-    for snap in snapshots:
-        tables = snap.get("conflicts")
-        for table in CONFLICT_TABLES:
-            rows = tables.get(table) if isinstance(tables, dict) else None
-            for row, counts in (rows.items() if isinstance(rows, dict) else ()):
-                for outcome in ("retried", "failed"):
-                    for value in _numbers([counts.get(outcome) if isinstance(counts, dict) else None]):
-                        _add(summed[table].setdefault(str(row), {}), outcome, value)
-    return {
-        table: sorted(((row, int(c.get("retried", 0)), int(c.get("failed", 0))) for row, c in rows.items()),
-                      key=lambda item: (-(item[1] + item[2]), item[0]))
-        for table, rows in summed.items()
-    }
+__all__ = ["SAMPLES", "DEFAULT_INTERVAL", "MIN_INTERVAL", "MAX_INTERVAL", "MAX_PREFIXES", "OTHER", "MAX_CONFLICT_ROWS",
+           "prefix_of", "record_acquire", "record_release", "record_timeout", "record_busy", "record_view_move",
+           "record_switch", "record_fallback", "record_lost", "record_conflict", "conflicts", "snapshot", "report",
+           "log_summary", "reset", "metrics_settings", "configure_metrics", "snapshot_path", "write_snapshot",
+           # the snapshot format and the reading of snapshot files (``snapshots``)
+           "COUNTERS", "SNAPSHOT_FORMAT", "CONFLICT_TABLES", "percentile", "summarize", "Snapshot", "read_snapshots",
+           "merge", "merge_conflicts"]

@@ -19,6 +19,10 @@ is stopped and removed when it ends, also on Ctrl-C, SIGTERM or an error.
 Clients run as ``python -c`` of :func:`worker_main` and talk JSON lines over
 their stdout; they exit when their stdin closes, so a demo killed with
 SIGKILL leaves no client behind either.
+
+This module runs the demo; ``demoworld`` sets up what it runs on,
+``democlient`` is the clients' workload and ``demoreport`` reads the
+figures.  Their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -30,20 +34,23 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import IO, Any, NoReturn, Protocol
+from typing import IO, Any, NoReturn
 
-from ..config import ServerAddress
-from .servers import free_port
+from .democlient import MAX_ATTEMPTS, MODES, burn, worker_main
+from .demoreport import LEGEND, MODE_TITLES, PhaseResult, format_table, summary
+from .demoworld import DemoError, LockStore, Workspace, choose_store, create_objects, read_counts, start_zeo
+
+__all__ = ["run_demo", "check_counts", "Demo", "DemoSize", "PhaseRun", "Progress", "DemoError", "PhaseResult",
+           "LockStore", "Workspace", "choose_store", "start_zeo", "create_objects", "read_counts", "worker_main",
+           "burn", "format_table", "summary", "LEGEND", "MODES", "MODE_TITLES", "MAX_ATTEMPTS", "DEFAULT_CLIENTS",
+           "DEFAULT_WRITES", "DEFAULT_WORK_MS", "DEFAULT_TIMEOUT", "STORE_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,194 +58,7 @@ DEFAULT_CLIENTS = 4
 DEFAULT_WRITES = 15
 DEFAULT_WORK_MS = 20.0
 DEFAULT_TIMEOUT = 120.0
-#: Attempts per write before a client gives up (transaction.manager.attempts).
-MAX_ATTEMPTS = 500
-MODES = ("nolock", "zlock")
-MODE_TITLES = {"nolock": "no lock", "zlock": "zlock"}
 STORE_CHOICES = ("auto", "memcached", "file")
-
-
-class DemoError(Exception):
-    """The demo could not run; the message says why in one line."""
-
-
-@dataclasses.dataclass
-class PhaseResult:
-    """The figures of one run (all clients, one mode)."""
-
-    mode: str
-    clients: int
-    writes: int
-    work_ms: float
-    commits: int = 0
-    executions: int = 0
-    attempts: int = 0
-    conflicts: int = 0
-    busy: int = 0
-    wall: float = 0.0
-    final_count: int = 0
-
-    @property
-    def expected(self) -> int:
-        return self.clients * self.writes
-
-    @property
-    def wasted(self) -> int:
-        """Executions of the work whose result was thrown away."""
-        return self.executions - self.commits
-
-    @property
-    def wasted_per_commit(self) -> float:
-        return self.wasted / self.commits if self.commits else 0.0
-
-    @property
-    def nothing_lost(self) -> bool:
-        return self.final_count == self.expected == self.commits
-
-    def as_dict(self) -> dict[str, str | float]:
-        data: dict[str, str | float] = dataclasses.asdict(self)
-        data.update(
-            expected=self.expected,
-            wasted=self.wasted,
-            wasted_per_commit=round(self.wasted_per_commit, 3),
-            nothing_lost=self.nothing_lost,
-            wall=round(self.wall, 3),
-        )
-        return data
-
-
-# --------------------------------------------------------------------------- client side
-
-
-def burn(work_ms: float) -> None:
-    """Spend ``work_ms`` milliseconds of this thread's CPU time (the expensive work)."""
-    end = time.thread_time() + work_ms / 1000.0
-    while time.thread_time() < end:
-        pass
-
-
-class _Counts:
-    executions = 0
-
-
-class _Root(Protocol):
-    """The database root as the clients use it: hot objects by name, each a mapping with its count."""
-
-    def __getitem__(self, name: str) -> MutableMapping[str, int]: ...
-
-
-def _update(root: _Root, name: str, lock_key: str, work_ms: float, counts: _Counts) -> None:
-    """One write to the hot object: read it, do the work, write the result."""
-    counts.executions += 1
-    hot = root[name]
-    value = hot["count"]
-    burn(work_ms)
-    hot["count"] = value + 1
-
-
-def _lock_key(fun: Callable[[_Root, str, str, float, _Counts], None], root: _Root, name: str, lock_key: str,
-              *args: float | _Counts) -> str:
-    return lock_key
-
-
-def _exit_when_parent_goes(stdin: IO[str]) -> None:
-    """Leave at once when the parent closes our stdin (it ended, or was killed)."""
-    for _ in stdin:
-        pass
-    os._exit(3)
-
-
-def worker_main(argv: Sequence[str]) -> int:
-    """One demo client: ``--zeo PORT --mode nolock|zlock --writes N --work MS --name OBJ --key KEY``.
-
-    Prints ``{"ready": ...}``, waits for ``go`` on stdin, then one JSON line
-    per commit and ``{"done": ...}`` at the end.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="memcachedlock-demo-client")
-    parser.add_argument("--zeo", type=int, required=True)
-    parser.add_argument("--mode", choices=MODES, required=True)
-    parser.add_argument("--writes", type=int, required=True)
-    parser.add_argument("--work", type=float, required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--key", required=True)
-    args = parser.parse_args(argv)
-
-    import transaction
-    import ZEO
-    from ZODB.POSException import ConflictError
-
-    from ..transactionlock import LockBusy, zlock
-
-    update = _update
-    if args.mode == "zlock":
-        update = zlock(_lock_key, timeout=30, interval=0.05)(_update)
-
-    def emit(**data: int | dict[str, int]) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-
-    db = ZEO.DB(("127.0.0.1", args.zeo))
-    counts = _Counts()
-    attempts = busy = commits = 0
-    try:
-        conn = db.open()
-        emit(ready=os.getpid())
-        if sys.stdin.readline().strip() != "go":
-            return 3
-        threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
-        manager = transaction.manager
-        for _ in range(args.writes):
-            for attempt in manager.attempts(MAX_ATTEMPTS):
-                with attempt:
-                    attempts += 1
-                    try:
-                        update(conn.root(), args.name, args.key, args.work, counts)
-                    except ConflictError as exc:
-                        if isinstance(exc, LockBusy):
-                            busy += 1
-                        raise
-            commits += 1
-            emit(commit=commits, attempts=attempts, busy=busy, executions=counts.executions)
-        conn.close()
-    finally:
-        db.close()
-    emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions))
-    return 0
-
-
-# --------------------------------------------------------------------------- parent side
-
-
-def _die_with_parent() -> None:
-    """In a server child: get SIGTERM when the demo dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def memcached_version(address: ServerAddress, timeout: float = 1.0) -> str | None:
-    """The server's version if something answers as memcached at ``address``."""
-    from ..backends.memcached import server_command
-
-    try:
-        text = server_command(address, b"version", timeout).strip()
-    except OSError:
-        return None
-    return text[8:] if text.startswith("VERSION ") else None
-
-
-@dataclasses.dataclass
-class LockStore:
-    """The store the demo's clients use: its kind, the environment to give them, a description."""
-
-    kind: str
-    env: dict[str, str]
-    description: str
 
 
 @dataclasses.dataclass
@@ -296,199 +116,6 @@ class Progress:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
-
-
-class Workspace:
-    """The demo's temporary directory and every process started in it; ``close()`` stops and removes them."""
-
-    def __init__(self) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="memcachedlock-demo-")
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.tmp, name)
-
-    def spawn(self, args: list[str], **popen_kw: Any) -> subprocess.Popen[bytes]:
-        """A process in its own session, working in the temporary directory, stopped by ``close()``."""
-        proc = subprocess.Popen(args, cwd=self.tmp, start_new_session=True, **popen_kw)
-        self.procs.append(proc)
-        return proc
-
-    def spawn_server(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        """A server process logging to ``log_name``, which gets SIGTERM when the demo dies."""
-        with open(self.path(log_name), "ab") as log:
-            return self.spawn(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=_die_with_parent)
-
-    def wait_listening(self, proc: subprocess.Popen[bytes], port: int, what: str, log_name: str,
-                       timeout: float = 30.0) -> None:
-        """Return once 127.0.0.1:``port`` accepts; DemoError with the log's last line if ``proc`` died or
-        ``timeout`` passed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.last_line(log_name)
-                raise DemoError(
-                    "%s did not start on 127.0.0.1:%d%s" % (what, port, (": " + tail) if tail else "")
-                )
-            time.sleep(0.05)
-
-    def last_line(self, log_name: str) -> str:
-        """The last line of a log that is not blank, stripped ("" if none)."""
-        try:
-            with open(self.path(log_name), "rb") as f:
-                lines = [line for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
-        except OSError:
-            return ""
-        return lines[-1].strip() if lines else ""
-
-    def close(self) -> None:
-        """Stop every process started here and remove the temporary directory.
-
-        A second Ctrl-C while this runs is ignored, so the cleanup always finishes.
-        """
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-        try:
-            self._stop_all()
-        finally:
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
-
-    def _stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    proc.terminate()
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                logger.debug("demo process %d ignored SIGTERM for 5s: killing it", proc.pid)
-                proc.kill()
-                proc.wait(timeout=5)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        self.procs.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-# -- the lock store the clients use
-
-
-def _private_memcached(workspace: Workspace, binary: str) -> LockStore:
-    port = free_port()
-    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", "-t", "1"]
-    if os.getuid() == 0:
-        args += ["-u", "root"]
-    proc = workspace.spawn_server(args, "memcached.log")
-    workspace.wait_listening(proc, port, "memcached", "memcached.log")
-    version = memcached_version(ServerAddress("127.0.0.1", port)) or "?"
-    return LockStore(
-        "memcached",
-        {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": "127.0.0.1:%d" % port},
-        "a private memcached %s on 127.0.0.1:%d (started for the demo)" % (version, port),
-    )
-
-
-def _file_store(workspace: Workspace, why: str) -> LockStore:
-    directory = workspace.path("locks")
-    return LockStore(
-        "file",
-        {"MEMCACHEDLOCK_BACKEND": "file", "MEMCACHEDLOCK_DIR": directory},
-        "the file store (flock in %s)%s" % (directory, why),
-    )
-
-
-def choose_store(workspace: Workspace, choice: str, environ: Mapping[str, str] | None = None) -> LockStore:
-    """MEMCACHEDLOCK_SERVERS if reachable, else a private memcached, else the file store.
-
-    ``choice`` is ``--backend``: ``file`` takes the file store at once, ``memcached`` refuses to fall
-    back to it.
-    """
-    from ..config import parse_servers
-
-    env = os.environ if environ is None else environ
-    if choice == "file":
-        return _file_store(workspace, " (--backend file)")
-    reasons = []
-    configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
-    if configured:
-        servers = parse_servers(configured)
-        down = [s for s in servers if memcached_version(s) is None]
-        if not down:
-            return LockStore(
-                "memcached",
-                {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": configured,
-                 "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:")},
-                "memcached %s (MEMCACHEDLOCK_SERVERS)" % configured,
-            )
-        reasons.append("MEMCACHEDLOCK_SERVERS=%s does not answer (%s)" % (configured, ", ".join(str(s) for s in down)))
-    else:
-        reasons.append("MEMCACHEDLOCK_SERVERS is not set")
-    binary = shutil.which("memcached")
-    if binary is not None:
-        return _private_memcached(workspace, binary)
-    if choice == "memcached":
-        raise DemoError("--backend memcached: %s and no memcached binary is on PATH" % reasons[0])
-    reasons.append("no memcached binary on PATH")
-    return _file_store(workspace, " because " + " and ".join(reasons))
-
-
-# -- the ZEO server and its hot objects
-
-
-def start_zeo(workspace: Workspace) -> int:
-    """runzeo on a temporary FileStorage on a free loopback port; returns the port."""
-    port = free_port()
-    proc = workspace.spawn_server(
-        [sys.executable, "-m", "ZEO.runzeo", "-a", "127.0.0.1:%d" % port, "-f", workspace.path("Data.fs")],
-        "zeo.log",
-    )
-    workspace.wait_listening(proc, port, "ZEO server", "zeo.log")
-    return port
-
-
-@contextlib.contextmanager
-def zeo_root(port: int) -> Iterator[Any]:
-    """The ZEO server's root in a transaction of its own (committed if the block succeeds)."""
-    import transaction
-    import ZEO
-
-    db = ZEO.DB(("127.0.0.1", port))
-    try:
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            with tm:
-                yield conn.root()
-        finally:
-            conn.close()
-    finally:
-        db.close()
-
-
-def create_objects(port: int) -> None:
-    """One hot object per run, its count at 0."""
-    from persistent.mapping import PersistentMapping
-
-    with zeo_root(port) as root:
-        for mode in MODES:
-            root["hot-" + mode] = PersistentMapping(count=0)
-
-
-def read_counts(port: int) -> dict[str, int]:
-    """Each run's final count: the writes that really reached the database."""
-    with zeo_root(port) as root:
-        return {mode: root["hot-" + mode]["count"] for mode in MODES}
-
 
 # -- one run
 
@@ -657,53 +284,6 @@ class Demo:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
-
-
-def format_table(results: list[PhaseResult]) -> str:
-    """The result table: one row per run, speed-up against the unlocked run."""
-    base = results[0].wall
-    header = ("run", "commits", "conflicts", "zlock retries", "executions", "wasted",
-              "wasted/commit", "wall", "speed-up", "count")
-    rows = [header]
-    for r in results:
-        rows.append((
-            MODE_TITLES[r.mode], str(r.commits), str(r.conflicts), str(r.busy), str(r.executions),
-            str(r.wasted), "%.2f" % r.wasted_per_commit, "%.2fs" % r.wall,
-            "%.2fx" % (base / r.wall) if r.wall else "-",
-            "%d/%d%s" % (r.final_count, r.expected, "" if r.nothing_lost else " LOST"),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-#: Printed under the table: what its columns count.
-LEGEND = (
-    "conflicts: attempts lost to a ConflictError after doing the work; zlock retries: attempts zlock "
-    "restarted before doing the work (LockBusy) because another client held the lock or this client's "
-    "view predated its last commit; wasted: executions of the work that did not commit."
-)
-
-
-def summary(results: list[PhaseResult]) -> str:
-    """One or two sentences reading the table."""
-    plain, locked = results[0], results[-1]
-    text = (
-        "Without a lock %d of %d executions of the work were thrown away by ConflictErrors"
-        " (%.2f per commit); with zlock %d (%.2f per commit)."
-        % (plain.wasted, plain.executions, plain.wasted_per_commit, locked.wasted, locked.wasted_per_commit)
-    )
-    if locked.wall and plain.wall:
-        text += " zlock took %.2fx the time of the unlocked run (speed-up %.2fx)." % (
-            locked.wall / plain.wall, plain.wall / locked.wall)
-    if not all(r.nothing_lost for r in results):
-        text += " UPDATES WERE LOST: the final count differs from the commits."
-    return text
 
 
 class _Interrupted(BaseException):
