@@ -220,6 +220,9 @@ def test_double_inclusion_is_harmless(memcached, clean, tmp_path):
     ({"kind": "lock", "policy": "on-conflict"}, "on-conflict"),
     ({"kind": "zlock", "policy": "on-conflict", "conflicts": "0"}, "0"),
     ({"kind": "zlock", "policy": "on-conflict", "conflicts": "two"}, "two"),
+    ({"kind": "zlock", "policy": "on-conflict", "conflicts": "101"}, "conflicts 101"),
+    ({"timeout": "nan"}, "nan"),
+    ({"wait": "inf"}, "inf"),
     ({"kind": "zlock", "policy": "always", "conflicts": "3"}, "conflicts=3"),
     ({"kind": "rlock", "conflicts": "3"}, "conflicts"),
 ])

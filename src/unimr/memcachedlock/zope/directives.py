@@ -14,9 +14,10 @@ is ``('unimr.memcachedlock:lock', class, method)``: two registrations for
 one method conflict (zope.configuration names both places), and including
 the same file twice is harmless because ``include`` processes a file once.
 Its options are the decorator's keywords (:class:`ILockOptions`): a field
-added there is passed to the decorator, which checks it.  Everything is
-checked while the file is read, so a bad value is reported with the file
-and line it came from.
+added there is passed to the decorator, whose :class:`..options.LockOptions`
+checks it -- the fields here only turn text into numbers, so a limit is
+written once.  Everything is checked while the file is read, so a bad value
+is reported with the file and line it came from.
 
 ``<memcachedlock:immediateRetry/>`` installs the publisher patch of
 :mod:`.publisher` (discriminator ``('unimr.memcachedlock:immediateRetry',)``).
@@ -122,7 +123,8 @@ def store(_context: Context, **given: Any) -> None:
 class ILockOptions(Interface):
     """The options of the lock decorators, passed on to ``lock``/``rlock``/``zlock`` as keywords.
 
-    One field here is one more keyword; the decorator checks its value.
+    One field here is one more keyword; the decorator checks its value (a
+    field parses the text only: the limits are :class:`..options.LockOptions`'s).
     A field's default other than None is passed as is; None means "the
     decorator's default".
     """
@@ -148,7 +150,6 @@ class ILockOptions(Interface):
         Int, "ConflictErrors before the lock",
         "Policy on-conflict: after this many ConflictErrors in a row, a thread's next try takes the "
         "lock when it begins (default 1; the catalog patch uses 3: Zope's last try); zlock only.",
-        min=1, max=100,
     )
     move_view = _field(
         Bool, "Move stale views",
