@@ -66,7 +66,10 @@ class IStoreDirective(Interface):
     environment variable would be, so an empty attribute counts as left out
     and ``dir`` must be absolute (a zope.schema Float or Choice would refuse
     an empty value, and a Path would turn an empty or relative ``dir`` into
-    the ZCML package's directory, or the working directory).
+    the ZCML package's directory, or the working directory).  The settings
+    that are not the store's (``txn_wait``, ``metrics_dir``,
+    ``metrics_interval``) are not attributes: this directive's settings only
+    build the store, and the readers of those three would never see them.
     """
 
     backend = _field(
