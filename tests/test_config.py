@@ -127,3 +127,58 @@ def test_a_server_address_given_without_its_port_is_refused_at_once():
     with pytest.raises(ConfigurationError, match="neither a socket path nor a host and a port"):
         str(ServerAddress(host="h"))
     assert Settings(servers=(ServerAddress("h", 1), ServerAddress(path="/s.sock"))).servers[1].complete
+
+
+def test_txn_wait_and_metrics_are_settings_read_once_and_reset_rereads(monkeypatch, tmp_path):
+    """``MEMCACHEDLOCK_TXN_WAIT`` and ``_METRICS_DIR``/``_INTERVAL`` are settings like the store's."""
+    assert (Settings().txn_wait, Settings().metrics_dir, Settings().metrics_interval) == (5.0, "", 60.0)
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "0.3")
+    monkeypatch.setenv("MEMCACHEDLOCK_METRICS_DIR", str(tmp_path))
+    monkeypatch.setenv("MEMCACHEDLOCK_METRICS_INTERVAL", "0.2")
+    first = config.get_settings()
+    assert (first.txn_wait, first.metrics_dir, first.metrics_interval) == (0.3, str(tmp_path), 0.2)
+    monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "2")
+    assert config.get_settings() is first
+    registry.reset()
+    assert config.get_settings().txn_wait == 2.0
+    settings = registry.configure(txn_wait=7, metrics_interval="90", metrics_dir=" ")
+    assert (settings.txn_wait, settings.metrics_dir, settings.metrics_interval) == (7.0, str(tmp_path), 90.0)
+    with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_METRICS_DIR='relative'"):
+        registry.configure(metrics_dir="relative")
+
+
+def _outcome(read):
+    """What ``read()`` returns, or the words of its ConfigurationError."""
+    try:
+        return read()
+    except ConfigurationError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("variable, value", [
+    (variable, value) for variable in ("MEMCACHEDLOCK_TXN_WAIT", "MEMCACHEDLOCK_METRICS_INTERVAL")
+    for value in ("soon", "0", "-1", "nan", "3601", "0.05", "86401", " 2 ", "")
+] + [("MEMCACHEDLOCK_METRICS_DIR", value) for value in ("relative", "/m\0x", " /srv/m ", "")])
+def test_the_settings_and_the_own_readers_agree(monkeypatch, variable, value):
+    """Until the readers ask ``get_settings()``: the same value, default, or words for a bad value."""
+    from unimr.memcachedlock import metrics
+    from unimr.memcachedlock.transactionlock import txn_wait
+
+    name = {"MEMCACHEDLOCK_TXN_WAIT": "txn_wait", "MEMCACHEDLOCK_METRICS_DIR": "metrics_dir",
+            "MEMCACHEDLOCK_METRICS_INTERVAL": "metrics_interval"}[variable]
+    if name == "txn_wait":
+        monkeypatch.setenv(variable, value)
+        own = _outcome(txn_wait)
+    else:
+        own = _outcome(lambda: metrics.metrics_settings({variable: value})[name != "metrics_dir"])
+    assert _outcome(lambda: getattr(Settings.from_environ({variable: value}), name)) == own
+
+
+def test_the_settings_defaults_and_limits_are_the_own_readers():
+    """One default and one set of limits, whichever reader a process uses."""
+    from unimr.memcachedlock import metrics
+    from unimr.memcachedlock.transactionlock import DEFAULT_TXN_WAIT
+
+    assert config.DEFAULT_TXN_WAIT == DEFAULT_TXN_WAIT
+    assert (config.DEFAULT_METRICS_INTERVAL, config.MIN_METRICS_INTERVAL, config.MAX_METRICS_INTERVAL) == (
+        metrics.DEFAULT_INTERVAL, metrics.MIN_INTERVAL, metrics.MAX_INTERVAL)

@@ -10,7 +10,9 @@ Each row goes through the environment (``Settings.from_environ``, or the
 reader of a setting that lives elsewhere: ``txn_wait()``, ``metrics_settings()``),
 through code (``configure()``; ``configure_metrics()`` for the metrics) and,
 for the store's settings, through ``<memcachedlock:store>`` loaded by
-zope.configuration.  Nothing is mocked.
+zope.configuration.  The transaction wait and the metrics settings are
+``Settings`` fields too: their rows also go through ``Settings.from_environ``
+and ``configure()``.  Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ SETTINGS = {
     "MEMCACHEDLOCK_METRICS_DIR": ("metrics_dir", ""),
     "MEMCACHEDLOCK_METRICS_INTERVAL": ("metrics_interval", metrics.DEFAULT_INTERVAL),
 }
+#: Settings fields that also have a reader of their own (``txn_wait()``, ``metrics_settings()``).
+OWN_READERS = ("txn_wait", "metrics_dir", "metrics_interval")
 #: Settings fields -> the ``<memcachedlock:store>`` attribute that sets them.
 ZCML_ATTRIBUTES = {"servers": "servers", "backend": "backend", "lock_dir": "dir", "connect_timeout": "connect_timeout",
                    "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix"}
@@ -145,14 +149,28 @@ def from_zcml(variable: str, value: str):
         cleanUp()
 
 
-ROUTES = {"environment": from_environment, "configure": from_code, "zcml": from_zcml}
+def from_settings(variable: str, value: str):
+    """The value of the ``Settings`` field when only ``variable`` is set in the environment."""
+    return plain(getattr(config.Settings.from_environ({variable: value}), SETTINGS[variable][0]))
+
+
+def from_configure(variable: str, value: str):
+    """The value of the ``Settings`` field after ``configure()`` was given ``value``."""
+    name = SETTINGS[variable][0]
+    return plain(getattr(registry.configure(**{name: value}), name))
+
+
+ROUTES = {"environment": from_environment, "configure": from_code, "zcml": from_zcml,
+          "settings": from_settings, "settings-configure": from_configure}
 
 
 def takes(route: str, variable: str, value: str) -> bool:
     """Whether ``value`` of ``variable`` can come in by ``route`` at all."""
     name = SETTINGS[variable][0]
+    if route in ("settings", "settings-configure"):
+        return name in OWN_READERS  # the other fields go through Settings on the routes above
     if route == "configure":
-        return name != "txn_wait"  # read from the environment only
+        return name != "txn_wait"  # txn_wait() reads the environment only; "settings-configure" has configure()
     if route == "zcml":
         return name in ZCML_ATTRIBUTES and "\0" not in value  # XML cannot hold a NUL
     return not (name == "txn_wait" and "\0" in value)  # nor can a real environment variable

@@ -220,6 +220,9 @@ def test_double_inclusion_is_harmless(memcached, clean, tmp_path):
     ({"kind": "lock", "policy": "on-conflict"}, "on-conflict"),
     ({"kind": "zlock", "policy": "on-conflict", "conflicts": "0"}, "0"),
     ({"kind": "zlock", "policy": "on-conflict", "conflicts": "two"}, "two"),
+    ({"kind": "zlock", "policy": "on-conflict", "conflicts": "101"}, "conflicts 101"),
+    ({"timeout": "nan"}, "nan"),
+    ({"wait": "inf"}, "inf"),
     ({"kind": "zlock", "policy": "always", "conflicts": "3"}, "conflicts=3"),
     ({"kind": "rlock", "conflicts": "3"}, "conflicts"),
 ])
@@ -463,3 +466,77 @@ def test_the_catalog_patch_says_so_in_one_info_line_per_process(memcached, clean
     assert "now runs under a zlock" in infos[0] and "further locked methods" in infos[0]
     assert "publisher" in infos[1]
     assert len(debugs) == 12, debugs
+
+
+def lock_actions(body: str) -> list[tuple]:
+    """The ``memcachedlock:lock`` actions ``body`` makes, in order, without running them."""
+    context = xmlconfig.string(HEADER % body, execute=False)
+    return [(action["discriminator"], action["callable"], action["args"], action["kw"])
+            for action in context.actions if action["discriminator"][:1] == ("unimr.memcachedlock:lock",)]
+
+
+def test_a_list_of_methods_is_one_registration_per_method(memcached, clean):
+    """``methods="edit peek"`` makes the actions two directives with ``method=`` make, in the same order."""
+    listed = lock_actions('<memcachedlock:lock class="test_zcml.Document" methods="edit\n   peek" '
+                          'key="test_zcml.document_key" timeout="5" />')
+    separate = lock_actions(lock_xml("zlock", timeout="5") + lock_xml("zlock", method="peek", timeout="5"))
+    assert listed == separate
+    assert [action[0] for action in listed] == [("unimr.memcachedlock:lock", Document, "edit"),
+                                                ("unimr.memcachedlock:lock", Document, "peek")]
+    load('<memcachedlock:lock class="test_zcml.Document" methods="edit peek" key="test_zcml.document_key" '
+         'kind="lock" name="test_zcml.shared" />')
+    assert {(p.method, p.name) for p in patch.patches()} == {("edit", "test_zcml.shared"),
+                                                             ("peek", "test_zcml.shared")}
+
+
+def test_overrides_replace_one_method_of_a_list(memcached, clean, tmp_path):
+    """A site's overrides.zcml replaces the lock of one method that catalog.zcml locks in a list."""
+    overrides = tmp_path / "overrides.zcml"
+    overrides.write_text(ON_CONFLICT_OVERRIDE)
+    xmlconfig.string('<configure xmlns="http://namespaces.zope.org/zope">'
+                     '<include package="unimr.memcachedlock" file="catalog.zcml" />'
+                     '<includeOverrides file="%s" /></configure>' % overrides)
+    from Products.ZCatalog.ZCatalog import ZCatalog
+
+    options = {p.method: p.options for p in patch.patches() if p.cls is ZCatalog}
+    assert options["catalog_object"] == {"policy": "on-conflict", "conflicts": 3}
+    assert options["uncatalog_object"] == {} and options["addIndex"] == {"policy": "always"}
+    assert len(options) == 2 + len(CATALOG_WRITERS)
+
+
+@pytest.mark.parametrize("attributes", ['method="edit" methods="edit peek"', 'method="edit" methods="edit"', ""])
+def test_method_and_methods_are_one_or_the_other(clean, attributes):
+    with pytest.raises(ConfigurationError) as info:
+        load('<memcachedlock:lock class="test_zcml.Document" %s key="test_zcml.document_key" />' % attributes)
+    message = str(info.value)
+    assert "method" in message and "methods" in message and "line 4" in message, message
+    assert patch.patches() == []
+
+
+@pytest.mark.parametrize("methods, word", [
+    ("edit 3edit", "3edit"),
+    ("edit no_such_method", "no_such_method"),
+    ("edit peek edit", "'edit' more than once"),
+])
+def test_a_bad_method_in_the_list_is_named_at_load(clean, methods, word):
+    with pytest.raises(ConfigurationError) as info:
+        load('<memcachedlock:lock class="test_zcml.Document" methods="%s" key="test_zcml.document_key" />'
+             % methods)
+    assert word in str(info.value) and "line 4" in str(info.value), str(info.value)
+    assert patch.patches() == []
+
+
+def test_an_empty_methods_is_left_out(memcached, clean):
+    load(lock_xml("lock", methods=" "))
+    assert [p.method for p in patch.patches()] == ["edit"]
+
+
+def test_the_documented_list_form_is_catalog_zcml():
+    """docs/zope.rst shows catalog.zcml's first directive as it is in the file."""
+    with open(os.path.join(ROOT, "docs", "zope.rst"), encoding="utf-8") as file:
+        text = file.read()
+    block = text.split("one directive per group that shares a lock and a policy::\n\n", 1)[1].split("\n\n", 1)[0]
+    shown = [line.strip() for line in block.splitlines()]
+    with open(os.path.join(ROOT, "src", "unimr", "memcachedlock", "catalog.zcml"), encoding="utf-8") as file:
+        catalog = [line.strip() for line in file.read().splitlines()]
+    assert len(shown) == 6 and any(catalog[i:i + len(shown)] == shown for i in range(len(catalog))), shown

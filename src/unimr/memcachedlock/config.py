@@ -17,10 +17,13 @@ Environment variables:
     Seconds a down memcached is left alone before it is tried again (2.0).
 ``MEMCACHEDLOCK_PREFIX``
     Namespace of the package's keys in memcached (``memcachedlock:``).
-
-``MEMCACHEDLOCK_TXN_WAIT`` (:func:`.transactionlock.txn_wait`) and
-``MEMCACHEDLOCK_METRICS_DIR`` / ``_INTERVAL`` (:mod:`.metrics`) are read where
-they are used, with the helpers here.
+``MEMCACHEDLOCK_TXN_WAIT``
+    Longest wait for a lock inside a transaction, in seconds (5.0; see
+    :mod:`.transactionlock`).
+``MEMCACHEDLOCK_METRICS_DIR`` / ``MEMCACHEDLOCK_METRICS_INTERVAL``
+    Directory, an absolute path, where each process writes its lock metrics
+    (none: no snapshot files), and the seconds between two writes (60.0,
+    at least 0.1; see :mod:`.metrics`).
 
 One rule for every setting, however it comes in (the environment, zope.conf's
 ``<environment>``, ``configure()``, a ``<memcachedlock:store>`` attribute, a
@@ -52,6 +55,12 @@ from .errors import ConfigurationError
 DEFAULT_SERVERS = "127.0.0.1:11211"
 DEFAULT_PORT = 11211
 BACKEND_KINDS = ("fallback", "memcached", "file")
+#: Default of ``MEMCACHEDLOCK_TXN_WAIT``: longest wait for a lock inside a transaction.
+DEFAULT_TXN_WAIT = 5.0
+#: Default and bounds of ``MEMCACHEDLOCK_METRICS_INTERVAL``, in seconds.
+DEFAULT_METRICS_INTERVAL = 60.0
+MIN_METRICS_INTERVAL = 0.1
+MAX_METRICS_INTERVAL = 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +263,15 @@ def _prefix(name: str, value: object) -> str:
     return prefix
 
 
+def _metrics_interval(name: str, value: object) -> float:
+    """Seconds between two metrics snapshot files: at least MIN_METRICS_INTERVAL, at most a day."""
+    seconds = _seconds(name, value, DEFAULT_METRICS_INTERVAL, high=MAX_METRICS_INTERVAL)
+    if seconds < MIN_METRICS_INTERVAL:
+        raise ConfigurationError("%s=%r must be at least %s seconds: a shorter one would rewrite the snapshot "
+                                 "file in a busy loop" % (name, value, MIN_METRICS_INTERVAL))
+    return seconds
+
+
 def default_lock_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "unimr.memcachedlock-%d" % os.getuid())
 
@@ -267,12 +285,16 @@ FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "io_timeout": ("MEMCACHEDLOCK_IO_TIMEOUT", functools.partial(_seconds, default=1.0, high=60)),
     "retry": ("MEMCACHEDLOCK_RETRY", functools.partial(_seconds, default=2.0)),
     "prefix": ("MEMCACHEDLOCK_PREFIX", _prefix),
+    "txn_wait": ("MEMCACHEDLOCK_TXN_WAIT", functools.partial(_seconds, default=DEFAULT_TXN_WAIT)),
+    "metrics_dir": ("MEMCACHEDLOCK_METRICS_DIR", absolute_directory),
+    "metrics_interval": ("MEMCACHEDLOCK_METRICS_INTERVAL", _metrics_interval),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything that decides which lock store is used and how.
+    """Everything that decides which lock store is used and how, how long a lock is waited for inside a
+    transaction, and where the lock metrics are written.
 
     Every field is parsed and checked here, whoever builds the settings (the
     environment, ``configure()``, ZCML, the command line), so the same value
@@ -287,14 +309,20 @@ class Settings:
     io_timeout: float = 1.0
     retry: float = 2.0
     prefix: str = "memcachedlock:"
+    txn_wait: float = DEFAULT_TXN_WAIT
+    #: ``""``: no metrics snapshot files.
+    metrics_dir: str = ""
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL
 
     def __init__(self, servers: object = None, backend: object = None, lock_dir: object = None,
                  connect_timeout: object = None, io_timeout: object = None, retry: object = None,
-                 prefix: object = None) -> None:
+                 prefix: object = None, txn_wait: object = None, metrics_dir: object = None,
+                 metrics_interval: object = None) -> None:
         """Each field from its value as given: text (as its environment variable), a value of the field's
         type, or None or blank text for its default (the annotations above are the fields as parsed)."""
         given = dict(servers=servers, backend=backend, lock_dir=lock_dir, connect_timeout=connect_timeout,
-                     io_timeout=io_timeout, retry=retry, prefix=prefix)
+                     io_timeout=io_timeout, retry=retry, prefix=prefix, txn_wait=txn_wait,
+                     metrics_dir=metrics_dir, metrics_interval=metrics_interval)
         for field in dataclasses.fields(self):
             value = given[field.name]
             if is_unset(value):

@@ -9,14 +9,18 @@ use that utility (:func:`..registry.get_backend`); attributes left out, or
 empty, come from the ``MEMCACHEDLOCK_*`` environment, then the defaults.
 
 ``<memcachedlock:lock class="..." method="..." key="..." kind="zlock"/>``
-locks a method of a class (see :mod:`.patch`).  The action's discriminator
-is ``('unimr.memcachedlock:lock', class, method)``: two registrations for
-one method conflict (zope.configuration names both places), and including
-the same file twice is harmless because ``include`` processes a file once.
-Its options are the decorator's keywords (:class:`ILockOptions`): a field
-added there is passed to the decorator, which checks it.  Everything is
-checked while the file is read, so a bad value is reported with the file
-and line it came from.
+locks a method of a class (see :mod:`.patch`); ``methods="a b c"`` instead
+of ``method`` locks several methods of the class alike.  Each method is one
+action, with the discriminator ``('unimr.memcachedlock:lock', class,
+method)``, whichever attribute named it: two registrations for one method
+conflict (zope.configuration names both places), an ``overrides.zcml`` can
+replace the lock of one method of a list, and including the same file twice
+is harmless because ``include`` processes a file once.  Its options are the
+decorator's keywords (:class:`ILockOptions`): a field added there is passed
+to the decorator, whose :class:`..options.LockOptions` checks it -- the
+fields here only turn text into numbers, so a limit is written once.
+Everything is checked while the file is read, so a bad value is reported
+with the file and line it came from.
 
 ``<memcachedlock:immediateRetry/>`` installs the publisher patch of
 :mod:`.publisher` (discriminator ``('unimr.memcachedlock:immediateRetry',)``).
@@ -29,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from zope.configuration.exceptions import ConfigurationError
-from zope.configuration.fields import GlobalObject, PythonIdentifier
+from zope.configuration.fields import GlobalObject, PythonIdentifier, Tokens
 from zope.interface import Interface
 from zope.schema import Bool, Choice, Float, Int, Text, TextLine
 
@@ -62,7 +66,10 @@ class IStoreDirective(Interface):
     environment variable would be, so an empty attribute counts as left out
     and ``dir`` must be absolute (a zope.schema Float or Choice would refuse
     an empty value, and a Path would turn an empty or relative ``dir`` into
-    the ZCML package's directory, or the working directory).
+    the ZCML package's directory, or the working directory).  The settings
+    that are not the store's (``txn_wait``, ``metrics_dir``,
+    ``metrics_interval``) are not attributes: this directive's settings only
+    build the store, and the readers of those three would never see them.
     """
 
     backend = _field(
@@ -122,7 +129,8 @@ def store(_context: Context, **given: Any) -> None:
 class ILockOptions(Interface):
     """The options of the lock decorators, passed on to ``lock``/``rlock``/``zlock`` as keywords.
 
-    One field here is one more keyword; the decorator checks its value.
+    One field here is one more keyword; the decorator checks its value (a
+    field parses the text only: the limits are :class:`..options.LockOptions`'s).
     A field's default other than None is passed as is; None means "the
     decorator's default".
     """
@@ -148,7 +156,6 @@ class ILockOptions(Interface):
         Int, "ConflictErrors before the lock",
         "Policy on-conflict: after this many ConflictErrors in a row, a thread's next try takes the "
         "lock when it begins (default 1; the catalog patch uses 3: Zope's last try); zlock only.",
-        min=1, max=100,
     )
     move_view = _field(
         Bool, "Move stale views",
@@ -162,7 +169,12 @@ class ILockDirective(ILockOptions):
     """Lock a method of a class with a distributed lock."""
 
     class_ = _field(GlobalObject, "Class", "Dotted name of the class whose method is locked.", required=True)
-    method = _field(PythonIdentifier, "Method", "Name of the method to lock.", required=True)
+    method = _field(PythonIdentifier, "Method", "Name of the method to lock (or give methods).")
+    methods = _field(
+        Tokens, "Methods",
+        "Names of the methods to lock alike, separated by spaces (or give method): one registration each.",
+        value_type=PythonIdentifier(),
+    )
     key = _field(
         GlobalObject, "Key function",
         "Dotted name of get_key(fun, self, *args, **kw), returning what the lock protects.", required=True,
@@ -181,21 +193,42 @@ class IImmediateRetryDirective(Interface):
     """Let Zope's publisher retry LockBusy without its random back-off."""
 
 
-def lock(_context: Context, class_: type, method: str, key: GetKey, kind: str = "zlock", name: str | None = None,
-         **options: Any) -> None:
-    """Handler of ``<memcachedlock:lock>``: check everything now, patch when the actions run."""
+def method_names(method: str | None, methods: list[str] | None) -> list[str]:
+    """The methods a lock directive names: ``method`` or ``methods``, exactly one of them, no name twice.
+
+    An empty ``methods`` counts as left out, as an empty setting does.
+    """
+    methods = methods or None
+    if method is not None and methods is not None:
+        raise ConfigurationError("give method or methods, not both (method=%r, methods=%r)"
+                                 % (method, " ".join(methods)))
+    names = [method] if method is not None else list(methods or ())
+    if not names:
+        raise ConfigurationError("give the method to lock: method (one name) or methods (names separated by spaces)")
+    twice = sorted({each for each in names if names.count(each) > 1})
+    if twice:
+        raise ConfigurationError("methods lists %s more than once" % ", ".join(map(repr, twice)))
+    return names
+
+
+def lock(_context: Context, class_: type, key: GetKey, method: str | None = None, methods: list[str] | None = None,
+         kind: str = "zlock", name: str | None = None, **options: Any) -> None:
+    """Handler of ``<memcachedlock:lock>``: check everything now, patch each method when the actions run."""
+    names = method_names(method, methods)
     try:
         patch.decorator(kind, key, options)
         patch.check_lock_name(name)
-        patch.find_method(class_, method)
+        for each in names:
+            patch.find_method(class_, each)
     except MemcachedLockError as exc:
         raise ConfigurationError(str(exc)) from exc
-    _context.action(
-        discriminator=("unimr.memcachedlock:lock", class_, method),
-        callable=patch.lock_method,
-        args=(class_, method, key, kind, name),
-        kw=options,
-    )
+    for each in names:
+        _context.action(
+            discriminator=("unimr.memcachedlock:lock", class_, each),
+            callable=patch.lock_method,
+            args=(class_, each, key, kind, name),
+            kw=dict(options),
+        )
 
 
 def immediate_retry(_context: Context) -> None:
