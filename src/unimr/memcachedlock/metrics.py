@@ -70,10 +70,10 @@ logger = logging.getLogger(__name__)
 
 #: Wait and hold times kept per prefix for the percentiles (the most recent ones).
 SAMPLES = 1000
-DEFAULT_INTERVAL = 60.0
+DEFAULT_INTERVAL = config.DEFAULT_METRICS_INTERVAL
 #: Bounds of MEMCACHEDLOCK_METRICS_INTERVAL, in seconds.
-MIN_INTERVAL = 0.1
-MAX_INTERVAL = 86400.0
+MIN_INTERVAL = config.MIN_METRICS_INTERVAL
+MAX_INTERVAL = config.MAX_METRICS_INTERVAL
 #: Prefixes with a record of their own per process; the rest count under OTHER.
 MAX_PREFIXES = 64
 OTHER = "(other)"
@@ -273,13 +273,9 @@ def metrics_settings(environ: Mapping[str, str] | None = None) -> tuple[str, flo
 
 
 def _checked_settings(directory: object, interval: object) -> tuple[str, float]:
-    """The metrics settings parsed by the package's one rule (``config``): blank is not given, errors name it."""
-    directory = "" if config.is_unset(directory) else config.absolute_directory("MEMCACHEDLOCK_METRICS_DIR", directory)
-    seconds = config._seconds("MEMCACHEDLOCK_METRICS_INTERVAL", interval, DEFAULT_INTERVAL, high=MAX_INTERVAL)
-    if seconds < MIN_INTERVAL:
-        raise ConfigurationError("MEMCACHEDLOCK_METRICS_INTERVAL=%r must be at least %s seconds: a shorter one "
-                                 "would rewrite the snapshot file in a busy loop" % (interval, MIN_INTERVAL))
-    return directory, seconds
+    """The metrics settings parsed as :class:`.config.Settings` parses them: blank is not given, errors name it."""
+    settings = config.Settings(metrics_dir=directory, metrics_interval=interval)
+    return settings.metrics_dir, settings.metrics_interval
 
 
 def configure_metrics(directory: str = "", interval: float | str = DEFAULT_INTERVAL) -> None:
@@ -298,7 +294,8 @@ def _current_settings() -> tuple[str, float]:
     global _settings_cache
     if _settings_cache is None:
         try:
-            _settings_cache = metrics_settings()
+            settings = config.get_settings()
+            _settings_cache = settings.metrics_dir, settings.metrics_interval
         except ConfigurationError as exc:
             logger.warning("metrics snapshots off: %s", exc)
             _settings_cache = ("", DEFAULT_INTERVAL)
