@@ -63,7 +63,7 @@ class FallbackCommitGate:
 
     def enter(self, name: str) -> CommitPass | None:
         backend = self.backend
-        if backend._held_in_files(name) or backend.secondary.get_note(name) is not None:
+        if backend.held_in_files(name) or backend.secondary.get_note(name) is not None:
             return None
         try:
             return backend.primary.commit_gate.enter(name)
@@ -133,7 +133,7 @@ class FallbackBackend(Backend):
             if lease is not None:
                 metrics.record_fallback(name)
             return lease
-        if lease is not None and self._held_in_files(name):
+        if lease is not None and self.held_in_files(name):
             logger.debug("lock %s is still held in the lock directory since an outage", name)
             lease.release()
             return None
@@ -147,7 +147,8 @@ class FallbackBackend(Backend):
         """
         return any(lease.name == name for lease in self.primary.held_leases())
 
-    def _held_in_files(self, name: str) -> bool:
+    def held_in_files(self, name: str) -> bool:
+        """True if somebody holds ``name`` in the lock directory (since an outage); False if it cannot be read."""
         try:
             return self.secondary.is_held(name)
         except BackendUnavailable:

@@ -6,8 +6,11 @@ and wakes that waiter, and a hand-over to a thread of this process reads it
 while it rewrites the lock's record.  Announcements live ``WANT_TTL``
 seconds unless their waiter refreshes them.
 
-The memcached store is its own board: ``waiting.hand_over`` hands over only
-the leases whose store is the board (``lease.backend is board``).
+The memcached store is its own board (this class is one of its bases):
+``waiting.hand_over`` hands over only the leases whose store is the board
+(``lease.backend is board``).  ``hand_record_over`` refuses any other lease
+itself, so the board can become an object of its own, as the commit gate is,
+once that comparison goes.
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ class MemcachedWaiterBoard:
 
         One round trip, only while the lease's cas is provably current (see
         ``ClientPool.delete_if_unchanged``).  Returns the announcement (a Want
-        or None), or False when the record could not be rewritten that way
-        (also for a lease of another store: ``waiting.hand_over`` passes only this store's).
+        or None), or False when the record could not be rewritten that way,
+        and for a lease of another store.
         """
-        if not isinstance(lease, MemcachedLease):
+        if not isinstance(lease, MemcachedLease) or lease.backend is not self:
             return False
         stored = lease.rewrite_record(thread, ttl)
         if stored is False:
