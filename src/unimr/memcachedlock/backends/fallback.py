@@ -1,7 +1,7 @@
 """Memcached first, the file store while memcached is unreachable (the default).
 
 Each acquisition tries the memcached server that owns the lock name.  If
-that server refuses, times out or hangs, :class:`~.memcached.MemcachedServer`
+that server refuses, times out or hangs, :class:`~.memcachedserver.MemcachedServer`
 raises BackendUnavailable (it logs the outage once and fails fast for
 ``retry`` seconds, so waits stay bounded by the connect/read timeouts) and
 the lock is taken in the lock directory instead.  When the server answers
@@ -40,7 +40,8 @@ from ..interfaces import ICommitGate
 from ..lease import Lease
 from .base import Backend, CommitPass, Warn
 from .file import FileBackend
-from .memcached import MemcachedBackend, MemcachedServer
+from .memcached import MemcachedBackend
+from .memcachedserver import MemcachedServer
 from .records import Holder
 
 logger = logging.getLogger(__name__)

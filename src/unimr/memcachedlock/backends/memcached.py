@@ -20,6 +20,11 @@ With several servers each lock name maps to one server by rendezvous hashing
 over the configured list.  A dead server is never replaced by another one
 for its keys: moving a key would let two holders in.  Its keys raise
 BackendUnavailable, which the fallback store turns into file locks.
+
+The store's parts have modules of their own: ``memcachedserver`` (a server,
+its outage state, compare-and-delete), ``memcachedlease`` (an acquisition),
+``memcachedboard`` (the waiter announcements) and ``memcachedgate`` (the
+commit gate).
 """
 
 from __future__ import annotations
