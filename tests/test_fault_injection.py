@@ -22,8 +22,9 @@ from unimr.memcachedlock.backends.memcached import MemcachedBackend, carries_tok
 from unimr.memcachedlock.backends.pool import ClientPool
 from unimr.memcachedlock.config import parse_server
 from unimr.memcachedlock.errors import BackendUnavailable, InvalidKey, TimeoutTooLarge
+from unimr.memcachedlock.lease import renew_period
 from unimr.memcachedlock.locks import Lock, RLock
-from unimr.memcachedlock.renewer import MAX_CHECK_PERIOD, renew_period
+from unimr.memcachedlock.renewer import MAX_CHECK_PERIOD
 
 from delay_proxy import DelayProxy
 

@@ -60,12 +60,24 @@ class ILock(Interface):
 class ILease(Interface):
     """One acquisition of a lock in a backend."""
 
+    backend = Attribute("The store that granted it (callers only compare it: ``lease.backend is store``).")
     name = Attribute("The lock name.")
     token = Attribute("Random token identifying this acquisition.")
-    value = Attribute("The bytes stored for this acquisition (token and holder description).")
     ttl = Attribute("The lease in seconds.")
+    pid = Attribute("The process that took it (a forked child never holds its parent's leases).")
+    started = Attribute("Monotonic time of the acquisition, or of the hand-over to the current thread.")
+    held = Attribute("True while this process still holds the lease, as far as it knows.")
     released = Attribute("True once released (by this lease, release_all, or a fork).")
-    lost = Attribute("True once a renewal or release found the lock no longer ours.")
+    lost = Attribute("True once a renewal or release found the lock no longer ours, or it lapsed unrenewed.")
+    on_lost = Attribute("Called with the lease (in a thread of its own) when it is found lost, or None.")
+    renew_until = Attribute(
+        "Monotonic time after which the renewer releases the lease instead of renewing it (zlock's "
+        "reservations), or None: renewed while held."
+    )
+    successor = Attribute(
+        "After the release: the waiter announcement (bytes) the store kept next to the lock, or None "
+        "(always None in a store without a waiter board)."
+    )
 
     def release() -> bool:
         """Remove the lock if it is still ours; return True if it was.
@@ -78,6 +90,12 @@ class ILease(Interface):
         """Extend the lease if the lock is still ours; return True if it was.
 
         Raises BackendUnavailable if the store cannot be reached.
+        """
+
+    def handed_to(ttl: float) -> bool:
+        """The lease now serves another lock object (and thread) of this process, for ``ttl`` seconds.
+
+        See ``waiting.hand_over``.  True if the lock is still ours.
         """
 
 
@@ -156,19 +174,26 @@ class ICommitGate(Interface):
 
 
 class ILockBackend(Interface):
-    """A lock store: memcached, a lock directory, or a fallback between two."""
+    """A lock store: memcached, a lock directory, or a fallback between two.
+
+    Inspection (``holder``, ``list_locks``, ``break_lock``) serves the
+    ``memcachedlock`` command as well as the locks.  The note calls serve
+    zlock; ``backends.base.Backend`` has the defaults where a store has no
+    shortcut (the note read and stored apart).
+    """
 
     kind = Attribute("Short name: 'memcached', 'file' or 'fallback'.")
-    lock_id = Attribute("This process's lock id: host, pid and a random part.")
+    capabilities = Attribute(
+        "A frozenset of the short names of what this store can do where stores differ "
+        "(``backends.base.CAPABILITIES`` says what each name means), for selecting stores in tests."
+    )
     waiter_board = Attribute(
         "Where waiters announce themselves to releasers (an IWaiterBoard), or None: "
         "the memcached store is its own board, the fallback store forwards its primary's, "
         "the file store has none (its waiters poll)."
     )
     commit_gate = Attribute(
-        "An ICommitGate for optimistic commits, or None: the memcached store is its own gate, "
-        "the fallback store uses its primary's while it answers; without one every optimistic "
-        "commit takes the lock."
+        "An ICommitGate for optimistic commits, or None: without one every optimistic commit takes the lock."
     )
 
     def acquire(name: str, ttl: float, with_note: bool = False) -> ILease | None:
@@ -176,34 +201,51 @@ class ILockBackend(Interface):
 
         ``with_note`` (zlock; passed only when True): the store may read the
         lock's note and commit gate in the same request, for the new holder,
-        and offer them through ``note_read_at_acquire(lease)``; zlock also
-        asks ``defer_note(lease, value)`` to store its note with the release.
-        Both spare a round trip; ``backends.base.Backend`` has the defaults
-        (read and store the note apart).
+        and offer them through ``note_read_at_acquire(lease)``.
 
         Return an ILease, or None if somebody else holds the lock.  Takes at
         most the store's I/O timeouts.  Raises BackendUnavailable if the store
         cannot be reached.
         """
 
+    def note_read_at_acquire(lease: ILease) -> tuple[bool, bytes | None]:
+        """(True, the note) if ``lease``'s acquisition read the note and no commit can have passed
+        the gate since; (False, None) if the note must be read apart."""
+
+    def defer_note(lease: ILease, value: bytes) -> bool:
+        """Store ``value`` as the note of ``lease``'s lock with its release; False: store it now yourself."""
+
     def may_be_available(name: str) -> bool:
         """True if nobody seems to hold ``name`` right now (a hint, no promise)."""
 
-    def wait(name: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for ``name`` to look free.
+    def is_held(name: str) -> bool:
+        """True if somebody holds ``name`` now."""
 
-        Returns True if it may be available now.  A store may wait more
-        cleverly than polling; the caller still has to ``acquire``.
+    def holder(name: str, warn: Callable[[str], None] | None = None) -> Holder | None:
+        """Describe who holds ``name`` (an ``records.Holder``), or None.
+
+        ``warn`` (inspection): a store that could read only part of itself
+        says so through it (one line) and answers from the rest, or raises
+        BackendUnavailable when the rest has no holder either (then nobody
+        can tell).  Without it such a part holds nothing seen.
         """
 
-    def holder(name: str) -> Holder | None:
-        """Describe who holds ``name`` (an ``records.Holder``), or None."""
+    def list_locks(warn: Callable[[str], None] | None = None) -> list[Holder]:
+        """Every lock held now in this store, as ``records.Holder`` objects, oldest first.
 
-    def list_locks() -> list[Holder]:
-        """Every lock held now in this store, as ``records.Holder`` objects."""
+        ``warn``: as for ``holder``, a part that could not be read is said through it.
+        """
 
-    def break_lock(name: str) -> bool:
-        """Remove ``name`` whoever holds it; True if something was removed."""
+    def break_lock(name: str, token: str | None = None) -> bool:
+        """Remove ``name`` whoever holds it; True if something was removed.
+
+        With ``token``, only while the holder with that token has it
+        (compare-and-delete): a lock released and taken again since the
+        caller looked is left alone.
+        """
+
+    def held_leases() -> list[ILease]:
+        """The leases of this store that this process holds now."""
 
     def release_all() -> int:
         """Release every lease this process holds in this store; return how many."""
@@ -216,4 +258,10 @@ class ILockBackend(Interface):
         """
 
     def set_note(name: str, value: bytes) -> None:
-        """Store a small bytes value for ``name`` (kept for a day)."""
+        """Store a small bytes value for ``name`` (kept for an hour at least)."""
+
+    def remove_note(name: str) -> None:
+        """Forget ``name``'s note."""
+
+    def close() -> None:
+        """Drop connections and file handles (the store stays usable)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -42,7 +43,7 @@ from zope.interface import implementer
 
 from .errors import BackendUnavailable
 from .interfaces import ILease
-from .renewer import get_renewer, renew_period, shortest_life, store_ttl
+from .renewer import MAX_CHECK_PERIOD, get_renewer
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,49 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet[Lease] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
+
+class LeaseTime:
+    """What a lease's time means in its store: the TTL a store is given, how long a record surely lives,
+    how often the renewer renews it.  A base of ``Lease``; a store whose records live otherwise overrides it."""
+
+    __slots__ = ()
+
+    #: True for stores whose items expire on their own (memcached); a file lock does not.
+    expiring = False
+
+    @staticmethod
+    def store_ttl(ttl: float) -> int:
+        """Whole seconds to give a store for a lease of ``ttl`` seconds.
+
+        memcached counts TTLs in whole seconds on a clock that ticks once a
+        second, so an item given N seconds lives between N-1 and N.  At least two
+        keeps a lease alive for a full second before the first renewal.
+        """
+        return max(2, math.ceil(ttl))
+
+    @classmethod
+    def shortest_life(cls, ttl: float) -> float:
+        """Seconds an item stored for a lease of ``ttl`` is sure to live (memcached: N-1 of N).
+
+        Stores whose records do not expire (``expiring`` False) keep the same
+        schedule: their records state the expiry for inspection.
+        """
+        return cls.store_ttl(ttl) - 1.0
+
+    @classmethod
+    def renew_period(cls, ttl: float) -> float:
+        """How often a lease of ``ttl`` seconds is renewed.
+
+        A third of the item's shortest life, so that a renewal that is late by up
+        to two periods (a stall, a hung server answering within its timeout)
+        still comes in time; at most MAX_CHECK_PERIOD, so a lock that a server
+        restart or an eviction took is noticed within that.
+        """
+        return min(MAX_CHECK_PERIOD, max(0.2, cls.shortest_life(ttl) / 3.0))
+
+
 @implementer(ILease)
-class Lease:
+class Lease(LeaseTime):
     """One acquisition.  Subclasses implement ``_release()`` and ``_renew(ttl)``.
 
     ``sent`` is the monotonic time at which the request that stored the lock
@@ -65,8 +107,6 @@ class Lease:
         "on_lost", "started", "renew_until", "renew_seq", "deadline", "_guard", "__weakref__",
     )
 
-    #: True for stores whose items expire on their own (memcached); a file lock does not.
-    expiring = False
     #: The waiter announcement the release found next to the lock (stores with a waiter board set it).
     successor: bytes | None = None
 
@@ -79,7 +119,7 @@ class Lease:
         self.ttl = ttl
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.deadline = (self.started if sent is None else sent) + shortest_life(ttl)
+        self.deadline = (self.started if sent is None else sent) + self.shortest_life(ttl)
         self._lost = False
         self.on_lost: Callable[[Lease], None] | None = None
         #: Monotonic time after which the renewer releases the lease instead of
@@ -180,7 +220,7 @@ class Lease:
                 sent = time.monotonic()
                 renewed = self._renew(self.ttl)
                 if renewed:
-                    self.deadline = sent + shortest_life(self.ttl)
+                    self.deadline = sent + self.shortest_life(self.ttl)
         if not renewed:
             self.mark_lost()
         return renewed
@@ -348,6 +388,11 @@ def _after_fork_in_child() -> None:
         lease.forget()
     _live.clear()
 
+
+#: The lease arithmetic under its old module-level names.
+store_ttl = Lease.store_ttl
+shortest_life = Lease.shortest_life
+renew_period = Lease.renew_period
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(reap_now)  # the reaper is a daemon thread: do not leave its work to the lease TTL

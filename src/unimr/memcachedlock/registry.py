@@ -28,13 +28,17 @@ _pinned: Backend | None = None
 _generation = 0
 
 
-def make_backend(settings: Settings) -> Backend:
-    """Build the ILockBackend the settings ask for."""
+def make_backend(settings: Settings, create: bool = True) -> Backend:
+    """Build the ILockBackend the settings ask for.
+
+    ``create=False`` (for inspection: the ``memcachedlock`` command) never
+    makes the lock directory: a missing one holds no lock.
+    """
     if settings.backend == "memcached":
         return MemcachedBackend.from_settings(settings)
     if settings.backend == "file":
-        return FileBackend.from_settings(settings)
-    return FallbackBackend.from_settings(settings)
+        return FileBackend.from_settings(settings, create)
+    return FallbackBackend.from_settings(settings, create)
 
 
 def configure(**changes: object) -> Settings:

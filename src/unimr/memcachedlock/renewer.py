@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -26,33 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest pause between two renewals (the check that the lock is still ours), whatever the lease.
 #: It bounds how late a holder learns that a memcached restart or eviction took its lock.
+#: How often a lease is renewed below that is the lease's own arithmetic (``Lease.renew_period``).
 MAX_CHECK_PERIOD = 2.0
-
-
-def store_ttl(ttl: float) -> int:
-    """Whole seconds to give a store for a lease of ``ttl`` seconds.
-
-    memcached counts TTLs in whole seconds on a clock that ticks once a
-    second, so an item given N seconds lives between N-1 and N.  At least two
-    keeps a lease alive for a full second before the first renewal.
-    """
-    return max(2, math.ceil(ttl))
-
-
-def shortest_life(ttl: float) -> float:
-    """Seconds an item stored for a lease of ``ttl`` is sure to live (memcached: N-1 of N)."""
-    return store_ttl(ttl) - 1.0
-
-
-def renew_period(ttl: float) -> float:
-    """How often a lease of ``ttl`` seconds is renewed.
-
-    A third of the item's shortest life, so that a renewal that is late by up
-    to two periods (a stall, a hung server answering within its timeout)
-    still comes in time; at most MAX_CHECK_PERIOD, so a lock that a server
-    restart or an eviction took is noticed within that.
-    """
-    return min(MAX_CHECK_PERIOD, max(0.2, shortest_life(ttl) / 3.0))
 
 
 class Renewable(Protocol):
@@ -67,6 +41,9 @@ class Renewable(Protocol):
     @property
     def held(self) -> bool:
         """True while this process still holds the lease."""
+
+    def renew_period(self, ttl: float) -> float:
+        """Seconds between two renewals of a lease of ``ttl`` seconds."""
 
     def renew(self, ttl: float | None = None) -> bool:
         """Extend the lease if still ours."""
@@ -102,12 +79,12 @@ class Renewer:
         self._compact_at = max(4096, 2 * len(self._heap))
 
     def register(self, lease: Renewable) -> None:
-        """Renew ``lease`` every ``renew_period(lease.ttl)`` seconds while it is held.
+        """Renew ``lease`` every ``lease.renew_period(lease.ttl)`` seconds while it is held.
 
         Called again when the lease time changed (a lease handed to a lock with
         a shorter one): the schedule starts afresh from the new period.
         """
-        due = time.monotonic() + renew_period(lease.ttl)
+        due = time.monotonic() + lease.renew_period(lease.ttl)
         with self._cond:
             self._push(lease, due)
             if len(self._heap) >= self._compact_at:
@@ -153,7 +130,7 @@ class Renewer:
     def _renew(self, lease: Renewable, seq: int) -> None:
         """Renew ``lease`` (its entry ``seq`` came due) and schedule the next renewal,
         unless the lease was registered again meanwhile."""
-        period = renew_period(lease.ttl)
+        period = lease.renew_period(lease.ttl)
         until = lease.renew_until
         if until is not None and time.monotonic() >= until:
             logger.debug("lease %s ran out unclaimed (renew_until): released", lease.name)

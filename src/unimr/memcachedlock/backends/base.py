@@ -1,4 +1,4 @@
-"""What every lock store shares: the process's lock id, waiting, release_all, commit passes."""
+"""What every lock store shares: the defaults of ``ILockBackend``, the capability names, commit passes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,23 @@ MAX_POLL = 0.01
 
 #: Locks whose gate did not drain in time: one warning per lock and process.
 _slow_gates: set[str] = set()
+
+#: Where the stores differ: each name a store may list in its ``capabilities``, and what it promises.
+CAPABILITIES = {
+    "commit_gate": "``commit_gate`` is an ICommitGate: optimistic commits pass together while nobody holds the lock",
+    "notes": "``get_note``/``set_note``/``remove_note`` keep a small value per lock that outlives the lock",
+    "waiter_board": "``waiter_board`` is an IWaiterBoard: waiters announce themselves, a release wakes the "
+                    "announced one, and a lease can be handed to a waiting thread without freeing the lock",
+    "note_with_acquire": "``acquire(with_note=True)`` reads the note and the gate in its round trip "
+                         "(``note_read_at_acquire``), ``defer_note`` stores the note with the release",
+    "expiring_leases": "a lease lapses after its ttl unless renewed (memcached items; a file lock lives as "
+                       "long as its process)",
+    "multi_host": "processes on other hosts see the locks (a lock directory is one host's)",
+    "outage_fallback": "while memcached cannot be reached, locks are taken in the lock directory instead",
+}
+
+#: ``warn`` of ``holder`` and ``list_locks``: told, in one line, that part of a store could not be read.
+Warn = Callable[[str], None]
 
 
 class WaiterBoard(Protocol):
@@ -57,9 +74,11 @@ class CommitGate(Protocol):
 @implementer(ILockBackend)
 class Backend:
     """Base of the lock stores.  Subclasses implement ``acquire``, ``holder``,
-    ``list_locks``, ``break_lock`` and the notes; waiting defaults to sleeping."""
+    ``list_locks``, ``break_lock`` and the notes."""
 
     kind = "base"
+    #: The ``CAPABILITIES`` this store has.
+    capabilities: frozenset[str] = frozenset()
     #: An ICommitGate, or None: optimistic commits of this store take the lock one at a time.
     commit_gate: CommitGate | None = None
     _lock_id_suffix = os.urandom(4).hex()
@@ -71,23 +90,23 @@ class Backend:
 
     @property
     def lock_id(self) -> str:
-        """This process's lock id (Drupal's getLockId): host, pid and a random part."""
+        """This process's lock id (Drupal's getLockId): host, pid and a random part (unused by the package)."""
         return "%s:%d:%s" % (socket.gethostname(), os.getpid(), self._lock_id_suffix)
 
     def acquire(self, name: str, ttl: float, with_note: bool = False) -> _lease.Lease | None:
         """Try once to take lock ``name`` for ``ttl`` seconds: a lease, or None if it is held (see ILockBackend)."""
         raise NotImplementedError
 
-    def holder(self, name: str) -> Holder | None:
-        """Who holds ``name``, or None."""
+    def holder(self, name: str, warn: Warn | None = None) -> Holder | None:
+        """Who holds ``name``, or None (``warn``: see ILockBackend)."""
         raise NotImplementedError
 
-    def list_locks(self) -> list[Holder]:
+    def list_locks(self, warn: Warn | None = None) -> list[Holder]:
         """Every lock held now in this store."""
         raise NotImplementedError
 
-    def break_lock(self, name: str) -> bool:
-        """Remove ``name`` whoever holds it; True if something was removed."""
+    def break_lock(self, name: str, token: str | None = None) -> bool:
+        """Remove ``name`` whoever holds it (with ``token``: only while that holder has it); True if removed."""
         raise NotImplementedError
 
     def get_note(self, name: str) -> bytes | None:
@@ -98,11 +117,19 @@ class Backend:
         """Store a small bytes value for ``name``."""
         raise NotImplementedError
 
+    def remove_note(self, name: str) -> None:
+        """Forget ``name``'s note."""
+        raise NotImplementedError
+
     def may_be_available(self, name: str) -> bool:
         return self.holder(name) is None
 
+    def is_held(self, name: str) -> bool:
+        """True if somebody holds ``name`` now (a file store: one failed ``open`` when the file is absent)."""
+        return self.holder(name) is not None
+
     def wait(self, name: str, timeout: float) -> bool:
-        """Sleep ``timeout`` seconds; stores with a wake-up channel do better."""
+        """Sleep ``timeout`` seconds (unused by the package: the lock object does the waiting)."""
         if timeout > 0:
             time.sleep(timeout)
         return True

@@ -1,7 +1,7 @@
 """Memcached first, the file store while memcached is unreachable (the default).
 
 Each acquisition tries the memcached server that owns the lock name.  If
-that server refuses, times out or hangs, :class:`~.memcached.MemcachedServer`
+that server refuses, times out or hangs, :class:`~.memcachedserver.MemcachedServer`
 raises BackendUnavailable (it logs the outage once and fails fast for
 ``retry`` seconds, so waits stay bounded by the connect/read timeouts) and
 the lock is taken in the lock directory instead.  When the server answers
@@ -38,12 +38,16 @@ from ..config import Settings
 from ..errors import BackendUnavailable
 from ..interfaces import ICommitGate
 from ..lease import Lease
-from .base import Backend, CommitPass
+from .base import Backend, CommitPass, Warn
 from .file import FileBackend
-from .memcached import MemcachedBackend, MemcachedServer
+from .memcached import MemcachedBackend
+from .memcachedserver import MemcachedServer
 from .records import Holder
 
 logger = logging.getLogger(__name__)
+
+#: What inspection says when memcached cannot be read (``%s``: why).
+_PARTIAL = "%s; showing the lock directory only"
 
 
 @implementer(ICommitGate)
@@ -60,7 +64,7 @@ class FallbackCommitGate:
 
     def enter(self, name: str) -> CommitPass | None:
         backend = self.backend
-        if backend._held_in_files(name) or backend.secondary.get_note(name) is not None:
+        if backend.held_in_files(name) or backend.secondary.get_note(name) is not None:
             return None
         try:
             return backend.primary.commit_gate.enter(name)
@@ -88,6 +92,9 @@ class FallbackBackend(Backend):
     """A memcached store backed up by a file store on this host."""
 
     kind = "fallback"
+    #: See ``base.CAPABILITIES``: its primary's, but a lease's note is read and stored apart; and its own.
+    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "expiring_leases", "multi_host",
+                              "outage_fallback"))
     commit_gate: FallbackCommitGate
 
     def __init__(self, primary: MemcachedBackend, secondary: FileBackend) -> None:
@@ -99,8 +106,9 @@ class FallbackBackend(Backend):
                                  "(processes on other hosts do not see those locks)" % secondary.directory)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FallbackBackend:
-        return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings))
+    def from_settings(cls, settings: Settings, create: bool = True) -> FallbackBackend:
+        """``create=False`` (for inspection) never makes the lock directory."""
+        return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings, create))
 
     @property
     def waiter_board(self) -> MemcachedBackend:
@@ -126,7 +134,7 @@ class FallbackBackend(Backend):
             if lease is not None:
                 metrics.record_fallback(name)
             return lease
-        if lease is not None and self._held_in_files(name):
+        if lease is not None and self.held_in_files(name):
             logger.debug("lock %s is still held in the lock directory since an outage", name)
             lease.release()
             return None
@@ -140,7 +148,8 @@ class FallbackBackend(Backend):
         """
         return any(lease.name == name for lease in self.primary.held_leases())
 
-    def _held_in_files(self, name: str) -> bool:
+    def held_in_files(self, name: str) -> bool:
+        """True if somebody holds ``name`` in the lock directory (since an outage); False if it cannot be read."""
         try:
             return self.secondary.is_held(name)
         except BackendUnavailable:
@@ -154,30 +163,45 @@ class FallbackBackend(Backend):
         except BackendUnavailable:
             return True
 
-    def holder(self, name: str) -> Holder | None:
+    def holder(self, name: str, warn: Warn | None = None) -> Holder | None:
+        """memcached's holder, else the lock directory's; an unreachable memcached holds nothing seen.
+
+        With ``warn`` (inspection) an unreachable memcached is said through
+        it, and is BackendUnavailable when the lock directory has no holder
+        either: nobody can tell then whether the lock is held.
+        """
         try:
             found = self.primary.holder(name)
-        except BackendUnavailable:
-            found = None
+        except BackendUnavailable as exc:
+            in_files = self.secondary.holder(name)
+            if warn is not None:
+                if in_files is None:
+                    raise
+                warn(_PARTIAL % exc)
+            return in_files
         return found if found is not None else self.secondary.holder(name)
 
-    def list_locks(self) -> list[Holder]:
-        """Locks in every reachable memcached server and in the lock directory."""
+    def list_locks(self, warn: Warn | None = None) -> list[Holder]:
+        """Locks in every reachable memcached server and in the lock directory (an unreachable one said to ``warn``)."""
         holders: list[Holder] = []
         try:
             holders.extend(self.primary.list_locks())
         except BackendUnavailable as exc:
-            logger.debug("listing memcached locks failed: %s", exc)
+            if warn is None:
+                logger.debug("listing memcached locks failed: %s", exc)
+            else:
+                warn(_PARTIAL % exc)
         holders.extend(self.secondary.list_locks())
         holders.sort(key=lambda h: h.acquired)
         return holders
 
-    def break_lock(self, name: str) -> bool:
+    def break_lock(self, name: str, token: str | None = None) -> bool:
+        """Remove ``name`` in memcached (if it answers) and in the lock directory; ``token`` as in both."""
         try:
-            broken = self.primary.break_lock(name)
+            broken = self.primary.break_lock(name, token)
         except BackendUnavailable:
             broken = False
-        return self.secondary.break_lock(name) or broken
+        return self.secondary.break_lock(name, token=token) or broken
 
     def release_all(self) -> int:
         return self.primary.release_all() + self.secondary.release_all()
@@ -206,6 +230,11 @@ class FallbackBackend(Backend):
             self.secondary.set_note(name, value)
         else:
             self.secondary.remove_note(name)
+
+    def remove_note(self, name: str) -> None:
+        """Forget the note in the lock directory and in memcached (BackendUnavailable if it cannot be reached)."""
+        self.secondary.remove_note(name)
+        self.primary.remove_note(name)
 
     def close(self) -> None:
         self.primary.close()

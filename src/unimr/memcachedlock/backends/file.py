@@ -14,7 +14,7 @@ Why it is safe:
   acquirer that gets the ``flock`` checks afterwards that the path still
   names the inode it locked; if the file was removed (or replaced) meanwhile
   it retries with a fresh open.  So removing files never lets two holders in.
-* The holder writes its description (``info.encode_value``: token, host,
+* The holder writes its description (``records.encode_value``: token, host,
   pid, thread, since, expiry) into the file, which is what ``holder()`` and
   ``list_locks()`` read; renewal rewrites the expiry.
 
@@ -51,7 +51,7 @@ import time
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
 from ..lease import Lease
-from .base import Backend
+from .base import Backend, Warn
 from .filegate import FileCommitGate
 from .lockdir import (
     LOCK_SUFFIX,
@@ -153,6 +153,8 @@ class FileBackend(Backend):
     """Locks as flock'ed files in one directory (one host only)."""
 
     kind = "file"
+    #: See ``base.CAPABILITIES``: waiters poll (no board), leases never expire, one host only.
+    capabilities = frozenset(("commit_gate", "notes"))
     commit_gate: FileCommitGate
 
     def __init__(self, directory: str, create: bool = True) -> None:
@@ -161,8 +163,8 @@ class FileBackend(Backend):
         self.commit_gate = FileCommitGate(self)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FileBackend:
-        return cls(settings.lock_dir)
+    def from_settings(cls, settings: Settings, create: bool = True) -> FileBackend:
+        return cls(settings.lock_dir, create)
 
     def __repr__(self) -> str:
         return "<FileBackend %s>" % self.directory
@@ -265,17 +267,10 @@ class FileBackend(Backend):
         return Holder(name=name, token="", host="?", pid=0, thread=0, thread_name="?",
                       acquired=0.0, expires=0.0, backend=self.kind)
 
-    def holder(self, name: str) -> Holder | None:
+    def holder(self, name: str, warn: Warn | None = None) -> Holder | None:
         return self._inspect(name, self.path_for(name), clean=False)
 
-    def may_be_available(self, name: str) -> bool:
-        return self.holder(name) is None
-
-    def is_held(self, name: str) -> bool:
-        """True if somebody holds ``name`` here; costs one failed ``open`` when the file is absent."""
-        return self.holder(name) is not None
-
-    def list_locks(self) -> list[Holder]:
+    def list_locks(self, warn: Warn | None = None) -> list[Holder]:
         """Every lock held now; files left by crashed holders are removed on the way."""
         holders: list[Holder] = []
         try:

@@ -32,13 +32,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Protocol
 
 from zope.interface import implementer
 
 from ..errors import BackendUnavailable
 from ..interfaces import ICommitGate
 from .base import CommitPass, gate_not_drained, poll
+from .memcachedserver import MemcachedServer
 from .pool import ClientPool, cas_flag
 
 logger = logging.getLogger(__name__)
@@ -49,29 +50,19 @@ GATE_TTL = 60
 #: What memcached's ``stats`` uptime says right after a start (1.6.18 counts from two seconds before).
 UPTIME_AT_START = 2
 
-T = TypeVar("T")
-P = ParamSpec("P")
-
-
-class Server(Protocol):
-    """What a gate asks of ``memcached.MemcachedServer`` (not imported: that module imports this one)."""
-
-    def call(self, method: Callable[Concatenate[ClientPool, P], T], *args: P.args, **kw: P.kwargs) -> T:
-        """``method(pool, *args, **kw)``; BackendUnavailable if the server cannot be reached."""
-
-
 class Store(Protocol):
-    """What a gate asks of ``memcached.MemcachedBackend``: its key prefix and the server of a lock."""
+    """What a gate asks of ``memcached.MemcachedBackend`` (not imported: that module imports this one):
+    its key prefix and the server of a lock."""
 
     @property
     def prefix(self) -> str:
         """The namespace of the store's keys."""
 
-    def server_for(self, name: str) -> Server:
+    def server_for(self, name: str) -> MemcachedServer:
         """The server that holds lock ``name``."""
 
 
-def _uptime(server: Server) -> float:
+def _uptime(server: MemcachedServer) -> float:
     """Seconds the server has been up (0 if it does not say: then it may just have restarted)."""
     try:
         return float(server.call(ClientPool.stats).get(b"uptime", 0))
@@ -88,7 +79,7 @@ class MemcachedCommitPass(CommitPass):
 
     __slots__ = ("server", "gate", "note_key", "note_ttl", "note_cas")
 
-    def __init__(self, server: Server, gate: bytes, note_key: bytes, note_ttl: int,
+    def __init__(self, server: MemcachedServer, gate: bytes, note_key: bytes, note_ttl: int,
                  note: bytes | None, note_cas: bytes | None) -> None:
         super().__init__(note)
         self.server, self.gate, self.note_key, self.note_ttl, self.note_cas = server, gate, note_key, note_ttl, note_cas

@@ -1,22 +1,28 @@
 """A lean, thread-safe pool of pymemcache ``Client`` connections to one server.
 
 pymemcache's ``PooledClient`` takes a lock and enters a context manager on
-every call; on the lock's hot path (one ``add`` to acquire, ``gets`` and
-``cas`` to release) that overhead was a measurable part of the cost.  Here
+every call; on the lock's hot path (one ``add`` to acquire, one ``md`` to
+release) that overhead was a measurable part of the cost.  Here
 a thread takes an idle client with ``list.pop()`` and puts it back with
 ``list.append()``, both atomic under the GIL, so no lock is needed: each
 client is used by one thread at a time.  A client whose call raised is
 closed, never reused (its connection may hold half an answer).  A forked
 child forgets the parent's connections.
 
-The three commands on the lock's hot path (``add`` to acquire, ``gets`` of the
-lock and its waiter record plus ``cas`` to release) are written straight onto
-the pooled client's socket: pymemcache's generic command building and key
-checks cost more than the lock's own work, and the issue's goal (at most
-1.6x a raw pymemcache ``add`` + ``delete``) leaves room for one extra round
-trip but not for that.  Keys reaching here are already safe ASCII (see
-``keys.py``).  Connecting, timeouts, socket options and every other command
-stay pymemcache's; its exception classes report protocol errors.
+The commands of the lock's own requests are written straight onto the
+pooled client's socket: pymemcache's generic command building and key
+checks cost more than the lock's own work, and the goal (at most 1.6x a raw
+pymemcache ``add`` + ``delete``) leaves room for one extra round trip but
+not for that.  ``add_keeping_cas`` acquires and keeps the connection that
+stored the lock; over that connection ``delete_if_unchanged`` releases (a
+meta ``md`` with the item's cas, reading the waiter record in the same round
+trip) and ``replace_if_unchanged`` hands the lock to another thread.  Only
+when that connection is busy, or a renewal dropped the cas, does a release
+read the lock and its waiter record (``gets_values``) and compare-and-delete
+(``cas_value`` with exptime -1); renewals use the same two.  The commit gate
+sends meta commands (``meta``).  Keys reaching here are already safe ASCII
+(see ``keys.py``).  Connecting, timeouts, socket options and every other
+command stay pymemcache's; its exception classes report protocol errors.
 """
 
 from __future__ import annotations

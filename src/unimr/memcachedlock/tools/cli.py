@@ -38,28 +38,19 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import logging
 import os
-import re
 import socket
 import sys
 import time
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, TypeAlias, TypedDict
-from urllib.parse import unquote
+from collections.abc import Callable, Sequence
+from typing import IO
 
 from ..backends.base import Backend
-from ..backends.fallback import FallbackBackend
-from ..backends.file import FileBackend
-from ..backends.memcached import MemcachedBackend, server_command
-from ..backends.pool import ClientPool
-from ..backends.records import Holder, token_of
-from ..config import BACKEND_KINDS, ServerAddress, Settings, is_unset
+from ..backends.records import Holder
+from ..config import BACKEND_KINDS
 from ..errors import BackendUnavailable, ConfigurationError, MemcachedLockError
-from ..keys import lock_name
-from ..options import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from ..registry import make_backend
 from .cliargs import (
     EXIT_INTERRUPTED,
     EXIT_NO,
@@ -70,231 +61,34 @@ from .cliargs import (
     _positive_int,
     _seconds_arg,
 )
-
-if TYPE_CHECKING:
-    from .zopeconf import InstanceConfig
+from .clicheck import cmd_check
+from .cliformat import (
+    _CleanFormatter,
+    clean,
+    describe_holder,
+    holder_json,
+    holder_row,
+    key_of,
+    print_json,
+    seconds,
+    shown_key,
+    table,
+    target_name,
+)
+from .clisettings import ZOPE_CONF_HELP, describe_store, load_settings
+from .clistats import cmd_stats
 
 logger = logging.getLogger(__name__)
 
-#: Unicode categories escaped by ``clean``: controls, format (bidi overrides), separators, surrogates.
-_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
-#: What a lock name (``keys.lock_name``) is made of.
-_NAME = re.compile(r"[A-Za-z0-9._~:@+=,!%#-]{0,200}")
-#: The stores ``make_store`` builds; the commands tell them apart by class to reach a kind's own parts.
-Store: TypeAlias = "MemcachedBackend | FileBackend | FallbackBackend"
 
-# --------------------------------------------------------------------------- helpers
+def make_store(args: argparse.Namespace) -> Backend:
+    """The store the command line names, for inspection: its lock directory is checked, never created."""
+    return make_backend(load_settings(args), create=False)
 
 
-def clean(text: object) -> str:
-    """``text`` safe for a terminal: control and format characters escaped as ``\\xNN``/``\\uNNNN``.
-
-    The one sanitiser for everything the command prints that it read from a
-    store or the environment.
-    """
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(
-        ("\\x%02x" % ord(c) if ord(c) < 0x100 else "\\u%04x" % ord(c) if ord(c) < 0x10000 else "\\U%08x" % ord(c))
-        if unicodedata.category(c) in _UNSAFE_CATEGORIES else c
-        for c in text
-    )
-
-
-class _CleanFormatter(logging.Formatter):
-    """Log lines on the terminal go through ``clean`` too (they quote keys and holders)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return "\n".join(clean(line) for line in super().format(record).split("\n"))
-
-
-def load_settings(args: argparse.Namespace) -> Settings:
-    """The package's settings from the environment, with the command line's overrides.
-
-    An override is parsed as its variable would be: ``--dir ""`` is no
-    ``--dir`` (as ``MEMCACHEDLOCK_DIR=`` is no variable), ``--dir locks`` is
-    refused as ``MEMCACHEDLOCK_DIR=locks`` is.
-    """
-    instance = instance_config(args)
-    env = instance.environ(dict(os.environ)) if instance else dict(os.environ)
-    for option, variable in (("servers", "MEMCACHEDLOCK_SERVERS"), ("backend", "MEMCACHEDLOCK_BACKEND"),
-                             ("dir", "MEMCACHEDLOCK_DIR")):
-        value: str | None = getattr(args, option, None)
-        if value is not None and not is_unset(value):
-            env[variable] = value
-            if instance:
-                instance.store.pop(_STORE_ATTRIBUTES.get(option, option), None)
-    settings = Settings.from_environ(env)
-    if instance and instance.store:
-        unknown = sorted(set(instance.store) - set(_STORE_FIELDS))
-        if unknown:
-            raise ConfigurationError("<memcachedlock:store> in %s: unknown attribute %s"
-                                     % (instance.store_file, ", ".join(unknown)))
-        changes = {_STORE_FIELDS[name]: value for name, value in instance.store.items() if not is_unset(value)}
-        try:
-            settings = settings.replace(**changes)
-        except ConfigurationError as exc:
-            raise ConfigurationError("<memcachedlock:store> in %s: %s" % (instance.store_file, exc)) from None
-    return settings
-
-
-ZOPE_CONF_HELP = ("a Zope instance's zope.conf: take its <environment> and the <memcachedlock:store> of its "
-                  "site ZCML over this shell's environment")
-#: The store directive's attributes and the settings they give (``zope/directives.py``'s IStore).
-_STORE_FIELDS = {"backend": "backend", "servers": "servers", "dir": "lock_dir", "connect_timeout": "connect_timeout",
-                 "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix"}
-#: Command-line options that override a store directive's attribute.
-_STORE_ATTRIBUTES = {"servers": "servers", "backend": "backend", "dir": "dir"}
-
-
-def instance_config(args: argparse.Namespace) -> InstanceConfig | None:
-    """What ``--zope-conf`` says (read once per command), or None without it."""
-    path: str | None = getattr(args, "zope_conf", None)
-    if path is None or is_unset(path):
-        return None
-    cached: InstanceConfig | None = getattr(args, "_instance", None)
-    if cached is None:
-        from .zopeconf import read_zope_conf
-
-        cached = args._instance = read_zope_conf(path)
-    return cached
-
-
-def describe_store(settings: Settings) -> str:
-    """Which store the settings name, in words: what ``list`` says it looked at."""
-    servers = "memcached %s" % ",".join(str(s) for s in settings.servers)
-    where = {"memcached": servers, "file": "the lock directory %s" % settings.lock_dir,
-             "fallback": "%s and the lock directory %s" % (servers, settings.lock_dir)}[settings.backend]
-    return "%s (prefix %s)" % (where, settings.prefix)
-
-
-def make_store(settings: Settings) -> Store:
-    """The store the settings name, for inspection: its lock directory is checked, never created."""
-    if settings.backend == "memcached":
-        return MemcachedBackend.from_settings(settings)
-    files = FileBackend(settings.lock_dir, create=False)
-    if settings.backend == "file":
-        return files
-    return FallbackBackend(MemcachedBackend.from_settings(settings), files)
-
-
-def describe_holder(holder: Holder) -> str:
-    return clean("%s pid %d thread %s" % (holder.host, holder.pid, holder.thread_name or holder.thread))
-
-
-def seconds(value: float | None) -> str:
-    """A duration for a table: 850ms, 12.3s, 4m05s, 2h03m."""
-    if value is None:
-        return "-"
-    if value < 1:
-        return "%.0fms" % (value * 1000) if value >= 0.001 else "%.2fms" % (value * 1000)
-    if value < 60:
-        return "%.1fs" % value
-    if value < 3600:
-        return "%dm%02ds" % divmod(int(value), 60)
-    return "%dh%02dm" % divmod(int(value) // 60, 60)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest (cleaned) cell; ``right`` lists right-aligned columns."""
-    rows = [list(map(clean, header))] + [list(map(clean, row)) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def print_json(data: Mapping[str, object] | Sequence[Mapping[str, object]], out: IO[str]) -> None:
-    """JSON with ASCII escapes: a control character read from a store cannot reach the terminal raw."""
-    json.dump(data, out, indent=2, sort_keys=True, ensure_ascii=True)
-    out.write("\n")
-
-
-def key_of(name: str) -> str | None:
-    """The key a lock name stands for, if it can be shown as text and maps back to ``name``; else None."""
-    try:
-        key = unquote(name, errors="strict")
-    except UnicodeDecodeError:
-        return None
-    if not key.isprintable() or lock_name(key) != name:
-        return None
-    return key
-
-
-def shown_key(name: str) -> str:
-    """How ``list`` and ``show`` print a lock: its key, or ``--name NAME`` when the key is not text."""
-    key = key_of(name)
-    return key if key is not None else "--name %s" % name
-
-
-def holder_json(holder: Holder) -> dict[str, str | int | float | None]:
-    return dict(holder.as_dict(), key=key_of(holder.name))
-
-
-def target_name(args: argparse.Namespace) -> str:
-    """The lock name the command line means: ``lock_name(KEY)``, or NAME given with ``--name``."""
-    name: str | None = args.name
-    if name:
-        if args.key is not None:
-            raise CommandError("give either KEY or --name NAME, not both", EXIT_USAGE)
-        if not _NAME.fullmatch(name):
-            raise CommandError("--name %s is not a lock name as `list` shows it" % clean(name), EXIT_USAGE)
-        return name
-    if args.key is None:
-        raise CommandError("give the KEY (or --name NAME as `list` shows it)", EXIT_USAGE)
-    return lock_name(args.key)
-
-
-def find_holder(store: Store, name: str) -> Holder | None:
-    """``name``'s holder in ``store``; BackendUnavailable when the answer cannot be known.
-
-    With the fallback store a lock held in the lock directory (taken during an
-    outage) is found even while memcached is down; otherwise an unreachable
-    memcached means "unknown", not "not locked".
-    """
-    if not isinstance(store, FallbackBackend):
-        return store.holder(name)
-    try:
-        found = store.primary.holder(name)
-    except BackendUnavailable as exc:
-        found = store.secondary.holder(name)
-        if found is None:
-            raise
-        print("memcachedlock: warning: %s; showing the lock directory only" % clean(exc), file=sys.stderr)
-    return found if found is not None else store.secondary.holder(name)
-
-
-def break_held(store: Store, name: str, token: str) -> bool:
-    """Remove ``name``'s lock only while ``token``'s holder has it (compare-and-delete, every store)."""
-    if isinstance(store, FileBackend):
-        return store.break_lock(name, token=token)
-    if isinstance(store, FallbackBackend):
-        try:
-            broken = _break_in_memcached(store.primary, name, token)
-        except BackendUnavailable:
-            broken = False
-        return store.secondary.break_lock(name, token=token) or broken
-    return _break_in_memcached(store, name, token)
-
-
-def _break_in_memcached(store: MemcachedBackend, name: str, token: str) -> bool:
-    """``gets`` then ``cas`` with exptime -1: removed only if the item still carries ``token``."""
-    server = store.server_for(name)
-    key = store.prefix + name
-    stored, cas = server.call(ClientPool.gets, key)
-    if stored is None or token_of(stored) != token:
-        return False
-    return bool(server.call(ClientPool.cas, key, stored, cas, expire=-1, noreply=False))
-
-
-def holder_row(holder: Holder) -> list[str]:
-    return [shown_key(holder.name), describe_holder(holder), seconds(holder.age), seconds(holder.ttl_left),
-            holder.backend]
+def warn(message: str) -> None:
+    """A store could read only part of itself: one warning line on stderr."""
+    print("memcachedlock: warning: %s" % clean(message), file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- list / show / break
@@ -302,20 +96,11 @@ def holder_row(holder: Holder) -> list[str]:
 
 def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
     settings = load_settings(args)
-    store = make_store(settings)
-    holders: list[Holder] = []
+    store = make_backend(settings, create=False)
     warnings: list[str] = []
-    parts: list[Backend] = [store.primary, store.secondary] if isinstance(store, FallbackBackend) else [store]
-    for part in parts:
-        try:
-            holders.extend(part.list_locks())
-        except BackendUnavailable as exc:
-            if not isinstance(store, FallbackBackend):
-                raise
-            warnings.append("%s; showing the lock directory only" % exc)
-    holders.sort(key=lambda h: h.acquired)
+    holders: list[Holder] = store.list_locks(warn=warnings.append)
     for warning in warnings:
-        print("memcachedlock: warning: %s" % clean(warning), file=sys.stderr)
+        warn(warning)
     if args.json:
         print_json([holder_json(h) for h in holders], out)
     elif holders:
@@ -327,9 +112,9 @@ def cmd_list(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
-    store = make_store(load_settings(args))
+    store = make_store(args)
     name = target_name(args)
-    holder = find_holder(store, name)
+    holder = store.holder(name, warn=warn)
     if holder is None:
         passing = passing_commits(store, name)
         if args.json:
@@ -369,10 +154,10 @@ def passing_commits(store: Backend, name: str) -> int:
 
 
 def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
-    store = make_store(load_settings(args))
+    store = make_store(args)
     name = target_name(args)
     shown = clean(shown_key(name))
-    holder = find_holder(store, name)
+    holder = store.holder(name, warn=warn)
     if holder is None:
         out.write("%s is not locked: nothing to break\n" % shown)
         return EXIT_NO
@@ -391,7 +176,7 @@ def cmd_break(args: argparse.Namespace, out: IO[str]) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out.write("not broken\n")
             return EXIT_NO
-    broken = break_held(store, name, holder.token)
+    broken = store.break_lock(name, token=holder.token)
     if broken:
         logger.warning(
             "lock %s held by %s (token %s, for %s) broken by %s@%s pid %d",
@@ -411,254 +196,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "uid %d" % os.getuid()
-
-
-# --------------------------------------------------------------------------- check
-
-
-def _lines(address: ServerAddress, command: bytes, timeout: float) -> list[str]:
-    return server_command(address, command, timeout).splitlines()
-
-
-def _stats(lines: list[str]) -> dict[str, str]:
-    found = {}
-    for line in lines:
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            found[parts[1]] = parts[2]
-    return found
-
-
-class _Reachability(TypedDict):
-    """Whether ``check`` reached a server, and the problems and warnings it found."""
-
-    server: str
-    reachable: bool
-    problems: list[str]
-    warnings: list[str]
-
-
-class ServerReport(_Reachability, total=False):
-    """What ``check`` says about one memcached server: with the figures of a reachable one."""
-
-    version: str
-    evictions: int
-    limit_maxbytes: int
-    temporary_ttl: int
-    evictions_enabled: bool
-    lru_crawler: bool
-    can_evict_locks: bool
-
-
-class _Problems(TypedDict):
-    problems: list[str]
-    servers: list[ServerReport]
-
-
-class CheckResult(_Problems, total=False):
-    """What ``check`` found, as printed with ``--json``."""
-
-    ok: bool
-    configuration: dict[str, str | float | list[str] | None]
-    lock_dir_ok: bool
-
-
-def check_server(address: ServerAddress, settings: Settings) -> ServerReport:
-    """Reachability, version, evictions and eviction settings of one server, with problems found."""
-    timeout = settings.connect_timeout + settings.io_timeout
-    report: ServerReport = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
-    try:
-        version = _lines(address, b"version", timeout)
-        stats = _stats(_lines(address, b"stats", timeout))
-        server_settings = _stats(_lines(address, b"stats settings", timeout))
-    except OSError as exc:
-        report["problems"].append(
-            "unreachable (%s): locks fall back to this host's lock directory or fail; "
-            "start memcached there or fix MEMCACHEDLOCK_SERVERS" % (exc or type(exc).__name__)
-        )
-        return report
-    report["reachable"] = True
-    report["version"] = version[0][8:] if version and version[0].startswith("VERSION ") else "?"
-    report["evictions"] = int(stats.get("evictions", 0))
-    report["limit_maxbytes"] = int(stats.get("limit_maxbytes", 0))
-    # ``stats settings`` shows temporary_ttl 61 by default, but it only applies
-    # when the temporary LRU is on (temp_lru yes, which -o temporary_ttl=N sets).
-    temp_lru = server_settings.get("temp_lru", "no") in ("yes", "true", "1")
-    report["temporary_ttl"] = int(server_settings.get("temporary_ttl", 0) or 0) if temp_lru else 0
-    report["evictions_enabled"] = server_settings.get("evictions", "on") != "off"
-    # -X shows as dump_enabled no (lru_crawler stays yes): metadump is refused.
-    report["lru_crawler"] = (server_settings.get("lru_crawler", "yes") == "yes"
-                             and server_settings.get("dump_enabled", "yes") == "yes")
-    can_evict = report["evictions_enabled"] and report["temporary_ttl"] == 0
-    report["can_evict_locks"] = can_evict
-    fix = ("give the locks a memcached of their own, or start this one with -o temporary_ttl=N "
-           "(N at least your longest lock timeout; items with a TTL up to N are then never evicted)")
-    if can_evict and report["evictions"] > 0:
-        report["problems"].append(
-            "has evicted %d items and may evict live locks (no temporary_ttl): %s" % (report["evictions"], fix))
-    elif can_evict:
-        report["warnings"].append("no eviction yet, but memory pressure would evict live locks: " + fix)
-    elif report["evictions_enabled"] and report["temporary_ttl"] < DEFAULT_LEASE:
-        report["warnings"].append(
-            "temporary_ttl %d is below the default lock timeout (%gs): longer locks can be evicted"
-            % (report["temporary_ttl"], DEFAULT_LEASE))
-    if not report["lru_crawler"]:
-        report["warnings"].append("the LRU crawler or metadump is off (-X): `memcachedlock list` cannot see "
-                                  "its locks (show, break and the locks themselves work)")
-    return report
-
-
-def _check_one_server(address: ServerAddress, settings: Settings, result: CheckResult, lines: list[str]) -> None:
-    """``check`` of one memcached server: its report into ``result``, its lines into ``lines``."""
-    report = check_server(address, settings)
-    result["servers"].append(report)
-    if report["reachable"]:
-        line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
-            address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
-            report["evictions"], report["temporary_ttl"] or "off")
-        if not report["evictions_enabled"]:
-            line += ", evictions off (-M)"
-    else:
-        line = "memcached %s: UNREACHABLE" % address
-    lines.append(line)
-    for problem in report["problems"]:
-        lines.append("  PROBLEM: %s" % problem)
-        result["problems"].append("memcached %s: %s" % (address, problem))
-    for warning in report["warnings"]:
-        lines.append("  warning: %s" % warning)
-
-
-def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
-    from ..metrics import metrics_settings
-
-    result: CheckResult = {"problems": [], "servers": []}
-    try:
-        settings = load_settings(args)
-        instance = instance_config(args)
-        metrics_dir, metrics_interval = metrics_settings(instance.environ(dict(os.environ)) if instance else None)
-    except ConfigurationError as exc:
-        result["problems"].append("configuration: %s" % exc)
-        result["ok"] = False
-        if args.json:
-            print_json(result, out)
-        else:
-            out.write("configuration: PROBLEM: %s\n" % clean(exc))
-        return EXIT_USAGE
-    result["configuration"] = {
-        "backend": settings.backend, "servers": [str(s) for s in settings.servers],
-        "lock_dir": settings.lock_dir, "prefix": settings.prefix,
-        "connect_timeout": settings.connect_timeout, "io_timeout": settings.io_timeout,
-        "metrics_dir": metrics_dir or None, "metrics_interval": metrics_interval,
-    }
-    lines = ["configuration: ok (backend %s, servers %s, prefix %s)" % (
-        settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
-    if instance:
-        lines.append("settings from %s" % instance.sources())
-    if settings.backend in ("memcached", "fallback"):
-        for address in settings.servers:
-            _check_one_server(address, settings, result, lines)
-    if settings.backend in ("file", "fallback"):
-        from ..backends.lockdir import prepare_lock_dir
-
-        try:
-            state = "private"
-            if not os.path.lexists(prepare_lock_dir(settings.lock_dir, create=False)):
-                _check_creatable(settings.lock_dir)
-                state = "not there yet (created with mode 0700 on first use)"
-            lines.append("lock directory %s: %s" % (settings.lock_dir, state))
-            result["lock_dir_ok"] = True
-        except ConfigurationError as exc:
-            lines.append("lock directory: PROBLEM: %s" % exc)
-            result["problems"].append(str(exc))
-            result["lock_dir_ok"] = False
-    if metrics_dir:
-        lines.append("metrics: snapshots to %s every %gs" % (metrics_dir, metrics_interval))
-    result["ok"] = not result["problems"]
-    if args.json:
-        print_json(result, out)
-    else:
-        lines.append("ok" if result["ok"] else "%d problem(s) found" % len(result["problems"]))
-        out.write("\n".join(clean(line) for line in lines) + "\n")
-    return EXIT_OK if result["ok"] else EXIT_NO
-
-
-def _check_creatable(path: str) -> None:
-    """ConfigurationError unless the nearest existing ancestor of ``path`` is a writable directory."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigurationError("cannot create lock directory %r (MEMCACHEDLOCK_DIR): %r is not a writable "
-                                 "directory" % (path, parent))
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
-    from .. import metrics
-
-    # A blank --dir is no --dir (the settings' rule); a relative one is fine here: it only reads.
-    instance = instance_config(args)
-    environ = instance.environ(dict(os.environ)) if instance else None
-    directory = metrics.metrics_settings(environ)[0] if is_unset(args.dir) else args.dir
-    if not directory:
-        raise CommandError("no metrics directory: give --dir or set MEMCACHEDLOCK_METRICS_DIR", EXIT_USAGE)
-    if not os.path.isdir(directory):
-        raise CommandError("metrics directory %s does not exist" % directory, EXIT_NO)
-    snapshots = metrics.read_snapshots(directory, args.max_age)
-    merged = metrics.merge(snapshots)
-    conflicts = metrics.merge_conflicts(snapshots)
-    if args.json:
-        print_json({"directory": directory, "snapshots": len(snapshots), "prefixes": merged,
-                    "conflicts": {table: [{"name": name, "retried": retried, "failed": failed}
-                                          for name, retried, failed in rows]
-                                  for table, rows in conflicts.items()}}, out)
-        return EXIT_OK if snapshots else EXIT_NO
-    if not snapshots:
-        out.write("no metrics snapshots in %s (a process writes one every MEMCACHEDLOCK_METRICS_INTERVAL "
-                  "seconds once it has used a lock or counted a ConflictError, and at exit)\n" % clean(directory))
-        return EXIT_NO
-    newest = max(s.get("time", 0) for s in snapshots)
-    out.write("%d snapshot(s) in %s, newest %s ago\n\n"
-              % (len(snapshots), clean(directory), seconds(time.time() - newest)))
-    rows = []
-    for prefix, data in sorted(merged.items()):
-        rows.append([
-            prefix, data["processes"], _count(data["acquisitions"]), _count(data["waits"]),
-            seconds(data["wait_p50"]), seconds(data["wait_p99"]),
-            seconds(data["hold_p50"]), seconds(data["hold_p99"]),
-            _count(data["busy_retries"]), _count(data["view_moves"]), _count(data["timeouts"]),
-            _count(data["fallbacks"]), _count(data["lost"]),
-            "%d/%d" % (_count(data["to_locking"]), _count(data["to_optimistic"])),
-        ])
-    if not rows:
-        out.write("no lock used in these snapshots\n")
-    else:
-        out.write(table(("PREFIX", "PROCS", "ACQUIRED", "WAITED", "WAIT p50", "WAIT p99", "HOLD p50", "HOLD p99",
-                         "BUSY", "MOVED", "TIMEOUTS", "FALLBACKS", "LOST", "LOCKED/FREED"), rows,
-                        right=tuple(range(1, 14))) + "\n")
-    _write_conflicts(conflicts, args.top, out)
-    return EXIT_OK
-
-
-def _count(value: float | None) -> int:
-    """A counter of ``metrics.merge``: never None (``metrics.summarize`` gives every counter, 0 if none counted)."""
-    assert value is not None, "a merged counter is a number"
-    return int(value)
-
-
-def _write_conflicts(conflicts: dict[str, list[tuple[str, int, int]]], top: int, out: IO[str]) -> None:
-    """The most frequent ConflictErrors by object class and by request (counted by conflicts.zcml)."""
-    if not any(conflicts.values()):
-        out.write("\nno ConflictErrors counted (conflicts.zcml counts them; the catalog patch includes it)\n")
-        return
-    for kind, heading in (("classes", "OBJECT CLASS"), ("requests", "REQUEST")):
-        rows = conflicts[kind]
-        out.write("\nConflictErrors by %s (top %d of %d)\n" % (heading.lower(), min(top, len(rows)), len(rows)))
-        out.write(table((heading, "RETRIED", "FAILED"),
-                        [[clean(name), retried, failed] for name, retried, failed in rows[:top]],
-                        right=(1, 2)) + "\n")
 
 
 # --------------------------------------------------------------------------- demo / bench
@@ -855,6 +392,8 @@ def setup_logging(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
+
+__all__ = ["build_parser", "clean", "main", "setup_logging"]
 
 if __name__ == "__main__":
     sys.exit(main())
