@@ -48,7 +48,7 @@ def patch_like_a_site() -> None:
 
 def count_locks() -> dict[str, int]:
     """Count the patched catalog calls, and those that held the lock for a transaction."""
-    from unimr.memcachedlock import transactionlock
+    from unimr.memcachedlock.zodb import locking as transactionlock
 
     counts = {"calls": 0, "held": 0}
     real = transactionlock.lock_for_transaction
