@@ -45,6 +45,7 @@ class TxnLocks:
 
 
 def locks_of(txn: Transaction) -> TxnLocks:
+    """This thread's locks of ``txn`` (none yet the first time)."""
     try:
         locks = txn.data(TXN_DATA_KEY)
     except KeyError:

@@ -111,7 +111,7 @@ def claim_at_begin(txn: Transaction, keeper: ReservationKeeper) -> None:
     for name, reservation in list(keeper.reservations.items()):
         if reservation.origin is txn or not reservation.entry.policy.adopts_at_begin:
             continue  # policy always adopts at the call, after the caught-up begin
-        del keeper.reservations[name]
+        keeper.claim(name)
         entry = reservation.adopt()
         if entry is not None:
             hold(txn, name, entry)
