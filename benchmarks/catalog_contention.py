@@ -222,14 +222,14 @@ def backoff(seed: int, client: int, doc: int, retry_count: int) -> float:
 
 #: Where a commit's time goes (``--breakdown``): label, module, attribute.  Each is timed where it is called.
 BREAKDOWN = (
-    ("wait for lock", "unimr.memcachedlock.transactionlock", "_acquire"),
-    ("note read", "unimr.memcachedlock.transactionlock", "_read_note"),
-    ("view check/move", "unimr.memcachedlock.transactionlock", "_check_view"),
-    ("gate or lock at commit", "unimr.memcachedlock.transactionlock", "_take_pending"),
+    ("wait for lock", "unimr.memcachedlock.zodb.taking", "_acquire"),
+    ("note read", "unimr.memcachedlock.zodb.taking", "_read_note"),
+    ("view check/move", "unimr.memcachedlock.zodb.locking", "_check_view"),
+    ("gate or lock at commit", "unimr.memcachedlock.zodb.policy_onconflict", "_take_pending"),
     ("catalog work", "Products.ZCatalog.Catalog", "Catalog.catalogObject"),
     ("ZEO two-phase commit", "transaction._transaction", "Transaction._commitResources"),
-    ("note write", "unimr.memcachedlock.transactionlock", "_write_note"),
-    ("release and handoff", "unimr.memcachedlock.transactionlock", "_release"),
+    ("note write", "unimr.memcachedlock.zodb.holding", "_write_note"),
+    ("release and handoff", "unimr.memcachedlock.zodb.reservations", "Reservation.release"),
 )
 
 
@@ -262,7 +262,7 @@ def run_worker(args: argparse.Namespace) -> None:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    from unimr.memcachedlock.transactionlock import LockBusy
+    from unimr.memcachedlock.zodb import LockBusy
 
     patched = args.policy != "unpatched"
     if patched:

@@ -55,7 +55,7 @@ def client(args: argparse.Namespace) -> None:
     import transaction
     import ZEO
 
-    from unimr.memcachedlock.transactionlock import LockBusy, zlock
+    from unimr.memcachedlock.zodb import LockBusy, zlock
 
     db = ZEO.DB(("127.0.0.1", args.zeo), server_sync=(args.mode == "ideal"))
     conn = db.open()

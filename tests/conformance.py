@@ -48,10 +48,10 @@ def patch_like_a_site() -> None:
 
 def count_locks() -> dict[str, int]:
     """Count the patched catalog calls, and those that held the lock for a transaction."""
-    from unimr.memcachedlock import transactionlock
+    from unimr.memcachedlock.zodb import decorator
 
     counts = {"calls": 0, "held": 0}
-    real = transactionlock.lock_for_transaction
+    real = decorator.hold_for_transaction
 
     def counted(*args: Any, **kw: Any) -> bool:
         held = real(*args, **kw)
@@ -59,7 +59,7 @@ def count_locks() -> dict[str, int]:
         counts["held"] += bool(held)
         return held
 
-    transactionlock.lock_for_transaction = counted
+    decorator.hold_for_transaction = counted
     return counts
 
 

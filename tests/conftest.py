@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from unimr.memcachedlock import adaptive, early, registry
+from unimr.memcachedlock import registry
+from unimr.memcachedlock.zodb import adaptive, early
 
 from servers import MemcachedServer
 

@@ -792,13 +792,13 @@ _voters: dict[int, Any] = {}
 
 def _commit_details(txn, conn, record: dict) -> None:
     """The view the commit was made on and the notes of the zlocks it held (read when it took them)."""
-    from unimr.memcachedlock import transactionlock
+    from unimr.memcachedlock.zodb import holding, views
 
     _voters[id(record)] = conn
-    view = transactionlock._view_start(conn)
+    view = views.view_start(conn)
     record["view"] = view.hex() if view else None
     try:
-        held = txn.data(transactionlock._TXN_DATA_KEY).held
+        held = txn.data(holding.TXN_DATA_KEY).held
     except KeyError:
         return
     record["notes"] = {name: {k: v.hex() if isinstance(v, bytes) else repr(v) for k, v in entry.note.items()}
@@ -810,7 +810,7 @@ def _txn_done(status: bool, record: dict) -> None:
     conn = _voters.pop(id(record), None)
     if status and conn is not None:
         try:
-            from unimr.memcachedlock import zodbprivate
+            from unimr.memcachedlock.zodb import private as zodbprivate
 
             tid = zodbprivate.last_committed(zodbprivate.normal_storage(conn))
             record["tid"] = tid.hex() if tid else None
@@ -849,9 +849,9 @@ def _objects(conn, oids) -> list[list]:
 def _lock_state(txn) -> dict | None:
     """The transaction's zlocks when it commits: held, passing the commit gate, or to be taken at commit."""
     try:
-        from unimr.memcachedlock import transactionlock
+        from unimr.memcachedlock.zodb import holding
 
-        locks = txn.data(transactionlock._TXN_DATA_KEY)
+        locks = txn.data(holding.TXN_DATA_KEY)
     except Exception:
         return None
     return {kind: sorted(getattr(locks, kind, {})) for kind in ("held", "passes", "pending")}
@@ -864,10 +864,12 @@ def _blocking(txn, used: set[str]) -> dict:
     not be moved forward.  ``used`` is what it had used when it first asked
     for the lock (oid hex strings).
     """
-    from unimr.memcachedlock import transactionlock, viewrefresh, zodbprivate
+    from unimr.memcachedlock.zodb import private as zodbprivate
+    from unimr.memcachedlock.zodb import viewmove as viewrefresh
+    from unimr.memcachedlock.zodb import views
 
     found = {"newer_changed": 0, "blocking_changed": [], "blocking_used": [], "blocking_in_memory": []}
-    for conn in transactionlock._connections(txn):
+    for conn in views.connections_of(txn):
         pending = zodbprivate.pending_invalidations(zodbprivate.normal_storage(conn))
         if pending is None:
             continue
@@ -911,15 +913,18 @@ def install_trace() -> None:
 
     Connection.tpc_vote = tpc_vote
     try:
-        from unimr.memcachedlock import transactionlock, viewrefresh
+        from unimr.memcachedlock.zodb import decorator
+        from unimr.memcachedlock.zodb import locking as transactionlock
+        from unimr.memcachedlock.zodb import viewmove as viewrefresh
+        from unimr.memcachedlock.zodb import views
     except ImportError:
         return
-    original_lock = transactionlock.lock_for_transaction
+    original_lock = decorator.hold_for_transaction
     used_oids: dict[int, set[str]] = {}
     _forget_used.append(used_oids)
 
     def lock_for_transaction(key, *args, **kw):
-        txn = transactionlock._current_transaction()
+        txn = transactionlock.current_transaction()
         record = None
         if txn is not None:
             try:
@@ -927,7 +932,7 @@ def install_trace() -> None:
                 if record["lock"] is None:
                     record["lock"] = first = {"key": str(key), "at": time.time(), "stack": _frames()}
                     changed, used = [], []
-                    for conn in transactionlock._connections(txn):
+                    for conn in views.connections_of(txn):
                         # Changed since the last savepoint, saved in a savepoint, or passed to readCurrent.
                         changed += _objects(conn, [obj._p_oid for obj in conn._registered_objects
                                                    if obj._p_oid is not None])
@@ -961,7 +966,7 @@ def install_trace() -> None:
                 if match:
                     busy["oid"] = match.group(1)
                     oid = bytes.fromhex(match.group(1))
-                    for conn in transactionlock._connections(txn):
+                    for conn in views.connections_of(txn):
                         obj = conn._cache.get(oid)
                         if obj is not None:
                             busy["object"] = describe_object(obj)
@@ -975,7 +980,7 @@ def install_trace() -> None:
                 record.setdefault("busy", []).append(busy)
             raise
 
-    transactionlock.lock_for_transaction = lock_for_transaction
+    decorator.hold_for_transaction = lock_for_transaction
 
 
 # -- the logs ---------------------------------------------------------------------------------------------------

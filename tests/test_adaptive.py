@@ -17,9 +17,9 @@ import ZEO
 from persistent.mapping import PersistentMapping
 from test_zlock_policies import TRIES, publish, read_counter, run_threads, setup_counter
 
-from unimr.memcachedlock import adaptive, metrics
-from unimr.memcachedlock.adaptive import LOCKING, OPTIMISTIC, KeyHistory
-from unimr.memcachedlock.transactionlock import DEFAULT_POLICY, zlock
+from unimr.memcachedlock import metrics
+from unimr.memcachedlock.zodb import DEFAULT_POLICY, adaptive, zlock
+from unimr.memcachedlock.zodb.adaptive import LOCKING, OPTIMISTIC, KeyHistory
 
 HOT = "adaptive-counter"
 

@@ -19,7 +19,7 @@ from unimr.memcachedlock.errors import (
 )
 from unimr.memcachedlock.keys import MAX_NAME_LENGTH, lock_name, shown
 from unimr.memcachedlock.locks import Lock, RLock
-from unimr.memcachedlock.transactionlock import zlock
+from unimr.memcachedlock.zodb import zlock
 
 HOSTILE_KEYS = [
     "a b", "a\r\nset x 0 0 1\r\nx", "nul\0byte", "../../etc/passwd", ".", "..", "/", "%20", "#",

@@ -37,8 +37,8 @@ from Products.ZCatalog.ZCatalog import ZCatalog
 from ZODB.POSException import ConflictError
 from ZPublisher.HTTPResponse import HTTPResponse
 
-from unimr.memcachedlock import adaptive, metrics
-from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction
+from unimr.memcachedlock import metrics
+from unimr.memcachedlock.zodb import LockBusy, adaptive, lock_for_transaction
 
 
 class Doc(SimpleItem):

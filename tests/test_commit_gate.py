@@ -22,8 +22,8 @@ import pytest
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.backends.filegate import GATE_SUFFIX
 from unimr.memcachedlock.errors import BackendUnavailable
-from unimr.memcachedlock.notes import decode_note, encode_entries, encode_note
-from unimr.memcachedlock.transactionlock import COMPACT_AT
+from unimr.memcachedlock.zodb.notes import decode_note, encode_entries, encode_note
+from unimr.memcachedlock.zodb.policy_onconflict import COMPACT_AT
 
 NAME = "gate-test"
 
@@ -33,7 +33,7 @@ def tid(number: int) -> bytes:
 
 
 def leave_as_zlock_does(entered, identity: str, number: int) -> None:
-    """Leave with one entry, compacting a long note as ``transactionlock._leave_gate`` does."""
+    """Leave with one entry, compacting a long note as ``policy_onconflict._leave_gate`` does."""
     tids = {identity: tid(number)}
     compact = None
     if entered.note and entered.note.count(b" ") >= COMPACT_AT:

@@ -16,10 +16,9 @@ import transaction
 import ZODB
 from ZODB.MappingStorage import MappingStorage
 
-from unimr.memcachedlock import early
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.transactionlock import LockBusy, lock_early, zlock
+from unimr.memcachedlock.zodb import LockBusy, early, lock_early, zlock
 
 from counters import Counter
 

@@ -27,7 +27,8 @@ from ZODB.MappingStorage import MappingStorage
 
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.notes import (
+from unimr.memcachedlock.zodb import lock_for_transaction
+from unimr.memcachedlock.zodb.notes import (
     EXCLUSIVE,
     FRESH,
     MAX_NOTE_ENTRIES,
@@ -41,7 +42,6 @@ from unimr.memcachedlock.notes import (
     merge_note,
     with_since,
 )
-from unimr.memcachedlock.transactionlock import lock_for_transaction
 
 from clients import in_another_client
 from servers import MemcachedServer

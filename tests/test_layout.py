@@ -104,9 +104,10 @@ def test_no_import_cycles():
     assert cycles(graph()) == []
 
 
-#: Modules above the lock core: the command line and its tools, and the Zope integration.
+#: Modules above the lock core: the command line and its tools, the Zope integration, and zlock (the ``zodb``
+#: subpackage and its old import path ``transactionlock``), the only parts that may import Zope, ZODB or transaction.
 TOOLS = {"tools", "__main__", "memcachedlock"}
-ABOVE_CORE = {"zope", "transactionlock"} | TOOLS
+ABOVE_CORE = {"zope", "zodb", "transactionlock"} | TOOLS
 
 
 def is_core(name: str) -> bool:

@@ -30,7 +30,7 @@ from zope.testing.cleanup import cleanUp
 from unimr.memcachedlock import ConfigurationError, config, metrics, registry
 from unimr.memcachedlock.interfaces import ILockBackend
 from unimr.memcachedlock.tools import cli
-from unimr.memcachedlock.transactionlock import DEFAULT_TXN_WAIT, txn_wait
+from unimr.memcachedlock.zodb.taking import DEFAULT_TXN_WAIT, txn_wait
 
 #: Variable -> (where it lands, its default).  ``Settings`` fields are read from ``Settings``;
 #: the others from their own readers.

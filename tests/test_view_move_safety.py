@@ -32,7 +32,7 @@ from transaction.interfaces import NoTransaction
 from ZODB.POSException import ConflictError
 
 from unimr.memcachedlock import metrics
-from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, zlock
+from unimr.memcachedlock.zodb import LockBusy, lock_for_transaction, zlock
 
 from clients import in_another_client, run_clients
 from counters import Counter, ZopeCounter

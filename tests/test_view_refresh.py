@@ -20,8 +20,8 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 from unimr.memcachedlock import metrics
-from unimr.memcachedlock.transactionlock import LockBusy, zlock
-from unimr.memcachedlock.viewrefresh import MARKER_OID, used_since_view_began
+from unimr.memcachedlock.zodb import LockBusy, zlock
+from unimr.memcachedlock.zodb.viewmove import MARKER_OID, used_since_view_began
 
 from clients import in_another_client
 
@@ -179,7 +179,7 @@ class InterruptOnce(set):
 @pytest.mark.parametrize("where", ["before the move", "after the view moved"])
 def test_an_interrupted_move_leaves_no_stale_object_behind(waiter, zeo_server, monkeypatch, where):
     """Whatever step an interrupt hits, the next transaction sees every object as committed."""
-    from unimr.memcachedlock import zodbprivate
+    from unimr.memcachedlock.zodb import private as zodbprivate
 
     transaction.begin()
     root = waiter.root()
@@ -260,7 +260,7 @@ def test_a_failing_prefetch_does_not_fail_the_move(waiter, zeo_server, monkeypat
 
 def test_a_client_that_must_drop_its_cache_retries(waiter, zeo_server):
     """ZEO tells a reconnected client with too old a cache to drop it (invalidations unknown): no move."""
-    from unimr.memcachedlock import zodbprivate
+    from unimr.memcachedlock.zodb import private as zodbprivate
 
     transaction.begin()
     root = waiter.root()

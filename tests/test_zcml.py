@@ -363,7 +363,7 @@ def test_plone_autoinclude_finds_the_package_and_loads_only_its_configure(memcac
 def test_lock_options_are_the_decorators_keywords():
     """Every keyword of lock, rlock and zlock is a directive option (and nothing else is)."""
     from unimr.memcachedlock.decorators import lock, rlock
-    from unimr.memcachedlock.transactionlock import zlock
+    from unimr.memcachedlock.zodb import zlock
     from unimr.memcachedlock.zope.directives import ILockOptions
 
     keywords = set()

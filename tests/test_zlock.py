@@ -27,8 +27,8 @@ from unimr.memcachedlock import InvalidArgument, Lock, MemcachedLockError, get_b
 from unimr.memcachedlock import transactionlock as zlock_module
 from unimr.memcachedlock.decorators import function_prefix
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.notes import MAX_NOTE_ENTRIES, decode_note, encode_note, merge_note
-from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, storage_identity, zlock
+from unimr.memcachedlock.zodb import LockBusy, holding, lock_for_transaction, storage_identity, zlock
+from unimr.memcachedlock.zodb.notes import MAX_NOTE_ENTRIES, decode_note, encode_note, merge_note
 
 from overlap import OverlapLog
 
@@ -185,7 +185,7 @@ def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carr
 def _commit_under_the_lock(db, conn, how: str, handed: list) -> None:
     transaction.begin()
     assert lock_for_transaction(HOT, policy="always") is True
-    entry = zlock_module._locks_of(transaction.get()).held[lock_name(HOT)]
+    entry = holding.locks_of(transaction.get()).held[lock_name(HOT)]
     got = []
     other = Lock(HOT)
     if how == "renewed":
@@ -213,7 +213,7 @@ def test_a_holder_that_lost_its_lock_does_not_overwrite_the_next_holders_note(db
     (the lease was broken), this commit's note is not written over the other holder's."""
     transaction.begin()
     assert lock_for_transaction(HOT, policy="always") is True
-    entry = zlock_module._locks_of(transaction.get()).held[lock_name(HOT)]
+    entry = holding.locks_of(transaction.get()).held[lock_name(HOT)]
     assert entry.lease.renew(30)
     backend = get_backend()
     assert backend.break_lock(lock_name(HOT))

@@ -24,9 +24,9 @@ from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from unimr.memcachedlock import Lock, adaptive
+from unimr.memcachedlock import Lock
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.transactionlock import LockBusy, lock_for_transaction, retry_will_lock, zlock
+from unimr.memcachedlock.zodb import LockBusy, adaptive, lock_for_transaction, retry_will_lock, zlock
 from unimr.memcachedlock.zope.publisher import retry_at_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,7 +208,7 @@ def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
     assert read_counter(db) == 24, stats
 
     conn = db.open()
-    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.transactionlock"):
+    with caplog.at_level(logging.WARNING, logger="unimr.memcachedlock.zodb.views"):
         for _ in range(2):
             transaction.begin()
             assert lock_for_transaction(HOT + "-always") is True
@@ -341,9 +341,9 @@ def test_the_lock_comes_after_conflicts_in_a_row(memcached):
 def test_a_run_of_conflicts_survives_long_tries_and_ends_with_any_other_transaction(memcached, monkeypatch):
     """A try may run longer than MARK_FOR: only the pause before the next begin is bounded.
     A transaction between two conflicts that does not fail, or a longer pause, ends the run."""
-    from unimr.memcachedlock import transactionlock
+    from unimr.memcachedlock.zodb import policy_onconflict
 
-    monkeypatch.setattr(transactionlock, "MARK_FOR", 0.3)
+    monkeypatch.setattr(policy_onconflict, "MARK_FOR", 0.3)
     db = ZODB.DB(MappingStorage())
     setup_counter(db)
     note_the_key(db)
@@ -490,8 +490,8 @@ class SlowVote:
 def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(memcached):
     """A lock taken while an optimistic commit is passing waits for it, and its note has that commit."""
     from unimr.memcachedlock import get_backend
-    from unimr.memcachedlock.notes import decode_note
-    from unimr.memcachedlock.transactionlock import storage_identity
+    from unimr.memcachedlock.zodb import storage_identity
+    from unimr.memcachedlock.zodb.notes import decode_note
 
     db = ZODB.DB(MappingStorage())
     setup_counter(db)
@@ -559,7 +559,7 @@ def test_no_failed_request_with_eight_clients(memcached, mode, most_tries):
 @pytest.mark.parametrize("value", ["abc", "0", "-2"])
 def test_a_bad_txn_wait_is_named(monkeypatch, value):
     from unimr.memcachedlock.errors import ConfigurationError
-    from unimr.memcachedlock.transactionlock import txn_wait
+    from unimr.memcachedlock.zodb import txn_wait
 
     monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", value)
     with pytest.raises(ConfigurationError, match="MEMCACHEDLOCK_TXN_WAIT=%r" % value):

@@ -129,7 +129,7 @@ def _writer(port: int, workdir: str, who: str, writes: int, work_ms: float) -> d
     import transaction
     import ZEO
 
-    from unimr.memcachedlock.transactionlock import LockBusy, zlock
+    from unimr.memcachedlock.zodb import LockBusy, zlock
 
     from overlap import OverlapLog
 
@@ -178,7 +178,7 @@ def _paths(port: int) -> dict:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    from unimr.memcachedlock.transactionlock import lock_for_transaction
+    from unimr.memcachedlock.zodb import lock_for_transaction
 
     env = dict(os.environ)
     db = ZEO.DB(("127.0.0.1", port))
@@ -273,7 +273,7 @@ def _turns(port: int, who: str, writes: int) -> dict:
     import transaction
     import ZEO
 
-    from unimr.memcachedlock.transactionlock import LockBusy, zlock
+    from unimr.memcachedlock.zodb import LockBusy, zlock
 
     db = ZEO.DB(("127.0.0.1", port))
     stats: dict = dict(who=who, busy=0, requests=[])

@@ -1,4 +1,4 @@
-"""Canary: the private ZODB and transaction names zlock reads (all in ``zodbprivate.py``) still exist.
+"""Canary: the private ZODB and transaction names zlock reads (all in ``zodb/private.py``) still exist.
 
 If ZODB or transaction renames one of them, zlock would quietly stop
 checking views and writing notes; this test fails loudly instead.
@@ -10,7 +10,7 @@ import transaction
 import ZODB
 from ZODB.mvccadapter import MVCCAdapterInstance
 
-from unimr.memcachedlock import zodbprivate
+from unimr.memcachedlock.zodb import private as zodbprivate
 
 
 def test_the_private_names_zlock_reads_still_exist():

@@ -200,7 +200,7 @@ class Raise(BrowserView):
     def __call__(self) -> str:
         from ZODB.POSException import ConflictError
 
-        from unimr.memcachedlock.transactionlock import LockBusy
+        from unimr.memcachedlock.zodb import LockBusy
 
         form = self.request.form
         attempts = ATTEMPTS.setdefault(form["token"], [])

@@ -24,7 +24,7 @@ from .errors import (
 from .lease import release_all
 from .locks import Lock, RLock, lock_getter, rlock_getter
 from .registry import configure, get_backend, reset, set_backend
-from .transactionlock import LockBusy, lock_for_transaction, zlock
+from .zodb import LockBusy, lock_for_transaction, zlock
 
 __all__ = [
     "lock", "rlock", "zlock", "lock_for_transaction", "LockBusy", "lock_getter", "rlock_getter", "Lock", "RLock",

@@ -19,7 +19,7 @@ Environment variables:
     Namespace of the package's keys in memcached (``memcachedlock:``).
 ``MEMCACHEDLOCK_TXN_WAIT``
     Longest wait for a lock inside a transaction, in seconds (5.0; see
-    :mod:`.transactionlock`).
+    :mod:`.zodb`).
 ``MEMCACHEDLOCK_METRICS_DIR`` / ``MEMCACHEDLOCK_METRICS_INTERVAL``
     Directory, an absolute path, where each process writes its lock metrics
     (none: no snapshot files), and the seconds between two writes (60.0,

@@ -4,7 +4,7 @@ Every exception derives from :class:`MemcachedLockError` *and* from the
 built-in exception that callers of a lock already catch: ``threading``-style
 code catches ``RuntimeError`` and ``ValueError``, timeouts are ``TimeoutError``
 and an unreachable server is a ``ConnectionError``.  ``LockBusy``, the retry
-signal of zlock, lives in :mod:`unimr.memcachedlock.transactionlock` because it must
+signal of zlock, lives in :mod:`unimr.memcachedlock.zodb` because it must
 subclass ZODB's ``ConflictError``.
 """
 

@@ -10,6 +10,6 @@ from __future__ import annotations
 from .decorators import lock, rlock
 from .errors import DontLock
 from .locks import lock_getter, rlock_getter
-from .transactionlock import zlock
+from .zodb import zlock
 
 __all__ = ["lock", "rlock", "zlock", "DontLock", "lock_getter", "rlock_getter"]

@@ -78,7 +78,7 @@ def worker_main(argv: Sequence[str]) -> int:
     import ZEO
     from ZODB.POSException import ConflictError
 
-    from ..transactionlock import LockBusy, zlock
+    from ..zodb import LockBusy, zlock
 
     update = _update
     if args.mode == "zlock":

@@ -28,7 +28,7 @@ from ZODB.POSException import ConflictError
 
 from .. import metrics
 from ..keys import shown
-from ..transactionlock import LockBusy
+from ..zodb import LockBusy
 from .publisher import request_label
 
 logger = logging.getLogger(__name__)

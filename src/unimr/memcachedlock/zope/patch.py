@@ -35,7 +35,7 @@ from .. import decorators
 from ..decorators import GetKey
 from ..errors import ConfigurationError
 from ..options import DEFAULT_CONFLICTS
-from ..transactionlock import zlock
+from ..zodb import zlock
 from .publisher import uninstall, warn_if_retries_end_first
 
 logger = logging.getLogger(__name__)

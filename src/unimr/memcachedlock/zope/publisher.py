@@ -19,7 +19,7 @@ attempts running at once, so more of them conflicted (docs/zlock.rst).
 ``catalog.zcml``) labels each request's transactions ``METHOD /path`` and
 takes, right after the transaction began, the zlocks that requests of the
 same label were retried at after changing objects
-(:mod:`unimr.memcachedlock.early`): a Plone content add changes the uid
+(:mod:`unimr.memcachedlock.zodb.early`): a Plone content add changes the uid
 generator and the folder long before the catalog lock, so its waiters
 redid all their work; now they wait before it.
 """
@@ -32,8 +32,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..transactionlock import LockBusy
-from ..transactionlock import lock_early as lock_early_for
+from ..zodb import LockBusy
+from ..zodb import lock_early as lock_early_for
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def delay_retry(self: Request) -> None:
 
 def request_label(request: Request) -> str:
     """``METHOD /path`` of a request (its PATH_INFO, as Zope's own log lines give it): the kind of
-    transaction :mod:`unimr.memcachedlock.early` learns for, and the row ConflictErrors are counted under."""
+    transaction :mod:`unimr.memcachedlock.zodb.early` learns for, and the row ConflictErrors are counted under."""
     return "%s %s" % (request.get("REQUEST_METHOD") or "GET", request.get("PATH_INFO") or "/")
 
 

@@ -56,7 +56,7 @@ import logging
 import os
 import threading
 
-from . import metrics
+from .. import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ is in the connection's pickle cache:
   loaded in this view leaves the cache only if it was ghostified and nothing
   refers to it any more: see docs/zlock.rst for what that leaves unseen.)
 * **Changed, saved in a savepoint, rolled back or passed to readCurrent by
-  this transaction** (``zodbprivate.touched_oids``): seen.
+  this transaction** (``private.touched_oids``): seen.
 * **In memory, of a type whose state cannot be read unseen**
   (:func:`sees_every_read`: the buckets, trees and sets of BTrees, read only
   by their own code, which moves them in the cache's order, and
@@ -46,7 +46,7 @@ is in the connection's pickle cache:
   passed; asking costs one load at the old view.  A BTree or Length ghost
   is passed: it is used only through reads the cache sees, and a savepoint's
   rollback, which ghostifies what the transaction changed, is recorded
-  (``zodbprivate.watch_rollbacks``).
+  (``private.watch_rollbacks``).
 
 What remains unseen is written down in docs/zlock.rst: values carried over
 from an earlier transaction (a local, a module global, a ``_v_`` attribute)
@@ -65,8 +65,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import zodbprivate
-from .zodbprivate import Connection
+from . import private
+from .private import Connection
 
 try:
     from persistent import Persistent
@@ -148,12 +148,12 @@ def mark_view_begin(conn: Connection) -> None:
     starts a connection's next view then) -- before the application can use
     anything on the new view.  Never raises.
     """
-    cache = zodbprivate.pickle_cache(conn)
+    cache = private.pickle_cache(conn)
     if cache is None or Persistent is object:
         return
     try:
-        zodbprivate.watch_rollbacks(conn)
-        zodbprivate.forget_rollbacks(conn)
+        private.watch_rollbacks(conn)
+        private.forget_rollbacks(conn)
         marker = cache.get(MARKER_OID)
         if isinstance(marker, AccessMarker):
             marker.touch  # noqa: B018 (the read moves it to the most-recent end; a ghost is restored)
@@ -181,14 +181,14 @@ def used_since_view_began(conn: Connection) -> set[bytes] | None:
     cache (about 2 ms for 50,000), so zlock asks before it waits for a busy
     lock, not while it holds it.
     """
-    cache = zodbprivate.pickle_cache(conn)
+    cache = private.pickle_cache(conn)
     marker = _live_marker(cache)
     if marker is None:
         return None
     items = cache.lru_items()
     for index in range(len(items) - 1, -1, -1):
         if items[index][1] is marker:
-            return {oid for oid, _ in items[index + 1:]} | zodbprivate.touched_oids(conn)
+            return {oid for oid, _ in items[index + 1:]} | private.touched_oids(conn)
     return None
 
 
@@ -211,9 +211,9 @@ class _Sight:
 
     def __init__(self, conn: Connection, used: set[bytes] | None = None) -> None:
         self.conn = conn
-        self.cache = zodbprivate.pickle_cache(conn)
-        self.touched = zodbprivate.touched_oids(conn)
-        self.rollbacks_known = zodbprivate.rolled_back_oids(conn) is not None
+        self.cache = private.pickle_cache(conn)
+        self.touched = private.touched_oids(conn)
+        self.rollbacks_known = private.rolled_back_oids(conn) is not None
         self._used = used
 
     def in_memory(self, oid: bytes) -> bool:
@@ -269,7 +269,7 @@ class _Sight:
             return True
         at_view: bytes
         try:
-            _, at_view = zodbprivate.normal_storage(self.conn).load(ghost._p_oid)
+            _, at_view = private.normal_storage(self.conn).load(ghost._p_oid)
         except Exception as exc:  # not at the view, or the storage failed: unknown
             logger.debug("cannot load oid %s at the view of %r: %s", ghost._p_oid.hex(), self.conn, exc)
             return True
@@ -297,8 +297,8 @@ def refresh(connections: list[Connection], used: dict[int, set[bytes] | None] | 
     """
     plans = []
     for conn in connections:
-        storage = zodbprivate.normal_storage(conn)
-        pending = zodbprivate.pending_invalidations(storage)
+        storage = private.normal_storage(conn)
+        pending = private.pending_invalidations(storage)
         if pending is None:
             return "its view cannot be moved (%s)" % type(storage).__name__
         sight = _Sight(conn, (used or {}).get(id(conn)))
@@ -336,7 +336,7 @@ def _move(conn: Connection, storage: Any, sight: _Sight, checked: set[bytes]) ->
         wanted.extend(oid for oid in arrived if sight.in_memory(oid))
         sight.cache.invalidate(list(arrived))
 
-    oids = zodbprivate.advance_view(storage, last_tid, accept, invalidate)
+    oids = private.advance_view(storage, last_tid, accept, invalidate)
     if oids is None:
         return refused[0] if refused else "its view cannot be moved now"
     if wanted:

@@ -24,7 +24,7 @@ the transactions of the label and of its family take it when they begin
 label whose contention stopped runs without early locks again after at most
 one more retry.  The tables are bounded (:data:`MAX_LABELS`, least recently
 used forgotten first).  Nothing here talks to the lock store: the
-transaction lock module takes the locks.
+transaction lock (``locking.lock_early``) takes the locks.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class _Label:
     __slots__ = ("locks", "began")
 
     def __init__(self) -> None:
-        #: Lock name -> what the call that was retried asked of the lock (transactionlock's request).
+        #: Lock name -> what the call that was retried asked of the lock (the request and policy it was taken with).
         self.locks: dict[str, Any] = {}
         self.began = 0
 

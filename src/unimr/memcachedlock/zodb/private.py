@@ -6,7 +6,7 @@ snapshot reads before and the last tid it committed
 (``MVCCAdapterInstance._start`` and ``._ltid``), and the resources and
 synchronizers of a transaction (``Transaction._resources`` and
 ``._synchronizers``).  To move a view forward in the middle of a
-transaction (``viewrefresh.py``) it also reads the invalidations a storage
+transaction (``viewmove.py``) it also reads the invalidations a storage
 instance has received but not yet applied (``._invalidations`` under
 ``._lock``), and what the connection changed or asked to keep current
 (``Connection._registered_objects``, ``._readCurrent``, the oids in
