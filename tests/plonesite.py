@@ -913,10 +913,9 @@ def install_trace() -> None:
 
     Connection.tpc_vote = tpc_vote
     try:
-        from unimr.memcachedlock.zodb import decorator
+        from unimr.memcachedlock.zodb import decorator, views
         from unimr.memcachedlock.zodb import locking as transactionlock
         from unimr.memcachedlock.zodb import viewmove as viewrefresh
-        from unimr.memcachedlock.zodb import views
     except ImportError:
         return
     original_lock = decorator.hold_for_transaction
