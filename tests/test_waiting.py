@@ -161,7 +161,7 @@ def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(memcach
 def _announce(memcached, key: str, host: bytes, address: bytes, pause: float = 0.01) -> None:
     backend = get_backend()
     want = records.Want(os.urandom(8).hex(), host, 4242, time.time() - 10, pause, address)
-    assert backend.put_want(lock_name(key), want.encode(), None, add=True)
+    assert backend.waiter_board.put_want(lock_name(key), want.encode(), None, add=True)
 
 
 def test_a_dead_waiter_on_this_host_is_not_waited_for(memcached):
@@ -220,9 +220,9 @@ def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(memcached):
     name = lock_name(key)
     backend = get_backend()
     deadline = time.monotonic() + 5
-    while backend.peek_want(name)[1] is None and time.monotonic() < deadline:
+    while backend.waiter_board.peek_want(name)[1] is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert backend.peek_want(name)[1] is not None
+    assert backend.waiter_board.peek_want(name)[1] is not None
     holder.release()
     waiter.join()
     assert got == [True]

@@ -169,11 +169,11 @@ def test_the_note_is_stored_before_the_lock_is_free_when_the_release_cannot_carr
     The hand-over needs the connection that stored the lock, which the waiter's poll may be using at
     that moment; then the lock is released as usual (also checked).  Five tries make a run without
     one hand-over as unlikely as five such collisions in a row."""
-    from unimr.memcachedlock.backends.memcached import MemcachedBackend
+    from unimr.memcachedlock.backends.memcachedboard import MemcachedWaiterBoard
 
     handed: list = []
-    hand_record_over = MemcachedBackend.hand_record_over
-    monkeypatch.setattr(MemcachedBackend, "hand_record_over",
+    hand_record_over = MemcachedWaiterBoard.hand_record_over
+    monkeypatch.setattr(MemcachedWaiterBoard, "hand_record_over",
                         lambda self, *args: handed.append(hand_record_over(self, *args)) or handed[-1])
     for _ in range(5 if how == "handed over" else 1):
         _commit_under_the_lock(db, conn, how, handed)

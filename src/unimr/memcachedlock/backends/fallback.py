@@ -41,6 +41,7 @@ from ..lease import Lease
 from .base import Backend, CommitPass, Warn
 from .file import FileBackend
 from .memcached import MemcachedBackend
+from .memcachedboard import MemcachedWaiterBoard
 from .memcachedserver import MemcachedServer
 from .records import Holder
 
@@ -111,7 +112,7 @@ class FallbackBackend(Backend):
         return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings, create))
 
     @property
-    def waiter_board(self) -> MemcachedBackend:
+    def waiter_board(self) -> MemcachedWaiterBoard:
         """The primary's: waiters announce themselves in memcached."""
         return self.primary.waiter_board
 

@@ -62,8 +62,8 @@ def _outcome_unknown(exc: BackendUnavailable) -> bool:
     return isinstance(exc.__cause__, socket.timeout)
 
 
-class MemcachedBackend(MemcachedWaiterBoard, Backend):
-    """Locks in one or several memcached servers; the store is its own waiter board."""
+class MemcachedBackend(Backend):
+    """Locks in one or several memcached servers, with their waiter board and commit gate beside them."""
 
     kind = "memcached"
     #: See ``base.CAPABILITIES``: all but the fallback store's own.
@@ -85,6 +85,7 @@ class MemcachedBackend(MemcachedWaiterBoard, Backend):
         self.prefix = prefix
         self._hash_ids = [str(s).encode("utf-8") for s in self.servers]
         self.commit_gate = MemcachedCommitGate(self, NOTE_SUFFIX, NOTE_TTL)
+        self._board = MemcachedWaiterBoard(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MemcachedBackend:
@@ -163,9 +164,9 @@ class MemcachedBackend(MemcachedWaiterBoard, Backend):
         return compare_and_delete(server, self.prefix + name, functools.partial(carries_token, token=token))
 
     @property
-    def waiter_board(self) -> MemcachedBackend:
-        """This store keeps the waiter announcements itself."""
-        return self
+    def waiter_board(self) -> MemcachedWaiterBoard:
+        """The waiter announcements of this store's locks."""
+        return self._board
 
     def defer_note(self, lease: Lease, value: bytes) -> bool:
         """Store ``value`` as the note of ``lease``'s lock in front of its release (or hand-over): one round trip less.

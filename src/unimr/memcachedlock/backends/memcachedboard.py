@@ -6,18 +6,16 @@ and wakes that waiter, and a hand-over to a thread of this process reads it
 while it rewrites the lock's record.  Announcements live ``WANT_TTL``
 seconds unless their waiter refreshes them.
 
-The memcached store is its own board (this class is one of its bases):
-``waiting.hand_over`` hands over only the leases whose store is the board
-(``lease.backend is board``).  ``hand_record_over`` refuses any other lease
-itself, so the board can become an object of its own, as the commit gate is,
-once that comparison goes.
+The board is an object of its own beside the store's commit gate
+(``MemcachedBackend.waiter_board``); the fallback store uses its memcached
+store's board, and ``hand_record_over`` refuses a lease of any other store.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from zope.interface import implementer
 
@@ -28,6 +26,9 @@ from .memcachedserver import MemcachedServer, compare_and_delete
 from .pool import ClientPool
 from .records import WANT_TTL, Want
 
+if TYPE_CHECKING:
+    from .memcached import MemcachedBackend
+
 
 def _announced_by(stored: bytes, token: str) -> bool:
     """True if ``stored`` is the announcement of the waiter with ``token``."""
@@ -37,14 +38,19 @@ def _announced_by(stored: bytes, token: str) -> bool:
 
 @implementer(IWaiterBoard)
 class MemcachedWaiterBoard:
-    """The waiter announcements of a memcached store (a base of ``MemcachedBackend``)."""
+    """The waiter announcements of a memcached store, kept beside its locks."""
 
-    #: The namespace of the store's keys.
-    prefix: str
+    def __init__(self, store: MemcachedBackend) -> None:
+        self.store = store
+
+    @property
+    def prefix(self) -> str:
+        """The namespace of the store's keys."""
+        return self.store.prefix
 
     def server_for(self, name: str) -> MemcachedServer:
         """The server that holds lock ``name`` (the store's)."""
-        raise NotImplementedError
+        return self.store.server_for(name)
 
     def peek_want(self, name: str) -> tuple[bool, Want | None, bytes | None]:
         """One round trip: (is the lock held, the waiter announcement or None, its cas)."""
@@ -63,7 +69,7 @@ class MemcachedWaiterBoard:
         or None), or False when the record could not be rewritten that way,
         and for a lease of another store.
         """
-        if not isinstance(lease, MemcachedLease) or lease.backend is not self:
+        if not isinstance(lease, MemcachedLease) or lease.backend is not self.store:
             return False
         stored = lease.rewrite_record(thread, ttl)
         if stored is False:
