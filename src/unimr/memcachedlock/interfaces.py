@@ -28,12 +28,12 @@ class ILock(Interface):
 
     key = Attribute("The key the caller gave (str or bytes).")
     name = Attribute("The safe, namespaced name the backend stores.")
-    timeout = Attribute("The lease in seconds: how long the lock outlives a crashed holder.")
-    interval = Attribute("The longest pause between two polls while waiting, in seconds.")
     lost = Attribute(
         "True when the renewer found the lease taken by somebody else (or expired) "
         "while this object still believed it held the lock."
     )
+    timeout = Attribute("The lease in seconds: how long the lock outlives a crashed holder.")
+    interval = Attribute("The longest pause between two polls while waiting, in seconds.")
 
     def acquire(blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; return True if taken, False if not.
