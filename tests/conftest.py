@@ -40,9 +40,69 @@ def private_memcached(monkeypatch):
         registry.reset()
 
 
-@pytest.fixture(params=["memcached", "file", "fallback"])
+#: Every lock store; a test that asks for ``store`` runs on each of them unless it says what it needs.
+STORES = ("memcached", "file", "fallback")
+
+#: What each store can do, by store kind.  This mirrors the capabilities the stores declare in
+#: the source (a ``waiter_board``, a ``commit_gate``, the notes and ``defer_note``/``note_read_at_acquire``
+#: of ``backends/``); it is to be read from ``registry.get_backend().capabilities`` once the stores
+#: carry that attribute.
+#:
+#: * ``commit_gate``: optimistic commits pass a gate that a holder drains (``ICommitGate``).
+#: * ``notes``: a small value kept with each lock (``get_note``/``set_note``).
+#: * ``waiter_board``: waiters announce their process and a release hands the lock over or yields
+#:   to them (``IWaiterBoard``); without it waiters of other processes poll.
+#: * ``note_with_lock``: the note is read by the acquisition and written by the release, in their
+#:   own round trips (``note_read_at_acquire``, ``defer_note``).
+#: * ``memcached``: the store talks to a memcached server, whose counters and items a test may read.
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "memcached": frozenset({"commit_gate", "notes", "waiter_board", "note_with_lock", "memcached"}),
+    "file": frozenset({"commit_gate", "notes"}),
+    "fallback": frozenset({"commit_gate", "notes", "waiter_board", "memcached"}),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*capabilities): run the test only on stores that have them")
+    config.addinivalue_line("markers", "stores(*kinds, reason): run the test only on these stores, for reason")
+
+
+def stores_for(definition) -> list[str]:
+    """The stores a test asking for ``store`` runs on: those with every capability of its ``needs``
+    marks and, if it has ``stores`` marks, named by each of them (with a reason)."""
+    kinds = list(STORES)
+    for mark in definition.iter_markers("needs"):
+        unknown = set(mark.args) - set().union(*CAPABILITIES.values())
+        assert not unknown, "%s needs unknown capabilities %s" % (definition.nodeid, sorted(unknown))
+        kinds = [kind for kind in kinds if CAPABILITIES[kind].issuperset(mark.args)]
+    for mark in definition.iter_markers("stores"):
+        assert mark.kwargs.get("reason"), "%s: a stores() mark says why" % definition.nodeid
+        assert set(mark.args) <= set(STORES), mark.args
+        kinds = [kind for kind in kinds if kind in mark.args]
+    assert kinds, "%s runs on no store" % definition.nodeid
+    return kinds
+
+
+def pytest_generate_tests(metafunc):
+    """A test that asks for ``store`` (directly or through a fixture) is generated once per store
+    it can run on: never generated, rather than skipped, where a store lacks what it needs."""
+    given = any("store" in _argnames(mark) for mark in metafunc.definition.iter_markers("parametrize"))
+    if "store" in metafunc.fixturenames and not given:
+        metafunc.parametrize("store", stores_for(metafunc.definition), indirect=True)
+    else:
+        marked = any(metafunc.definition.iter_markers("needs")) or any(metafunc.definition.iter_markers("stores"))
+        assert not marked, "%s has store marks but no store fixture" % metafunc.definition.nodeid
+
+
+def _argnames(mark) -> list[str]:
+    """The names a ``parametrize`` mark gives values to (a test may still list its stores itself)."""
+    names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+    return [name.strip() for name in names.split(",")] if isinstance(names, str) else list(names)
+
+
+@pytest.fixture
 def store(request, memcached, lock_dir, monkeypatch):
-    """Each of the three stores in turn (the session's memcached, a private lock directory)."""
+    """Each store in turn (the session's memcached, a private lock directory): see ``pytest_generate_tests``."""
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
     registry.reset()
     assert registry.get_backend().kind == request.param
