@@ -26,7 +26,6 @@ HOSTILE_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_hostile_keys_get_safe_distinct_names(store):
     names = set()
     for key in HOSTILE_KEYS:
@@ -48,7 +47,6 @@ def test_hostile_keys_get_safe_distinct_names(store):
     assert registry.get_backend().list_locks() == []
 
 
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_huge_keys_differing_at_the_end_are_different_locks(store):
     first, second = "p" * 100000 + "1", "p" * 100000 + "2"
     a, b = Lock(first), Lock(second)
@@ -90,7 +88,7 @@ def test_bad_lease_and_interval_name_the_value(what, value):
 
 
 @pytest.mark.parametrize("factory", [Lock, RLock])
-def test_acquire_arguments_follow_threading(memcached, factory):
+def test_acquire_arguments_follow_threading(store, factory):
     lock_obj = factory("args")
     with pytest.raises(ValueError):
         lock_obj.acquire(timeout=-5)
@@ -115,7 +113,7 @@ def test_bad_wait_is_refused_at_decoration():
         lock(lambda fun: "k", timout=5)
 
 
-def test_get_key_that_raises_propagates_and_takes_no_lock(memcached):
+def test_get_key_that_raises_propagates_and_takes_no_lock(store):
     class Boom(Exception):
         pass
 
@@ -131,7 +129,7 @@ def test_get_key_that_raises_propagates_and_takes_no_lock(memcached):
     assert registry.get_backend().list_locks() == []
 
 
-def test_get_key_returning_garbage_names_it(memcached):
+def test_get_key_returning_garbage_names_it(store):
     def get_key(fun, x):
         return ["not", "a", "key"]
 
@@ -144,7 +142,7 @@ def test_get_key_returning_garbage_names_it(memcached):
     assert "get_key" in str(info.value) and "list" in str(info.value)
 
 
-def test_dont_lock_calls_unlocked(memcached):
+def test_dont_lock_calls_unlocked(store):
     def get_key(fun, x):
         raise DontLock()
 
