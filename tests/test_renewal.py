@@ -92,7 +92,10 @@ def test_released_leases_leave_the_renewer(store):
     assert get_renewer().pending() == before
 
 
-def test_renewal_during_outage_is_retried_and_not_lost(private_memcached, monkeypatch):
+@pytest.mark.needs("memcached")  # stops the memcached server
+def test_renewal_during_outage_is_retried_and_not_lost(store, private_memcached, monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", private_memcached.address)  # the test's own, to stop
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", store)
     monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.2")
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
     registry.reset()
