@@ -105,7 +105,10 @@ def store(request, memcached, lock_dir, monkeypatch):
     """Each store in turn (the session's memcached, a private lock directory): see ``pytest_generate_tests``."""
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
     registry.reset()
-    assert registry.get_backend().kind == request.param
+    backend = registry.get_backend()
+    assert backend.kind == request.param
+    for capability in ("waiter_board", "commit_gate"):  # the table above still says what the store has
+        assert (getattr(backend, capability) is not None) == (capability in CAPABILITIES[request.param]), capability
     yield request.param
     registry.reset()
 
