@@ -7,6 +7,9 @@ import os
 import pytest
 
 from unimr.memcachedlock import registry
+from unimr.memcachedlock.backends.fallback import FallbackBackend
+from unimr.memcachedlock.backends.file import FileBackend
+from unimr.memcachedlock.backends.memcached import MemcachedBackend
 from unimr.memcachedlock.zodb import adaptive, early
 
 from servers import MemcachedServer
@@ -41,12 +44,64 @@ def private_memcached(monkeypatch):
         registry.reset()
 
 
-@pytest.fixture(params=["memcached", "file", "fallback"])
+#: Every lock store; a test that asks for ``store`` runs on each of them unless it says what it needs.
+STORES = ("memcached", "file", "fallback")
+
+#: What each store can do, by store kind: what the store classes declare (``ILockBackend.capabilities``, explained
+#: in ``backends.base.CAPABILITIES``), and for the tests ``memcached``: the store talks to the session's memcached,
+#: whose items and counters a test may read, or whose server it may stop.
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "memcached": MemcachedBackend.capabilities | {"memcached"},
+    "file": FileBackend.capabilities,
+    "fallback": FallbackBackend.capabilities | {"memcached"},
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*capabilities): run the test only on stores that have them")
+    config.addinivalue_line("markers", "stores(*kinds, reason): run the test only on these stores, for reason")
+
+
+def stores_for(definition) -> list[str]:
+    """The stores a test asking for ``store`` runs on: those with every capability of its ``needs``
+    marks and, if it has ``stores`` marks, named by each of them (with a reason)."""
+    kinds = list(STORES)
+    for mark in definition.iter_markers("needs"):
+        unknown = set(mark.args) - set().union(*CAPABILITIES.values())
+        assert not unknown, "%s needs unknown capabilities %s" % (definition.nodeid, sorted(unknown))
+        kinds = [kind for kind in kinds if CAPABILITIES[kind].issuperset(mark.args)]
+    for mark in definition.iter_markers("stores"):
+        assert mark.kwargs.get("reason"), "%s: a stores() mark says why" % definition.nodeid
+        assert set(mark.args) <= set(STORES), mark.args
+        kinds = [kind for kind in kinds if kind in mark.args]
+    assert kinds, "%s runs on no store" % definition.nodeid
+    return kinds
+
+
+def pytest_generate_tests(metafunc):
+    """A test that asks for ``store`` (directly or through a fixture) is generated once per store
+    it can run on: never generated, rather than skipped, where a store lacks what it needs."""
+    given = any("store" in _argnames(mark) for mark in metafunc.definition.iter_markers("parametrize"))
+    if "store" in metafunc.fixturenames and not given:
+        metafunc.parametrize("store", stores_for(metafunc.definition), indirect=True)
+    else:
+        marked = any(metafunc.definition.iter_markers("needs")) or any(metafunc.definition.iter_markers("stores"))
+        assert not marked, "%s has store marks but no store fixture" % metafunc.definition.nodeid
+
+
+def _argnames(mark) -> list[str]:
+    """The names a ``parametrize`` mark gives values to (a test may still list its stores itself)."""
+    names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+    return [name.strip() for name in names.split(",")] if isinstance(names, str) else list(names)
+
+
+@pytest.fixture
 def store(request, memcached, lock_dir, monkeypatch):
-    """Each of the three stores in turn (the session's memcached, a private lock directory)."""
+    """Each store in turn (the session's memcached, a private lock directory): see ``pytest_generate_tests``."""
     monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", request.param)
     registry.reset()
-    assert registry.get_backend().kind == request.param
+    backend = registry.get_backend()
+    assert backend.kind == request.param
     yield request.param
     registry.reset()
 

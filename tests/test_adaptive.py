@@ -1,7 +1,7 @@
 """zlock policy ``adaptive``: locks a key while its writers meet, runs optimistically while they do not.
 
-The rule is tested on its own (``KeyHistory``), then on a real ZEO server
-and memcached with client threads that each have a connection of their
+The rule is tested on its own (``KeyHistory``), then on a real ZEO server,
+on every lock store, with client threads that each have a connection of their
 own: a hot counter, which ZODB cannot reconcile, written by several
 threads at once (sustained conflicts) and then by one (quiet).  Every
 request gets Zope's 4 tries; the counts say what happened.
@@ -114,7 +114,7 @@ def test_adaptive_is_the_default_policy():
 
 
 def test_the_hot_counter_locks_under_sustained_conflicts_and_runs_optimistically_once_they_stop(
-        memcached, zeo_server, monkeypatch):
+        store, zeo_server, monkeypatch):
     """Quiet, then four writers at once, then quiet again: the mode follows, no increment is lost,
     and no request needs a third try (the retry after a ConflictError holds the lock from its begin)."""
     metrics.reset()
@@ -165,7 +165,7 @@ def test_the_hot_counter_locks_under_sustained_conflicts_and_runs_optimistically
 
 
 @pytest.mark.parametrize("start", [LOCKING, OPTIMISTIC])
-def test_a_locked_retry_never_fails_on_the_key(memcached, zeo_server, monkeypatch, start):
+def test_a_locked_retry_never_fails_on_the_key(store, zeo_server, monkeypatch, start):
     """Eight writers of the hot counter, the key starting in either mode: every request commits
     within two tries, and the counter is exact."""
     monkeypatch.setattr(adaptive, "START", start)
@@ -191,7 +191,7 @@ def test_a_locked_retry_never_fails_on_the_key(memcached, zeo_server, monkeypatc
     transaction.abort()
 
 
-def test_writers_that_only_meet_at_the_lock_are_freed_by_a_trial(memcached, zeo_server, monkeypatch):
+def test_writers_that_only_meet_at_the_lock_are_freed_by_a_trial(store, zeo_server, monkeypatch):
     """Two writers of different objects under one key, each working on after the locked call: locked,
     every transaction waits for the other's; the trial finds no conflict and the key stays optimistic."""
     monkeypatch.setattr(adaptive, "PROBE_AFTER", 8)

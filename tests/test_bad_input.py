@@ -27,7 +27,6 @@ HOSTILE_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_hostile_keys_get_safe_distinct_names(store):
     names = set()
     for key in HOSTILE_KEYS:
@@ -49,7 +48,6 @@ def test_hostile_keys_get_safe_distinct_names(store):
     assert registry.get_backend().list_locks() == []
 
 
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_huge_keys_differing_at_the_end_are_different_locks(store):
     first, second = "p" * 100000 + "1", "p" * 100000 + "2"
     a, b = Lock(first), Lock(second)
@@ -100,7 +98,7 @@ def test_the_decorators_refuse_at_decoration_an_interval_the_lock_refuses():
 
 
 @pytest.mark.parametrize("factory", [Lock, RLock])
-def test_acquire_arguments_follow_threading(memcached, factory):
+def test_acquire_arguments_follow_threading(store, factory):
     lock_obj = factory("args")
     with pytest.raises(ValueError):
         lock_obj.acquire(timeout=-5)
@@ -125,7 +123,7 @@ def test_bad_wait_is_refused_at_decoration():
         lock(lambda fun: "k", timout=5)
 
 
-def test_get_key_that_raises_propagates_and_takes_no_lock(memcached):
+def test_get_key_that_raises_propagates_and_takes_no_lock(store):
     class Boom(Exception):
         pass
 
@@ -141,7 +139,7 @@ def test_get_key_that_raises_propagates_and_takes_no_lock(memcached):
     assert registry.get_backend().list_locks() == []
 
 
-def test_get_key_returning_garbage_names_it(memcached):
+def test_get_key_returning_garbage_names_it(store):
     def get_key(fun, x):
         return ["not", "a", "key"]
 
@@ -154,7 +152,7 @@ def test_get_key_returning_garbage_names_it(memcached):
     assert "get_key" in str(info.value) and "list" in str(info.value)
 
 
-def test_dont_lock_calls_unlocked(memcached):
+def test_dont_lock_calls_unlocked(store):
     def get_key(fun, x):
         raise DontLock()
 

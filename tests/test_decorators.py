@@ -1,4 +1,4 @@
-"""The lock and rlock decorators, and the 2009 import path."""
+"""The lock and rlock decorators, and the 2009 import path, on every store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from unimr.memcachedlock.keys import lock_name
 
 from overlap import OverlapLog
 
-pytestmark = pytest.mark.usefixtures("memcached")
+pytestmark = pytest.mark.usefixtures("store")
 
 
 def by_first(fun, *args, **kw):

@@ -74,7 +74,7 @@ def test_labels_and_their_locks_are_bounded():
 
 
 @pytest.fixture
-def db(memcached):
+def db(store):
     transaction.abort()
     database = ZODB.DB(MappingStorage())
     with database.transaction() as conn:

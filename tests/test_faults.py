@@ -232,10 +232,9 @@ def test_crashed_file_holder_frees_at_once(fallback_env, private_memcached):
         contender = Lock("file-crash")
         assert not contender.acquire(timeout=0.2)
         holder.proc.kill()
-        killed = time.monotonic()
-        assert contender.acquire(timeout=2)
+        holder.proc.wait()  # reaped: the kernel dropped the dead holder's flock as it exited
+        assert contender.acquire(blocking=False), "free at once, not when the 30 s lease runs out"
         assert isinstance(contender.lease, FileLease)
-        assert time.monotonic() - killed < 0.5
         contender.release()
     finally:
         holder.close()

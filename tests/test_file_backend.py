@@ -105,10 +105,8 @@ def test_other_process_is_excluded_and_crash_frees_at_once(file_store, lock_dir)
         assert holder is not None and holder.pid == proc.pid and holder.backend == "file"
         assert 25 < holder.ttl_left <= 30.01
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        started = time.monotonic()
-        assert lock.acquire(timeout=2)
-        assert time.monotonic() - started < 0.5
+        proc.wait()  # reaped: the kernel dropped the dead holder's flock as it exited
+        assert lock.acquire(blocking=False), "free at once, not when the 30 s lease runs out"
         lock.release()
     finally:
         proc.kill()

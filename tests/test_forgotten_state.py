@@ -319,9 +319,11 @@ def test_a_waiter_whose_record_is_forgotten_gets_the_key_at_its_next_poll(privat
     thread = threading.Thread(target=waiter)
     thread.start()
     time.sleep(0.3)                             # it waits, its record written
-    restarted = time.monotonic()
     private_memcached.restart()
+    restarted = time.monotonic()  # the server answers again (its start-up is not the waiter's to count)
     thread.join(10)
+    # a down server is tried again after 0.1 s, a poll comes every 0.05 s: 1.5 s is ten times what the waiter
+    # needs; a waiter that missed the restart would wait for the old holder's 10 s lease (or its 8 s deadline)
     assert got and got[0] - restarted < 1.5, got
     deadline = time.monotonic() + 3
     while not held.lost and time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """Fork while holding: the child does not hold its parent's locks, and the
-parent's locks survive the child's exit (memcached and file stores)."""
+parent's locks survive the child's exit (every store)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ def in_child(check) -> int:
 
 
 @pytest.mark.parametrize("factory", [Lock, RLock])
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_child_does_not_hold_parents_lock(store, factory):
     lock = factory("forked", timeout=2)
     lock.acquire()
@@ -61,7 +60,6 @@ def test_child_does_not_hold_parents_lock(store, factory):
     assert Lock("forked").acquire(blocking=False)
 
 
-@pytest.mark.parametrize("store", ["memcached", "file"], indirect=True)
 def test_child_can_take_its_own_locks(store):
     parent_lock = Lock("parent-only")
     parent_lock.acquire()

@@ -162,7 +162,9 @@ def test_lease_really_expires_in_memcached_when_not_renewed(store):
         other = backend.acquire("expire", 30)
         time.sleep(0.05)
     assert other is not None
-    assert time.monotonic() - started <= 3.2
+    # memcached keeps a 2 s item at most 3 s (its clock ticks once a second); 1 s more for the polls of a loaded
+    # machine.  A renewed lease would not run out in the loop's 5 s at all.
+    assert time.monotonic() - started <= 4
     lease.pid = os.getpid()
     assert lease.release() is False
     assert backend.holder("expire").token == other.token

@@ -1,4 +1,4 @@
-"""Lease renewal and lost locks, against a real memcached and real files."""
+"""Lease renewal and lost locks, on every store (a real memcached, real files, the fallback of both)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
 
 
-def test_renewal_keeps_a_long_hold(memcached):
+def test_renewal_keeps_a_long_hold(store):
     # 3 s, not 2: a late tick of memcached's once-a-second clock can end a 2 s item early
     lock = Lock("long-hold", timeout=3)
     lock.acquire()
@@ -29,7 +29,7 @@ def test_renewal_keeps_a_long_hold(memcached):
         lock.release()
 
 
-def test_renewal_compares_the_token_and_reports_loss(memcached, caplog):
+def test_renewal_compares_the_token_and_reports_loss(store, caplog):
     caplog.set_level(logging.WARNING)
     seen = []
     lock = Lock("stolen", timeout=2, on_lost=seen.append)
@@ -65,7 +65,7 @@ def test_renewal_of_file_locks_reports_loss(lock_dir, monkeypatch):
     lock.release()
 
 
-def test_failing_callback_is_logged_not_raised(memcached, caplog):
+def test_failing_callback_is_logged_not_raised(store, caplog):
     def boom(lease):
         raise RuntimeError("callback failed")
 
@@ -81,7 +81,7 @@ def test_failing_callback_is_logged_not_raised(memcached, caplog):
     lock.release()
 
 
-def test_released_leases_leave_the_renewer(memcached):
+def test_released_leases_leave_the_renewer(store):
     before = get_renewer().pending()
     locks = [Lock("r%d" % i, timeout=30) for i in range(20)]
     for lock in locks:
@@ -92,7 +92,10 @@ def test_released_leases_leave_the_renewer(memcached):
     assert get_renewer().pending() == before
 
 
-def test_renewal_during_outage_is_retried_and_not_lost(private_memcached, monkeypatch):
+@pytest.mark.needs("memcached")  # stops the memcached server
+def test_renewal_during_outage_is_retried_and_not_lost(store, private_memcached, monkeypatch):
+    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", private_memcached.address)  # the test's own, to stop
+    monkeypatch.setenv("MEMCACHEDLOCK_BACKEND", store)
     monkeypatch.setenv("MEMCACHEDLOCK_RETRY", "0.2")
     monkeypatch.setenv("MEMCACHEDLOCK_IO_TIMEOUT", "0.3")
     registry.reset()
@@ -141,7 +144,8 @@ def _hand_over_to_shorter_lock(name: str) -> tuple[Lock, object]:
     raise AssertionError("the lock was never handed over in 5 tries")
 
 
-def test_a_lease_handed_to_a_shorter_lock_is_renewed_on_the_shorter_schedule(memcached):
+@pytest.mark.needs("waiter_board")  # the hand-over of a held lock to a waiting thread
+def test_a_lease_handed_to_a_shorter_lock_is_renewed_on_the_shorter_schedule(store):
     # The releaser's 30 s lease was due for renewal 2 s after it was taken; handed to a
     # lock of 2 s (its item sure to live only 1 s) it must be renewed sooner than that.
     short_lock, lease = _hand_over_to_shorter_lock("handed-shorter")

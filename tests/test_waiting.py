@@ -1,8 +1,10 @@
 """Waiting for a busy lock: shared pollers, bounded load, fair turns, dead waiters.
 
-Everything runs against a real memcached; the load is read from its
-``stats`` counters, turns from real threads and processes.  No test asserts
-a speed: the benchmarks in ``benchmarks/`` measure that.
+Every test runs on each store that has what it needs: the in-process queue on all
+three, announcements and hand-overs where a store has a waiter board, loads read
+from memcached's ``stats`` counters where the store talks to memcached.  Turns
+come from real threads and processes.  No test asserts a speed: the benchmarks
+in ``benchmarks/`` measure that.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import pytest
 
 from unimr.memcachedlock import Lock, get_backend, registry, waiting
 from unimr.memcachedlock.backends import records
-from unimr.memcachedlock.backends.memcached import WANT_SUFFIX, MemcachedBackend
-from unimr.memcachedlock.config import parse_servers
+from unimr.memcachedlock.backends.memcached import WANT_SUFFIX
+from unimr.memcachedlock.config import get_settings
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.tools import bench
 
@@ -30,14 +32,35 @@ def _total(server) -> int:
     return sum(_requests(server).values())
 
 
-def _other_process_store(server) -> MemcachedBackend:
-    """A second store object: to ``waiting`` it is another process holding the lock."""
-    return MemcachedBackend(parse_servers(server.address))
+def _another_store():
+    """A second object of the test's store (same servers, same lock directory): another process to ``waiting``."""
+    return registry.make_backend(get_settings())
 
 
-def _wait_for_requests(server, threads: int, seconds: float, key: str) -> int:
-    """Requests sent while ``threads`` threads of this process wait ``seconds`` for a held ``key``."""
-    holder = Lock(key, backend=_other_process_store(server))
+@pytest.fixture
+def served(store, memcached, monkeypatch):
+    """How many requests the test's store has served so far, as a function: memcached's request
+    counters where the store talks to memcached, else the acquisition attempts made on the store
+    (all that a waiter asks of the file store)."""
+    backend = get_backend()
+    if hasattr(backend, "servers"):
+        return lambda: _total(memcached)
+    attempts = []
+    acquire = backend.acquire
+
+    def counted(*args, **kw):
+        attempts.append(args)
+        return acquire(*args, **kw)
+
+    monkeypatch.setattr(backend, "acquire", counted)
+    return lambda: len(attempts)
+
+
+def _wait_for_requests(served, threads: int, seconds: float, key: str) -> int:
+    """Requests sent while ``threads`` threads of this process wait ``seconds`` for a held ``key``,
+    from 0.15 s after they start until 0.1 s before their timeout: the polling, not each thread's
+    own first try (made as it arrives, before it finds the queue) nor its last (as it leaves)."""
+    holder = Lock(key, backend=_another_store())
     assert holder.acquire(blocking=False)
     results = []
     start = threading.Barrier(threads + 1)
@@ -50,17 +73,21 @@ def _wait_for_requests(server, threads: int, seconds: float, key: str) -> int:
     pool = [threading.Thread(target=waiter) for _ in range(threads)]
     for t in pool:
         t.start()
-    before = _total(server)
     start.wait()
+    started = time.monotonic()
+    time.sleep(0.15)
+    before = served()
+    time.sleep(max(0.0, started + seconds - 0.1 - time.monotonic()))
+    after = served()
     for t in pool:
         t.join()
-    after = _total(server)
     holder.release()
     assert results == [False] * threads
     return after - before
 
 
-def test_uncontended_pair_reads_the_announcement_in_the_release_round_trip(memcached):
+@pytest.mark.needs("memcached")  # counts the requests memcached served
+def test_uncontended_pair_reads_the_announcement_in_the_release_round_trip(store, memcached):
     lock = Lock("one-round-trip")
     lock.acquire()
     before = _requests(memcached)
@@ -75,16 +102,16 @@ def test_uncontended_pair_reads_the_announcement_in_the_release_round_trip(memca
     assert get_backend().holder(lock.name) is None
 
 
-def test_threads_of_one_process_share_one_poller(memcached):
-    one = _wait_for_requests(memcached, 1, 0.6, "shared-poller-1")
-    many = _wait_for_requests(memcached, 20, 0.6, "shared-poller-20")
+def test_threads_of_one_process_share_one_poller(served):
+    one = _wait_for_requests(served, 1, 1.2, "shared-poller-1")
+    many = _wait_for_requests(served, 20, 1.2, "shared-poller-20")
     assert one > 0
     assert many <= 1.5 * one + 10, (one, many)
 
 
-def test_a_waiter_starts_at_most_at_1000_requests_a_second_and_backs_off(memcached):
+def test_a_waiter_starts_at_most_at_1000_requests_a_second_and_backs_off(served):
     key = "backoff"
-    holder = Lock(key, backend=_other_process_store(memcached))
+    holder = Lock(key, backend=_another_store())
     assert holder.acquire(blocking=False)
     lock = Lock(key, interval=0.05)
     marks = []
@@ -93,10 +120,10 @@ def test_a_waiter_starts_at_most_at_1000_requests_a_second_and_backs_off(memcach
         start = time.monotonic()
         for at in (0.2, 0.7, 1.3):
             time.sleep(max(0.0, start + at - time.monotonic()))
-            marks.append((time.monotonic(), _total(memcached)))
+            marks.append((time.monotonic(), served()))
 
     sampler = threading.Thread(target=sample)
-    t0, c0 = time.monotonic(), _total(memcached)
+    t0, c0 = time.monotonic(), served()
     sampler.start()
     assert lock.acquire(timeout=1.4) is False
     sampler.join()
@@ -105,12 +132,13 @@ def test_a_waiter_starts_at_most_at_1000_requests_a_second_and_backs_off(memcach
     early = (c1 - c0) / (t1 - t0)
     late = (c3 - c2) / (t3 - t2)
     assert early <= 1000, early
-    # polls every ~interval (lock + announcement) plus an announcement refresh every 0.5 s
+    # polls every ~interval (lock + announcement where the store has a waiter board) plus an
+    # announcement refresh every 0.5 s
     assert 5 <= late <= 2 * 2 / 0.05 + 10, late
     assert late < early
 
 
-def test_threads_take_turns_in_order(memcached):
+def test_threads_take_turns_in_order(store):
     order = []
     rounds = 8
     start = threading.Barrier(3)
@@ -137,21 +165,24 @@ def test_threads_take_turns_in_order(memcached):
     assert waiting.waiting_keys() == 0
 
 
-def test_two_processes_take_turns(memcached):
+@pytest.mark.stores("memcached", reason="tools.bench runs its own memcached stores")
+def test_two_processes_take_turns(store, memcached):
     result = bench.handoff(memcached.address, "process", "ours", duration=0.4, hold=0.005)
     assert result["turns"] >= 20, result
     assert result["alternation"] >= 0.8, result
     assert min(result["shares"].values()) >= 0.4 * result["turns"], result
 
 
-def test_two_threads_take_turns(memcached):
+@pytest.mark.stores("memcached", reason="tools.bench runs its own memcached stores")
+def test_two_threads_take_turns(store, memcached):
     result = bench.handoff(memcached.address, "thread", "ours", duration=0.3, hold=0.005)
     assert result["turns"] >= 20, result
     assert result["alternation"] >= 0.8, result
     assert min(result["shares"].values()) >= 0.4 * result["turns"], result
 
 
-def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(memcached):
+@pytest.mark.stores("memcached", reason="tools.bench runs its own memcached stores")
+def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(store, memcached):
     single = bench.waiting_load(memcached.address, processes=2, threads=1, wait=0.8, first=0.2)
     crowd = bench.waiting_load(memcached.address, processes=2, threads=12, wait=0.8, first=0.2)
     assert single["requests"] > 0
@@ -159,12 +190,13 @@ def test_many_waiting_threads_in_processes_cost_what_single_waiters_cost(memcach
 
 
 def _announce(memcached, key: str, host: bytes, address: bytes, pause: float = 0.01) -> None:
-    backend = get_backend()
+    board = get_backend().waiter_board
     want = records.Want(os.urandom(8).hex(), host, 4242, time.time() - 10, pause, address)
-    assert backend.waiter_board.put_want(lock_name(key), want.encode(), None, add=True)
+    assert board.put_want(lock_name(key), want.encode(), None, add=True)
 
 
-def test_a_dead_waiter_on_this_host_is_not_waited_for(memcached):
+@pytest.mark.needs("waiter_board")
+def test_a_dead_waiter_on_this_host_is_not_waited_for(store, memcached):
     key = "dead-local-waiter"
     lock = Lock(key)
     assert lock.acquire()
@@ -175,7 +207,8 @@ def test_a_dead_waiter_on_this_host_is_not_waited_for(memcached):
     lock.release()
 
 
-def test_a_silent_remote_waiter_gets_a_bounded_yield_and_never_the_lock(memcached):
+@pytest.mark.needs("waiter_board")
+def test_a_silent_remote_waiter_gets_a_bounded_yield_and_never_the_lock(store, memcached):
     key = "remote-waiter"
     lock = Lock(key)
     assert lock.acquire()
@@ -190,9 +223,9 @@ def test_a_silent_remote_waiter_gets_a_bounded_yield_and_never_the_lock(memcache
     lock.release()
 
 
-def test_a_queued_thread_times_out_and_the_queue_moves_on(memcached):
+def test_a_queued_thread_times_out_and_the_queue_moves_on(store):
     key = "queue-timeout"
-    holder = Lock(key, backend=_other_process_store(memcached))
+    holder = Lock(key, backend=_another_store())
     assert holder.acquire()
     first_result = []
     first_lock = Lock(key)
@@ -209,20 +242,21 @@ def test_a_queued_thread_times_out_and_the_queue_moves_on(memcached):
     assert waiting.waiting_keys() == 0
 
 
-def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(memcached):
+@pytest.mark.needs("waiter_board", "memcached")  # reads the announcement's memcached item
+def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(store, memcached):
     key = "withdrawn"
-    holder = Lock(key, backend=_other_process_store(memcached))
+    holder = Lock(key, backend=_another_store())
     assert holder.acquire()
     lock = Lock(key)
     got = []
     waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=10)))
     waiter.start()
     name = lock_name(key)
-    backend = get_backend()
+    backend = get_backend().waiter_board
     deadline = time.monotonic() + 5
-    while backend.waiter_board.peek_want(name)[1] is None and time.monotonic() < deadline:
+    while backend.peek_want(name)[1] is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert backend.waiter_board.peek_want(name)[1] is not None
+    assert backend.peek_want(name)[1] is not None
     holder.release()
     waiter.join()
     assert got == [True]
@@ -271,7 +305,8 @@ def _handover_round(memcached, key: str) -> bool:
     return handed
 
 
-def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(memcached):
+@pytest.mark.needs("waiter_board", "memcached")  # counts memcached's deletes
+def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(store, memcached):
     """With a thread of this process queued and no other process announced, the lock
     changes threads without becoming free: no delete, the same token, a record that
     names the new thread.  The handover needs the connection that stored the lock;
@@ -280,9 +315,10 @@ def test_release_hands_the_lock_to_a_waiting_thread_of_the_same_process(memcache
     assert any(_handover_round(memcached, "handover-%d" % n) for n in range(3))
 
 
-def _turns_process(address: str, key: str, seconds: float, threads: int, out) -> None:
+def _turns_process(address: str, kind: str, lock_dir: str, key: str, seconds: float, threads: int, out) -> None:
     os.environ["MEMCACHEDLOCK_SERVERS"] = address
-    os.environ["MEMCACHEDLOCK_BACKEND"] = "memcached"
+    os.environ["MEMCACHEDLOCK_BACKEND"] = kind
+    os.environ["MEMCACHEDLOCK_DIR"] = lock_dir
     registry.reset()
     counts = [0] * threads
     stop_at = time.monotonic() + seconds
@@ -303,17 +339,16 @@ def _turns_process(address: str, key: str, seconds: float, threads: int, out) ->
     out.put(sum(counts))
 
 
-def test_handovers_inside_a_process_do_not_starve_another_process(memcached):
+@pytest.mark.needs("waiter_board")  # turns between processes come from announcements
+def test_handovers_inside_a_process_do_not_starve_another_process(store, memcached, lock_dir):
     """Threads of one process hand the lock to each other; another process with
     waiting threads must still get a fair share of turns."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    processes = [
-        context.Process(target=_turns_process, args=(memcached.address, "fair-share", 2.0, 3, out))
-        for _ in range(2)
-    ]
+    args = (memcached.address, store, str(lock_dir), "fair-share", 2.0, 3, out)
+    processes = [context.Process(target=_turns_process, args=args) for _ in range(2)]
     for process in processes:
         process.start()
     shares = [out.get(timeout=60) for _ in processes]

@@ -1,4 +1,4 @@
-"""zlock's policies (``always``, ``on-conflict``) against real ZEO, RelStorage, memcached and CMFCore.
+"""zlock's policies (``always``, ``on-conflict``) against real ZEO, RelStorage and CMFCore, on every lock store.
 
 Clients are threads with a ZEO client storage (or RelStorage instance) of
 their own, or -- for the catalog -- separate processes of
@@ -112,7 +112,7 @@ def use_policy(policy: str, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
-def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, monkeypatch, policy):
+def test_a_read_before_the_lock_never_loses_an_update(store, zeo_server, monkeypatch, policy):
     """The counter is read before the lock is taken and written after it: every
     stale read ends in a retry (LockBusy or ConflictError), no increment is lost."""
     policy = use_policy(policy, monkeypatch)
@@ -146,7 +146,7 @@ def test_a_read_before_the_lock_never_loses_an_update(memcached, zeo_server, mon
     db.close()
 
 
-def test_several_databases_with_a_local_temporary_storage(memcached, zeo_server):
+def test_several_databases_with_a_local_temporary_storage(store, zeo_server):
     """Each client also writes its own in-memory "temp" database in every transaction.
     Those tids are never compared across clients: no retry is wasted on them."""
     @zlock(lambda fun, conn: HOT)
@@ -184,9 +184,13 @@ def relstorage_db(path: str) -> ZODB.DB:
     return ZODB.DB(RelStorage(Sqlite3Adapter(data_dir=path, pragmas={}, options=options), options=options))
 
 
-def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
+def test_relstorage_on_sqlite(store, tmp_path, caplog, monkeypatch):
     """on-conflict on RelStorage (sqlite): no failed request, nothing lost; policy always
-    cannot check RelStorage's view and says so once."""
+    cannot check RelStorage's view and says so once (once per process: the record of that is reset)."""
+    from unimr.memcachedlock.zodb import views
+
+    monkeypatch.setattr(views, "_unchecked_warned", set())
+
     @zlock(lambda fun, conn: HOT, policy="on-conflict")
     def bump(conn) -> None:
         catalog_contention.burn(1)
@@ -220,7 +224,7 @@ def test_relstorage_on_sqlite(memcached, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
-def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(memcached, zeo_server, monkeypatch, policy):
+def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(store, zeo_server, monkeypatch, policy):
     """Someone holds the lock for longer than MEMCACHEDLOCK_TXN_WAIT: the transaction
     gets a LockBusy (a ConflictError, not reserved: normal back-off), not a LockTimeout."""
     policy = use_policy(policy, monkeypatch)
@@ -251,7 +255,7 @@ def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(memcached, zeo_se
     db.close()
 
 
-def test_a_conflict_marks_the_key_and_the_retry_holds_the_lock_from_begin(memcached):
+def test_a_conflict_marks_the_key_and_the_retry_holds_the_lock_from_begin(store):
     """on-conflict: the first attempt runs unlocked; its ConflictError makes the next
     transaction take the lock when it begins (and the publisher skip its back-off)."""
     db = ZODB.DB(MappingStorage())
@@ -304,7 +308,7 @@ def conflict_once(conn, other, other_tm, conflicts: int) -> None:
         raise AssertionError("no ConflictError")
 
 
-def test_the_lock_comes_after_conflicts_in_a_row(memcached):
+def test_the_lock_comes_after_conflicts_in_a_row(store):
     """conflicts=2: the first retry stays optimistic, the second holds the lock from
     its begin; a commit ends the run, so the next ConflictError counts from one."""
     from unimr.memcachedlock import get_backend
@@ -338,7 +342,7 @@ def test_the_lock_comes_after_conflicts_in_a_row(memcached):
     db.close()
 
 
-def test_a_run_of_conflicts_survives_long_tries_and_ends_with_any_other_transaction(memcached, monkeypatch):
+def test_a_run_of_conflicts_survives_long_tries_and_ends_with_any_other_transaction(store, monkeypatch):
     """A try may run longer than MARK_FOR: only the pause before the next begin is bounded.
     A transaction between two conflicts that does not fail, or a longer pause, ends the run."""
     from unimr.memcachedlock.zodb import policy_onconflict
@@ -390,7 +394,7 @@ def test_bad_conflicts_are_named(options, word):
         lock_for_transaction(HOT, **options)
 
 
-def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(memcached, zeo_server):
+def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(store, zeo_server):
     """A retry that takes the lock at begin makes one ZEO round trip of its own besides
     the begin's own sync (``server_sync=True``: a ping), and sees the conflicting commit."""
     db = ZEO.DB(zeo_server.address, server_sync=True)
@@ -430,7 +434,7 @@ def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(memcached,
     db.close()
 
 
-def test_on_conflict_called_from_a_before_commit_hook_still_passes_the_gate(memcached):
+def test_on_conflict_called_from_a_before_commit_hook_still_passes_the_gate(store):
     """CMFCore's queue calls catalog_object from a before-commit hook: zlock's own
     hook, added from inside it, still runs before the two-phase commit."""
     from unimr.memcachedlock import get_backend
@@ -487,7 +491,7 @@ class SlowVote:
         pass
 
 
-def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(memcached):
+def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(store):
     """A lock taken while an optimistic commit is passing waits for it, and its note has that commit."""
     from unimr.memcachedlock import get_backend
     from unimr.memcachedlock.zodb import storage_identity
@@ -526,9 +530,10 @@ def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(mem
     db.close()
 
 
+@pytest.mark.stores("memcached", reason="benchmarks/catalog_contention runs its clients on memcached")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1", "adaptive"])
-def test_cmfcore_indexing_queue(memcached, mode):
+def test_cmfcore_indexing_queue(store, memcached, mode):
     """Plone's path: catalog_object runs in CMFCore's before-commit queue hook."""
     shape = catalog_contention.Shape(3, 2.0, "heavy", "cmfcore", immediate=True)
     result = catalog_contention.run_once(shape, 8, memcached.address, mode)
@@ -540,10 +545,11 @@ def test_cmfcore_indexing_queue(memcached, mode):
         assert result["conflicts"] == 0 and result["wasted"] == 0 and result["busy"] <= 3, result
 
 
+@pytest.mark.stores("memcached", reason="benchmarks/catalog_contention runs its clients on memcached")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, most_tries", [("always", 2), ("on-conflict", 4), ("on-conflict:1", 2),
                                               ("adaptive", 2)])
-def test_no_failed_request_with_eight_clients(memcached, mode, most_tries):
+def test_no_failed_request_with_eight_clients(store, memcached, mode, most_tries):
     """The catalog's default (always) never conflicts; on-conflict with conflicts=3 locks Zope's
     4th try, conflicts=1 the 2nd: none fails."""
     shape = catalog_contention.Shape(8, 2.0, "heavy", "plain", immediate=True)

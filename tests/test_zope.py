@@ -41,9 +41,11 @@ def test_reserved_lock_busy_is_retried_at_once_other_conflicts_back_off(memcache
         log = zope.read("event.log")
     assert len(busy) == 4 and len(conflict) == 4
     # Three LockBusy retries (lock reserved for the retry) without Zope's delay; three ConflictError retries sleep
-    # uniform(0,1) + uniform(0,2) + uniform(0,4) s: below 0.1 s with probability 2e-5.
-    assert busy[-1] - busy[0] < 0.1, busy
-    assert busy_took < 1.0
+    # uniform(0,1) + uniform(0,2) + uniform(0,4) s: below 0.1 s with probability 2e-5, below 0.3 s with 5.6e-4
+    # (the odds that delayed LockBusy retries would go unnoticed; 0.3 s gives a loaded machine room for three
+    # retries of a view that does nothing).
+    assert busy[-1] - busy[0] < 0.3, busy
+    assert busy_took < 3.0  # the whole request: the attempts' stamps above are the check, this says nothing hung
     assert conflict[-1] - conflict[0] > 0.1, conflict
     # SiteErrorLog's lines for the LockBusy retries go to DEBUG; one INFO summary says what was retried.
     assert retried(log, "LockBusy", "/@@mcl-raise") == 0
