@@ -172,13 +172,3 @@ def test_the_settings_and_the_own_readers_agree(monkeypatch, variable, value):
     else:
         own = _outcome(lambda: metrics.metrics_settings({variable: value})[name != "metrics_dir"])
     assert _outcome(lambda: getattr(Settings.from_environ({variable: value}), name)) == own
-
-
-def test_the_settings_defaults_and_limits_are_the_own_readers():
-    """One default and one set of limits, whichever reader a process uses."""
-    from unimr.memcachedlock import metrics
-    from unimr.memcachedlock.transactionlock import DEFAULT_TXN_WAIT
-
-    assert config.DEFAULT_TXN_WAIT == DEFAULT_TXN_WAIT
-    assert (config.DEFAULT_METRICS_INTERVAL, config.MIN_METRICS_INTERVAL, config.MAX_METRICS_INTERVAL) == (
-        metrics.DEFAULT_INTERVAL, metrics.MIN_INTERVAL, metrics.MAX_INTERVAL)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from zope.interface import implementer
 
@@ -26,8 +26,14 @@ from .memcachedserver import MemcachedServer, compare_and_delete
 from .pool import ClientPool
 from .records import WANT_TTL, Want
 
-if TYPE_CHECKING:
-    from .memcached import MemcachedBackend
+
+class _Store(Protocol):
+    """What the board uses of its memcached store."""
+
+    prefix: str
+
+    def server_for(self, name: str) -> MemcachedServer:
+        """The server that holds lock ``name``."""
 
 
 def _announced_by(stored: bytes, token: str) -> bool:
@@ -40,7 +46,7 @@ def _announced_by(stored: bytes, token: str) -> bool:
 class MemcachedWaiterBoard:
     """The waiter announcements of a memcached store, kept beside its locks."""
 
-    def __init__(self, store: MemcachedBackend) -> None:
+    def __init__(self, store: _Store) -> None:
         self.store = store
 
     @property
