@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from unimr.memcachedlock import registry, waiting
+from unimr.memcachedlock import registry
 from unimr.memcachedlock.locks import Lock
 from unimr.memcachedlock.renewer import get_renewer
+
+from introspection import waiting_keys
 
 
 def test_renewal_keeps_a_long_hold(store):
@@ -132,7 +134,7 @@ def _hand_over_to_shorter_lock(name: str) -> tuple[Lock, object]:
         waiter = threading.Thread(target=short_lock.acquire, kwargs={"timeout": 5})
         waiter.start()
         queued_by = time.monotonic() + 5
-        while not waiting.waiting_keys() and time.monotonic() < queued_by:
+        while not waiting_keys() and time.monotonic() < queued_by:
             time.sleep(0.01)
         time.sleep(0.2)  # the waiter's polls have backed off
         lease = long_lock.lease

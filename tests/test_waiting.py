@@ -22,6 +22,8 @@ from unimr.memcachedlock.config import get_settings
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.tools import bench
 
+from introspection import waiting_keys
+
 
 def _requests(server) -> dict[str, int]:
     stats = server.stats()
@@ -162,7 +164,7 @@ def test_threads_take_turns_in_order(store):
     steady = order[: 3 * (rounds - 1)]
     repeats = sum(1 for a, b in zip(steady, steady[1:], strict=False) if a == b)
     assert repeats <= 1, order
-    assert waiting.waiting_keys() == 0
+    assert waiting_keys() == 0
 
 
 @pytest.mark.stores("memcached", reason="tools.bench runs its own memcached stores")
@@ -231,7 +233,7 @@ def test_a_queued_thread_times_out_and_the_queue_moves_on(store):
     first_lock = Lock(key)
     first = threading.Thread(target=lambda: first_result.append(first_lock.acquire(timeout=10)))
     first.start()
-    while not waiting.waiting_keys():
+    while not waiting_keys():
         time.sleep(0.005)
     assert Lock(key).acquire(timeout=0.2) is False
     holder.release()
@@ -239,7 +241,7 @@ def test_a_queued_thread_times_out_and_the_queue_moves_on(store):
     assert first_result == [True]
     assert get_backend().holder(lock_name(key)).token == first_lock.lease.token
     first_lock.release()
-    assert waiting.waiting_keys() == 0
+    assert waiting_keys() == 0
 
 
 @pytest.mark.needs("waiter_board", "memcached")  # reads the announcement's memcached item
@@ -282,9 +284,9 @@ def _handover_round(memcached, key: str) -> bool:
     thread = threading.Thread(target=waiter)
     thread.start()
     deadline = time.monotonic() + 5
-    while not waiting.waiting_keys() and time.monotonic() < deadline:
+    while not waiting_keys() and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert waiting.waiting_keys() == 1
+    assert waiting_keys() == 1
     time.sleep(0.05)
     before = _requests(memcached)
     holder.release()

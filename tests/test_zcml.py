@@ -23,6 +23,8 @@ from unimr.memcachedlock import registry
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.zope import patch
 
+from introspection import is_locked
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HEADER = """<configure xmlns="http://namespaces.zope.org/zope"
@@ -103,7 +105,7 @@ def test_directive_keeps_signature_docstring_roles_and_result(memcached, clean, 
     load(lock_xml(kind))
     wrapped = Document.__dict__["edit"]
     assert wrapped is not original
-    assert patch.is_locked(Document, "edit")
+    assert is_locked(Document, "edit")
     assert inspect.signature(Document.edit) == inspect.signature(original)
     assert Document.edit.__doc__ == original.__doc__
     assert Document.edit.__name__ == "edit"
@@ -172,7 +174,7 @@ def test_undo_restores_the_original(memcached, clean):
 def test_inherited_method_patched_on_the_child_only_and_undone(memcached, clean):
     load(lock_xml("rlock", cls="test_zcml.Child", method="greet"))
     assert "greet" in Child.__dict__
-    assert "greet" in Base.__dict__ and not patch.is_locked(Base, "greet")
+    assert "greet" in Base.__dict__ and not is_locked(Base, "greet")
     Child.id = "c"
     try:
         assert Child().greet("you") == "hello you"
@@ -194,7 +196,7 @@ def test_repeated_registration_conflicts(memcached, clean):
     with pytest.raises(ConfigurationConflictError) as info:
         load(lock_xml("lock") + lock_xml("rlock"))
     assert "edit" in str(info.value)
-    assert not patch.is_locked(Document, "edit")
+    assert not is_locked(Document, "edit")
 
 
 def test_patching_twice_in_code_is_refused(memcached, clean):
@@ -273,7 +275,7 @@ def test_top_level_configure_turns_catalog_locking_on(memcached, clean):
     roles = ZCatalog.catalog_object__roles__
     xmlconfig.file(os.path.join(ROOT, "configure.zcml"))
     for name, original in originals.items():
-        assert patch.is_locked(ZCatalog, name)
+        assert is_locked(ZCatalog, name)
         assert getattr(ZCatalog, name).__wrapped__ is original
         assert inspect.signature(getattr(ZCatalog, name)) == inspect.signature(original)
     assert ZCatalog.catalog_object__roles__ is roles
@@ -434,7 +436,7 @@ def test_undo_ours_keeps_a_patch_applied_on_top(memcached, clean):
     undo_other_addon_patch(Document, "peek", saved)
     assert Document("d3").peek() is True
     cleanUp()
-    assert Document("d4").peek() is True and not patch.is_locked(Document, "peek")
+    assert Document("d4").peek() is True and not is_locked(Document, "peek")
     del Document.peek
     Document.peek = original
 

@@ -26,8 +26,10 @@ from ZODB.POSException import ConflictError
 
 from unimr.memcachedlock import Lock
 from unimr.memcachedlock.keys import lock_name
-from unimr.memcachedlock.zodb import LockBusy, adaptive, lock_for_transaction, retry_will_lock, zlock
+from unimr.memcachedlock.zodb import LockBusy, adaptive, lock_for_transaction, zlock
 from unimr.memcachedlock.zope.publisher import retry_at_once
+
+from introspection import retry_will_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

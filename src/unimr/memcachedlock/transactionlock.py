@@ -14,11 +14,10 @@ from .zodb import (
     LockBusy,
     lock_early,
     lock_for_transaction,
-    retry_will_lock,
     storage_identity,
     txn_wait,
     zlock,
 )
 
-__all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "retry_will_lock", "storage_identity", "txn_wait",
+__all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "storage_identity", "txn_wait",
            "POLICIES", "DEFAULT_POLICY", "RESERVE_FOR", "DEFAULT_CONFLICTS"]

@@ -135,12 +135,6 @@ def _sweep() -> None:
         del _states[key]
 
 
-def waiting_keys() -> int:
-    """How many keys threads of this process wait for now (for tests and metrics)."""
-    with _states_lock:
-        return sum(1 for state in _states.values() if state.waited_for())
-
-
 def hand_over(backend: Backend, name: str, lease: Lease) -> bool:
     """Give ``lease``, still held, to the next thread of this process queued for ``name``.
 
@@ -332,7 +326,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-__all__ = ["must_queue", "released", "waiting_keys", "hand_over", "wait_for", "FIRST_POLL", "BACKOFF", "YIELD_LOCAL",
+__all__ = ["must_queue", "released", "hand_over", "wait_for", "FIRST_POLL", "BACKOFF", "YIELD_LOCAL",
            "YIELD_REMOTE_MAX", "YIELD_POLL", "SWEEP_AT",
            # re-exported from the modules they moved to (``keystate``, ``wakeups``)
            "Waiter", "KeyState", "ANNOUNCE_PERIOD", "send_wake"]

@@ -87,9 +87,9 @@ from ..options import DEFAULT_CONFLICTS, DEFAULT_POLICY, POLICIES
 from .busy import LockBusy
 from .decorator import zlock
 from .locking import lock_early, lock_for_transaction
-from .reservations import RESERVE_FOR, retry_will_lock
+from .reservations import RESERVE_FOR
 from .taking import txn_wait
 from .views import storage_identity
 
-__all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "retry_will_lock", "storage_identity", "txn_wait",
+__all__ = ["zlock", "LockBusy", "lock_for_transaction", "lock_early", "storage_identity", "txn_wait",
            "POLICIES", "DEFAULT_POLICY", "RESERVE_FOR", "DEFAULT_CONFLICTS"]

@@ -203,8 +203,8 @@ def _pass_gate(txn: Transaction, name: str, locks: TxnLocks) -> bool:
 def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str) -> None:
     """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError.
 
-    A failed commit is counted here, before the abort that follows it, so that
-    ``retry_will_lock`` tells the publisher at once (the count is deduped).
+    A failed commit is counted here, where its ConflictError is known; the
+    abort that follows sees the same one again, and the count is deduped.
     """
     try:
         entry = compact = None

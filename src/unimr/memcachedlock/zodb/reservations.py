@@ -255,13 +255,6 @@ def register_keeper(manager: Manager | None = None) -> ReservationKeeper:
     return keeper
 
 
-def retry_will_lock() -> bool:
-    """True if this thread's next transaction will take a lock at begin (a mark or a reservation)."""
-    now = time.monotonic()
-    keeper = _state.keeper
-    return any(m.until > now for m in keeper.marks.values()) or bool(keeper.reservations)
-
-
 def _carry_streaks(txn: Transaction, keeper: ReservationKeeper) -> None:
     """The transaction that begins carries on the runs of ConflictErrors that waited for it; the rest end."""
     if not keeper.streaks:
@@ -289,4 +282,4 @@ def _end_streaks(txn: Transaction, keeper: ReservationKeeper) -> None:
 
 
 __all__ = ["Reservation", "Streak", "ReservationKeeper", "Manager", "thread_keeper", "register_keeper",
-           "claim_at_begin_with", "retry_will_lock", "RESERVE_FOR", "ADOPT_MARGIN"]
+           "claim_at_begin_with", "RESERVE_FOR", "ADOPT_MARGIN"]

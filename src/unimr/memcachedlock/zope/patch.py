@@ -233,12 +233,6 @@ def patches() -> list[Patch]:
         return list(_patches.values())
 
 
-def is_locked(cls: type, method: str) -> bool:
-    """True if ``cls.<method>`` is locked by this module now."""
-    with _guard:
-        return (cls, method) in _patches
-
-
 def undo_all() -> int:
     """Undo every patch of this module (also the publisher's); return how many methods were restored."""
     count = 0

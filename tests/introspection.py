@@ -1,0 +1,28 @@
+"""What the tests ask of the package's inner state, and the package itself never needs to know."""
+
+from __future__ import annotations
+
+import time
+
+from unimr.memcachedlock import waiting
+from unimr.memcachedlock.zodb import reservations
+
+
+def retry_will_lock() -> bool:
+    """True if this thread's next transaction will take a zlock at begin (a conflict mark or a reservation)."""
+    keeper = reservations._state.keeper
+    now = time.monotonic()
+    return any(mark.until > now for mark in keeper.marks.values()) or bool(keeper.reservations)
+
+
+def waiting_keys() -> int:
+    """How many keys threads of this process wait for now."""
+    with waiting._states_lock:
+        return sum(1 for state in waiting._states.values() if state.waited_for())
+
+
+def is_locked(cls: type, method: str) -> bool:
+    """True if ``cls.<method>`` is locked by the ZCML patching now."""
+    from unimr.memcachedlock.zope import patch
+
+    return any(locked.cls is cls and locked.method == method for locked in patch.patches())
