@@ -189,8 +189,6 @@ def test_inspection_spans_both_stores(fallback, private_memcached):
         assert fallback.holder("inspect-down").pid == os.getpid()
         assert not fallback.may_be_available("inspect-down")
         assert fallback.may_be_available("inspect-up")
-        assert str(os.getpid()) in fallback.lock_id
-        assert fallback.wait("inspect-down", 0.01) is True
     finally:
         down.release()
         up.release()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -81,17 +79,11 @@ class Backend:
     capabilities: frozenset[str] = frozenset()
     #: An ICommitGate, or None: optimistic commits of this store take the lock one at a time.
     commit_gate: CommitGate | None = None
-    _lock_id_suffix = os.urandom(4).hex()
 
     @property
     def waiter_board(self) -> WaiterBoard | None:
         """An IWaiterBoard, or None: waiters of this store poll."""
         return None
-
-    @property
-    def lock_id(self) -> str:
-        """This process's lock id (Drupal's getLockId): host, pid and a random part (unused by the package)."""
-        return "%s:%d:%s" % (socket.gethostname(), os.getpid(), self._lock_id_suffix)
 
     def acquire(self, name: str, ttl: float, with_note: bool = False) -> _lease.Lease | None:
         """Try once to take lock ``name`` for ``ttl`` seconds: a lease, or None if it is held (see ILockBackend)."""
@@ -127,12 +119,6 @@ class Backend:
     def is_held(self, name: str) -> bool:
         """True if somebody holds ``name`` now (a file store: one failed ``open`` when the file is absent)."""
         return self.holder(name) is not None
-
-    def wait(self, name: str, timeout: float) -> bool:
-        """Sleep ``timeout`` seconds (unused by the package: the lock object does the waiting)."""
-        if timeout > 0:
-            time.sleep(timeout)
-        return True
 
     def release_all(self) -> int:
         return _lease.release_all(self)
