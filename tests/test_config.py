@@ -106,7 +106,7 @@ def test_configure_in_code_and_backend_is_built_once(memcached):
     ("evil\x1b[2J:11211", "control characters"),
 ])
 def test_common_server_list_mistakes_say_what_is_wrong(value, says):
-    """Issue 11 item 7 / issue 10 item 7: the message names the value and the real mistake."""
+    """The message names the value and the real mistake."""
     with pytest.raises(ConfigurationError) as info:
         parse_servers(value)
     message = str(info.value)

@@ -327,7 +327,7 @@ def both_try(tmp_path, lock_dir: str) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("relative", ["locks", " ", "./locks"])
 def test_a_relative_lock_dir_is_refused_in_every_working_directory(tmp_path, relative):
-    """Issue 25 item 3: ``locks`` was resolved in each process's own directory and both held the key."""
+    """A relative ``locks`` was resolved in each process's own directory, and both held the key."""
     outcome = both_try(tmp_path, relative)
     assert [line for line, _ in outcome].count("held") <= 1, outcome
     if relative.strip():

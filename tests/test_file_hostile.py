@@ -1,4 +1,4 @@
-"""The file store against a hostile lock directory (issue 10, item 5).
+"""The file store against a hostile lock directory.
 
 The tests run as root, so "another user" is made with ``os.chown`` to uid
 65534; FIFOs and symlinks are planted with ``os.mkfifo`` and ``os.symlink``.

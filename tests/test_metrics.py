@@ -201,7 +201,7 @@ def test_forked_child_starts_empty():
 
 
 def test_prefix_cardinality_is_bounded_and_snapshots_stay_small(tmp_path):
-    """100k keys with a varying part before the colon (issue 10, item 8): bounded records and file."""
+    """100k keys with a varying part before the colon: bounded records and file."""
     keys = 100_000
     for i in range(keys):
         name = "doc-%d:edit" % i

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = ["test_view_refresh.py", "test_view_move_safety.py", "test_zodb_private.py"]
+FILES = ["test_view_move.py", "test_view_move_safety.py", "test_zodb_private.py"]
 
 
 def pure_env() -> dict:

@@ -1,4 +1,4 @@
-"""The command against a hostile or broken world (issue 10 items 6-7, issue 11 items 6-8).
+"""The command against a hostile or broken world.
 
 ``break`` must not remove a lock that changed hands after its prompt, keys
 are taken literally, every error is one line with its documented exit code,

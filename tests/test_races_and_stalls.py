@@ -1,4 +1,4 @@
-"""Regression tests for the holes fault injection found (issue 10), against a real memcached.
+"""Late answers, stopped servers, racing renewals and stalled holders, against a real memcached.
 
 Each test reproduces one probe: a proxy that delays memcached's answer, a
 stopped server, releases racing renewals, a blocking on_lost callback, a
