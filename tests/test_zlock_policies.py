@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from unimr.memcachedlock import Lock
+from unimr.memcachedlock import Lock, config
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.zodb import LockBusy, adaptive, lock_for_transaction, zlock
 from unimr.memcachedlock.zope.publisher import retry_at_once
@@ -231,6 +232,7 @@ def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(store, zeo_server
     gets a LockBusy (a ConflictError, not reserved: normal back-off), not a LockTimeout."""
     policy = use_policy(policy, monkeypatch)
     monkeypatch.setenv("MEMCACHEDLOCK_TXN_WAIT", "0.3")
+    config.forget_settings()  # settings are read once, and the store fixture read them already
     db = ZEO.DB(zeo_server.address)
     setup_counter(db)
     conn = db.open()
@@ -246,6 +248,8 @@ def test_a_long_holder_gives_lock_busy_within_the_bounded_wait(store, zeo_server
         assert not info.value.reserved and not retry_at_once(info.value)
         assert "lease 20s" in str(info.value) and "MEMCACHEDLOCK_TXN_WAIT" in str(info.value)
         assert "lock '%s' is busy" % HOT in str(info.value), info.value
+        waited = float(re.search(r"waited (\d+\.\d)s", str(info.value)).group(1))
+        assert waited < 2.5, info.value  # MEMCACHEDLOCK_TXN_WAIT bounds the wait, not its default of 5 s
     finally:
         holder.release()
     transaction.begin()
