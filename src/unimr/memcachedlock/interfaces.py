@@ -189,7 +189,7 @@ class ILockBackend(Interface):
     )
     waiter_board = Attribute(
         "Where waiters announce themselves to releasers (an IWaiterBoard), or None: "
-        "the memcached store is its own board, the fallback store forwards its primary's, "
+        "the memcached store keeps one beside its locks, the fallback store forwards its primary's, "
         "the file store has none (its waiters poll)."
     )
     commit_gate = Attribute(
