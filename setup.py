@@ -48,7 +48,7 @@ setup(
     package_dir={"": "src"},
     packages=find_namespace_packages(where="src", include=["unimr.*"]),
     include_package_data=True,
-    package_data={"unimr.memcachedlock": ["*.zcml"], "unimr.memcachedlock.zope": ["*.zcml"]},
+    package_data={"unimr.memcachedlock": ["*.zcml"]},
     zip_safe=False,
     install_requires=[
         "pymemcache>=4.0",
