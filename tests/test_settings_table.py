@@ -45,12 +45,16 @@ SETTINGS = {
     "MEMCACHEDLOCK_TXN_WAIT": ("txn_wait", DEFAULT_TXN_WAIT),
     "MEMCACHEDLOCK_METRICS_DIR": ("metrics_dir", ""),
     "MEMCACHEDLOCK_METRICS_INTERVAL": ("metrics_interval", metrics.DEFAULT_INTERVAL),
+    "MEMCACHEDLOCK_TLS_CA": ("tls_ca", ""),
+    "MEMCACHEDLOCK_TLS_CERT": ("tls_cert", ""),
+    "MEMCACHEDLOCK_TLS_KEY": ("tls_key", ""),
 }
 #: Settings fields that also have a reader of their own (``txn_wait()``, ``metrics_settings()``).
 OWN_READERS = ("txn_wait", "metrics_dir", "metrics_interval")
 #: Settings fields -> the ``<memcachedlock:store>`` attribute that sets them.
 ZCML_ATTRIBUTES = {"servers": "servers", "backend": "backend", "lock_dir": "dir", "connect_timeout": "connect_timeout",
-                   "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix"}
+                   "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix", "tls_ca": "tls_ca",
+                   "tls_cert": "tls_cert", "tls_key": "tls_key"}
 
 DEFAULT = object()
 BAD = object()
@@ -88,6 +92,12 @@ ROWS = [(variable, blank, DEFAULT) for variable in SETTINGS for blank in EMPTY_A
     ("MEMCACHEDLOCK_METRICS_DIR", "/tmp/m\0x", BAD),
     ("MEMCACHEDLOCK_METRICS_DIR", " /srv/metrics ", "/srv/metrics"),
 ]
+# The TLS files: relative, missing, a directory (the tests run as root, for whom chmod 000 hides nothing: a
+# directory is the file that cannot be read), a device that holds no PEM, a NUL byte.  A certificate or key
+# alone is refused for its file first; good files, and those given together, are in tests/test_tls.py.
+for _variable in ("MEMCACHEDLOCK_TLS_CA", "MEMCACHEDLOCK_TLS_CERT", "MEMCACHEDLOCK_TLS_KEY"):
+    ROWS += [(_variable, bad, BAD) for bad in ("ca.pem", "./tls/ca.pem", "/nonexistent/ca.pem", "/", "/dev/null",
+                                               "/tmp/a\0b")]
 for _variable, _high in (("MEMCACHEDLOCK_CONNECT_TIMEOUT", "61"), ("MEMCACHEDLOCK_IO_TIMEOUT", "61"),
                          ("MEMCACHEDLOCK_RETRY", "3601"), ("MEMCACHEDLOCK_TXN_WAIT", "3601"),
                          ("MEMCACHEDLOCK_METRICS_INTERVAL", "86401")):

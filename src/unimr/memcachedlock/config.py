@@ -24,6 +24,14 @@ Environment variables:
     Directory, an absolute path, where each process writes its lock metrics
     (none: no snapshot files), and the seconds between two writes (60.0,
     at least 0.1; see :mod:`.metrics`).
+``MEMCACHEDLOCK_TLS_CA``
+    A CA file, an absolute path: TLS to every memcached server, whose
+    certificate must be signed by that CA and name the server's host or IP
+    address (always verified; unset: plain connections).  See :mod:`.tls`.
+``MEMCACHEDLOCK_TLS_CERT`` / ``MEMCACHEDLOCK_TLS_KEY``
+    The client certificate and its key (absolute paths, PEM, the key without
+    a passphrase), for servers that require one (``ssl_verify_mode=2``); only
+    together, and only with ``MEMCACHEDLOCK_TLS_CA``.
 
 One rule for every setting, however it comes in (the environment, zope.conf's
 ``<environment>``, ``configure()``, a ``<memcachedlock:store>`` attribute, a
@@ -46,11 +54,13 @@ import functools
 import ipaddress
 import math
 import os
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
 
 from .errors import ConfigurationError
+from .tls import check_tls_settings, client_context, tls_file
 
 DEFAULT_SERVERS = "127.0.0.1:11211"
 DEFAULT_PORT = 11211
@@ -288,6 +298,9 @@ FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "txn_wait": ("MEMCACHEDLOCK_TXN_WAIT", functools.partial(_seconds, default=DEFAULT_TXN_WAIT)),
     "metrics_dir": ("MEMCACHEDLOCK_METRICS_DIR", absolute_directory),
     "metrics_interval": ("MEMCACHEDLOCK_METRICS_INTERVAL", _metrics_interval),
+    "tls_ca": ("MEMCACHEDLOCK_TLS_CA", tls_file),
+    "tls_cert": ("MEMCACHEDLOCK_TLS_CERT", tls_file),
+    "tls_key": ("MEMCACHEDLOCK_TLS_KEY", tls_file),
 }
 
 
@@ -313,16 +326,23 @@ class Settings:
     #: ``""``: no metrics snapshot files.
     metrics_dir: str = ""
     metrics_interval: float = DEFAULT_METRICS_INTERVAL
+    #: ``""``: no TLS (see :mod:`.tls`); else the CA file, and the client certificate and key (or ``""``).
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __init__(self, servers: object = None, backend: object = None, lock_dir: object = None,
                  connect_timeout: object = None, io_timeout: object = None, retry: object = None,
                  prefix: object = None, txn_wait: object = None, metrics_dir: object = None,
-                 metrics_interval: object = None) -> None:
+                 metrics_interval: object = None, tls_ca: object = None, tls_cert: object = None,
+                 tls_key: object = None) -> None:
         """Each field from its value as given: text (as its environment variable), a value of the field's
-        type, or None or blank text for its default (the annotations above are the fields as parsed)."""
+        type, or None or blank text for its default (the annotations above are the fields as parsed).
+        The TLS files are then checked together (see :func:`.tls.check_tls_settings`)."""
         given = dict(servers=servers, backend=backend, lock_dir=lock_dir, connect_timeout=connect_timeout,
                      io_timeout=io_timeout, retry=retry, prefix=prefix, txn_wait=txn_wait,
-                     metrics_dir=metrics_dir, metrics_interval=metrics_interval)
+                     metrics_dir=metrics_dir, metrics_interval=metrics_interval, tls_ca=tls_ca, tls_cert=tls_cert,
+                     tls_key=tls_key)
         for field in dataclasses.fields(self):
             value = given[field.name]
             if is_unset(value):
@@ -331,6 +351,13 @@ class Settings:
                 variable, parse = FIELDS[field.name]
                 value = parse(variable, value)
             object.__setattr__(self, field.name, value)
+        check_tls_settings(self.tls_ca, self.tls_cert, self.tls_key,
+                           [server.path for server in self.servers if server.path is not None])
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every connection to memcached, or None without ``MEMCACHEDLOCK_TLS_CA``."""
+        return client_context(self.tls_ca, self.tls_cert, self.tls_key) if self.tls_ca else None
 
     def replace(self, **changes: object) -> Settings:
         """These settings with ``changes``, each given as to the constructor (``dataclasses.replace`` for
