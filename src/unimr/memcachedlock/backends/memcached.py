@@ -33,6 +33,7 @@ import functools
 import hashlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 
@@ -78,8 +79,9 @@ class MemcachedBackend(Backend):
         connect_timeout: float = 0.5,
         io_timeout: float = 1.0,
         retry: float = 2.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.servers = [MemcachedServer(a, connect_timeout, io_timeout, retry) for a in servers]
+        self.servers = [MemcachedServer(a, connect_timeout, io_timeout, retry, tls_context) for a in servers]
         if not self.servers:
             raise ValueError("MemcachedBackend needs at least one server")
         self.prefix = prefix
@@ -95,6 +97,7 @@ class MemcachedBackend(Backend):
             connect_timeout=settings.connect_timeout,
             io_timeout=settings.io_timeout,
             retry=settings.retry,
+            tls_context=settings.tls_context,
         )
 
     def __repr__(self) -> str:
@@ -223,7 +226,7 @@ class MemcachedBackend(Backend):
 def _locks_in(server: MemcachedServer, prefix: str, kind: str) -> list[Holder]:
     """The locks (keys starting with ``prefix``) in one server, read with ``lru_crawler metadump``."""
     keys = [
-        k for k in metadump_keys(server.address)
+        k for k in metadump_keys(server.address, tls_context=server.tls_context)
         if k.startswith(prefix) and not k.endswith((NOTE_SUFFIX, WANT_SUFFIX, GATE_SUFFIX))
     ]
     holders: list[Holder] = []

@@ -5,7 +5,10 @@ times out or hangs raises BackendUnavailable (and then fails fast for
 ``retry`` seconds); ``compare_and_delete`` is the store's one way of
 removing an item only if it is still the one a caller means.
 ``server_command`` and ``metadump_keys`` speak the text protocol for what
-pymemcache cannot do whole (``stats``, ``lru_crawler metadump``).
+pymemcache cannot do whole (``stats``, ``lru_crawler metadump``).  With a
+TLS context (``MEMCACHEDLOCK_TLS_CA``) every connection, pooled or not, is
+made through it, and a failure names the server with "(TLS)" and says what
+the handshake met (see :mod:`..tls`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import enum
 import functools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +28,8 @@ from urllib.parse import unquote
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import ServerAddress
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigurationError
+from ..tls import TLSFailure, describe_failure, label, wrap
 from .pool import ClientPool
 from .records import MAGIC
 
@@ -42,15 +47,22 @@ class MemcachedServer:
     removed (token compared) when it answers again.
     """
 
-    def __init__(self, address: ServerAddress, connect_timeout: float, io_timeout: float, retry: float) -> None:
+    def __init__(self, address: ServerAddress, connect_timeout: float, io_timeout: float, retry: float,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        if tls_context is not None and address.path is not None:
+            raise ConfigurationError("memcached server %s is a unix socket, which is not spoken over TLS" % address)
         self.address = address
         self.retry = retry
+        self.tls_context = tls_context
+        #: The server as messages name it: its address, with "(TLS)" over TLS.
+        self.label = label(address, tls_context)
         self.client = ClientPool(
             address.pymemcache_server,
             connect_timeout=connect_timeout,
             timeout=io_timeout,
             no_delay=True,
             default_noreply=False,
+            tls_context=tls_context,
         )
         self._state_lock = threading.Lock()
         self.down_since: float | None = None
@@ -75,7 +87,7 @@ class MemcachedServer:
         if self.down_until and time.monotonic() < self.down_until:
             raise BackendUnavailable(
                 "memcached %s is unreachable (%s); next try in %.1fs"
-                % (self, self.last_error, self.down_until - time.monotonic())
+                % (self.label, self.last_error, self.down_until - time.monotonic())
             )
         return self.call_now(method, *args, **kw)
 
@@ -90,8 +102,9 @@ class MemcachedServer:
                 self.client.close()
                 result = method(self.client, *args, **kw)
         except (MemcacheError, OSError) as exc:
-            self._failed(exc)
-            raise BackendUnavailable("memcached %s: %s" % (self, describe(exc))) from exc
+            why = describe_failure(exc) if self.tls_context is not None else describe_plain(exc)
+            self._failed(why)
+            raise BackendUnavailable("memcached %s: %s" % (self.label, why)) from exc
         if self.down_since is not None:
             self._recovered()
         return result
@@ -104,15 +117,15 @@ class MemcachedServer:
         """
         self._unreleased.append((key, token))
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, why: str) -> None:
         with self._state_lock:
-            self.last_error = describe(exc)
+            self.last_error = why
             self.down_until = time.monotonic() + self.retry
             first = self.down_since is None
             if first:
                 self.down_since = time.time()
         if first:
-            logger.warning("memcached %s unreachable (%s): %s", self, self.last_error, self.while_down)
+            logger.warning("memcached %s unreachable (%s): %s", self.label, self.last_error, self.while_down)
 
     def _recovered(self) -> None:
         with self._state_lock:
@@ -123,7 +136,7 @@ class MemcachedServer:
             self.down_until = 0.0
             pending = list(self._unreleased)
             self._unreleased.clear()
-        logger.info("memcached %s answers again after %.1fs", self, outage)
+        logger.info("memcached %s answers again after %.1fs", self.label, outage)
         for key, token in pending:
             try:
                 compare_and_delete(self, key, functools.partial(carries_token, token=token))
@@ -131,13 +144,22 @@ class MemcachedServer:
                 break
 
 
-#: Errors of a pooled connection whose server went away (and maybe came back).
-_STALE_CONNECTION = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
+#: Errors of a pooled connection whose server went away (and maybe came back); the last two over TLS.
+_STALE_CONNECTION = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
+                     ssl.SSLZeroReturnError)
 
 
 def describe(exc: BaseException) -> str:
     text = str(exc)
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+
+
+def describe_plain(exc: BaseException) -> str:
+    """``describe``, for a plain connection: a server that closes a fresh one unanswered may want TLS."""
+    if isinstance(exc, (MemcacheUnexpectedCloseError, ConnectionResetError)):
+        return ("%s (the server closed the connection without an answer, as a memcached that requires TLS "
+                "does: see MEMCACHEDLOCK_TLS_CA)" % describe(exc))
+    return describe(exc)
 
 
 def carries_token(stored: bytes | None, token: str) -> bool:
@@ -181,22 +203,37 @@ def compare_and_delete(server: MemcachedServer, key: str, ours: Callable[[bytes]
 _ERROR_REPLIES = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR", b"BUSY")
 
 
-def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0) -> str:
-    """Send one text command to a server over a fresh plain socket; return its whole answer.
+def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0,
+                   tls_context: ssl.SSLContext | None = None) -> str:
+    """Send one text command to a server over a fresh socket (TLS with ``tls_context``); return its whole answer.
 
     For what pymemcache cannot do whole (``raw_command`` returns only the
     first line and can drop bytes): ``stats``, ``stats settings``,
     ``lru_crawler metadump all``, ``version``.  ``stats`` and metadump answers
     are read up to ``END``, others one line.  Raises OSError (``socket.timeout``
-    included) if the server cannot be reached or does not answer in time.
+    included) if the server cannot be reached or does not answer in time;
+    over TLS a TLSFailure (an OSError too) whose message says what failed.
     """
+    if tls_context is None:
+        return _command(address, command, timeout, None)
+    try:
+        return _command(address, command, timeout, tls_context)
+    except OSError as exc:
+        raise TLSFailure("TLS: %s" % describe_failure(exc)) from exc
+
+
+def _command(address: ServerAddress, command: bytes, timeout: float, tls_context: ssl.SSLContext | None) -> str:
     if address.path is not None:
+        if tls_context is not None:
+            raise ConfigurationError("memcached server %s is a unix socket, which is not spoken over TLS" % address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: str | tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes] = address.path
     else:
         info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         target = info[4]
+        if tls_context is not None:
+            sock = wrap(sock, tls_context, str(address.host))
     multi_line = command.startswith((b"stats", b"lru_crawler metadump"))
     with sock:
         sock.settimeout(timeout)
@@ -218,17 +255,19 @@ def server_command(address: ServerAddress, command: bytes, timeout: float = 2.0)
     return data.decode("ascii", "replace")
 
 
-def metadump_keys(address: ServerAddress, timeout: float = 5.0) -> list[str]:
+def metadump_keys(address: ServerAddress, timeout: float = 5.0, tls_context: ssl.SSLContext | None = None) -> list[str]:
     """Keys a server holds, read with ``lru_crawler metadump all``.
 
     Raises BackendUnavailable if the server cannot be read or refuses (``-X``).
     """
     try:
-        text = server_command(address, b"lru_crawler metadump all", timeout)
+        text = server_command(address, b"lru_crawler metadump all", timeout, tls_context)
     except OSError as exc:
-        raise BackendUnavailable("memcached %s: metadump failed: %s" % (address, describe(exc))) from exc
+        why = str(exc) if isinstance(exc, TLSFailure) else describe_plain(exc)
+        raise BackendUnavailable("memcached %s: metadump failed: %s" % (label(address, tls_context), why)) from exc
     if not text.endswith("END\r\n"):
-        raise BackendUnavailable("memcached %s refused metadump: %s" % (address, text.strip()[:200]))
+        raise BackendUnavailable("memcached %s refused metadump: %s"
+                                 % (label(address, tls_context), text.strip()[:200]))
     keys = []
     for line in text.splitlines():
         if line.startswith("key="):

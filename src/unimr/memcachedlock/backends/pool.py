@@ -21,8 +21,9 @@ when that connection is busy, or a renewal dropped the cas, does a release
 read the lock and its waiter record (``gets_values``) and compare-and-delete
 (``cas_value`` with exptime -1); renewals use the same two.  The commit gate
 sends meta commands (``meta``).  Keys reaching here are already safe ASCII
-(see ``keys.py``).  Connecting, timeouts, socket options and every other
-command stay pymemcache's; its exception classes report protocol errors.
+(see ``keys.py``).  Connecting, timeouts, socket options, TLS (its
+``tls_context``: the commands above then go over the TLS socket) and every
+other command stay pymemcache's; its exception classes report protocol errors.
 """
 
 from __future__ import annotations
