@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from typing import IO, TypedDict
 
 from ..backends.memcachedserver import server_command
 from ..config import ServerAddress, Settings
 from ..errors import ConfigurationError
 from ..options import DEFAULT_TIMEOUT as DEFAULT_LEASE
+from ..tls import label
 from .cliargs import EXIT_NO, EXIT_OK, EXIT_USAGE
 from .cliformat import clean, print_json
 from .clisettings import instance_config, load_settings
 
 
-def _lines(address: ServerAddress, command: bytes, timeout: float) -> list[str]:
-    return server_command(address, command, timeout).splitlines()
+def _lines(address: ServerAddress, command: bytes, timeout: float, tls_context: ssl.SSLContext | None) -> list[str]:
+    return server_command(address, command, timeout, tls_context).splitlines()
 
 
 def _stats(lines: list[str]) -> dict[str, str]:
@@ -65,11 +67,12 @@ class CheckResult(_Problems, total=False):
 def check_server(address: ServerAddress, settings: Settings) -> ServerReport:
     """Reachability, version, evictions and eviction settings of one server, with problems found."""
     timeout = settings.connect_timeout + settings.io_timeout
+    tls = settings.tls_context
     report: ServerReport = {"server": str(address), "reachable": False, "problems": [], "warnings": []}
     try:
-        version = _lines(address, b"version", timeout)
-        stats = _stats(_lines(address, b"stats", timeout))
-        server_settings = _stats(_lines(address, b"stats settings", timeout))
+        version = _lines(address, b"version", timeout, tls)
+        stats = _stats(_lines(address, b"stats", timeout, tls))
+        server_settings = _stats(_lines(address, b"stats settings", timeout, tls))
     except OSError as exc:
         report["problems"].append(
             "unreachable (%s): locks fall back to this host's lock directory or fail; "
@@ -111,18 +114,19 @@ def _check_one_server(address: ServerAddress, settings: Settings, result: CheckR
     """``check`` of one memcached server: its report into ``result``, its lines into ``lines``."""
     report = check_server(address, settings)
     result["servers"].append(report)
+    named = label(address, settings.tls_context)
     if report["reachable"]:
         line = "memcached %s: reachable, version %s, %d MB, %d evictions, temporary_ttl %s" % (
-            address, report["version"], report["limit_maxbytes"] // (1024 * 1024),
+            named, report["version"], report["limit_maxbytes"] // (1024 * 1024),
             report["evictions"], report["temporary_ttl"] or "off")
         if not report["evictions_enabled"]:
             line += ", evictions off (-M)"
     else:
-        line = "memcached %s: UNREACHABLE" % address
+        line = "memcached %s: UNREACHABLE" % named
     lines.append(line)
     for problem in report["problems"]:
         lines.append("  PROBLEM: %s" % problem)
-        result["problems"].append("memcached %s: %s" % (address, problem))
+        result["problems"].append("memcached %s: %s" % (named, problem))
     for warning in report["warnings"]:
         lines.append("  warning: %s" % warning)
 
@@ -148,9 +152,11 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
         "lock_dir": settings.lock_dir, "prefix": settings.prefix,
         "connect_timeout": settings.connect_timeout, "io_timeout": settings.io_timeout,
         "metrics_dir": metrics_dir or None, "metrics_interval": metrics_interval,
+        "tls_ca": settings.tls_ca or None, "tls_cert": settings.tls_cert or None,
     }
-    lines = ["configuration: ok (backend %s, servers %s, prefix %s)" % (
-        settings.backend, ",".join(str(s) for s in settings.servers), settings.prefix)]
+    lines = ["configuration: ok (backend %s, servers %s%s, prefix %s)" % (
+        settings.backend, ",".join(str(s) for s in settings.servers), " (TLS)" if settings.tls_ca else "",
+        settings.prefix)]
     if instance:
         lines.append("settings from %s" % instance.sources())
     if settings.backend in ("memcached", "fallback"):

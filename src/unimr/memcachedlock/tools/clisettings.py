@@ -53,7 +53,8 @@ ZOPE_CONF_HELP = ("a Zope instance's zope.conf: take its <environment> and the <
                   "site ZCML over this shell's environment")
 #: The store directive's attributes and the settings they give (``zope/directives.py``'s IStore).
 _STORE_FIELDS = {"backend": "backend", "servers": "servers", "dir": "lock_dir", "connect_timeout": "connect_timeout",
-                 "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix"}
+                 "io_timeout": "io_timeout", "retry": "retry", "prefix": "prefix", "tls_ca": "tls_ca",
+                 "tls_cert": "tls_cert", "tls_key": "tls_key"}
 #: Command-line options that override a store directive's attribute.
 _STORE_ATTRIBUTES = {"servers": "servers", "backend": "backend", "dir": "dir"}
 
@@ -73,7 +74,7 @@ def instance_config(args: argparse.Namespace) -> InstanceConfig | None:
 
 def describe_store(settings: Settings) -> str:
     """Which store the settings name, in words: what ``list`` says it looked at."""
-    servers = "memcached %s" % ",".join(str(s) for s in settings.servers)
+    servers = "memcached %s%s" % (",".join(str(s) for s in settings.servers), " (TLS)" if settings.tls_ca else "")
     where = {"memcached": servers, "file": "the lock directory %s" % settings.lock_dir,
              "fallback": "%s and the lock directory %s" % (servers, settings.lock_dir)}[settings.backend]
     return "%s (prefix %s)" % (where, settings.prefix)

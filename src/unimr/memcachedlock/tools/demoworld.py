@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..config import ServerAddress
+from ..tls import CA_VARIABLE, CERT_VARIABLE, KEY_VARIABLE
 from .democlient import MODES
 from .servers import free_port
 
@@ -43,12 +45,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def memcached_version(address: ServerAddress, timeout: float = 1.0) -> str | None:
-    """The server's version if something answers as memcached at ``address``."""
+def memcached_version(address: ServerAddress, timeout: float = 1.0,
+                      tls_context: ssl.SSLContext | None = None) -> str | None:
+    """The server's version if something answers as memcached at ``address`` (over TLS with ``tls_context``)."""
     from ..backends.memcached import server_command
 
     try:
-        text = server_command(address, b"version", timeout).strip()
+        text = server_command(address, b"version", timeout, tls_context).strip()
     except OSError:
         return None
     return text[8:] if text.startswith("VERSION ") else None
@@ -178,7 +181,7 @@ def choose_store(workspace: Workspace, choice: str, environ: Mapping[str, str] |
     ``choice`` is ``--backend``: ``file`` takes the file store at once, ``memcached`` refuses to fall
     back to it.
     """
-    from ..config import parse_servers
+    from ..config import Settings, parse_servers
 
     env = os.environ if environ is None else environ
     if choice == "file":
@@ -186,14 +189,16 @@ def choose_store(workspace: Workspace, choice: str, environ: Mapping[str, str] |
     reasons = []
     configured = env.get("MEMCACHEDLOCK_SERVERS", "").strip()
     if configured:
+        tls = {name: env[name] for name in (CA_VARIABLE, CERT_VARIABLE, KEY_VARIABLE) if env.get(name, "").strip()}
         servers = parse_servers(configured)
-        down = [s for s in servers if memcached_version(s) is None]
+        context = Settings.from_environ(tls).tls_context
+        down = [s for s in servers if memcached_version(s, tls_context=context) is None]
         if not down:
             return LockStore(
                 "memcached",
                 {"MEMCACHEDLOCK_BACKEND": "memcached", "MEMCACHEDLOCK_SERVERS": configured,
-                 "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:")},
-                "memcached %s (MEMCACHEDLOCK_SERVERS)" % configured,
+                 "MEMCACHEDLOCK_PREFIX": env.get("MEMCACHEDLOCK_PREFIX", "memcachedlock:"), **tls},
+                "memcached %s%s (MEMCACHEDLOCK_SERVERS)" % (configured, " (TLS)" if context is not None else ""),
             )
         reasons.append("MEMCACHEDLOCK_SERVERS=%s does not answer (%s)" % (configured, ", ".join(str(s) for s in down)))
     else:

@@ -81,6 +81,9 @@ class IStoreDirective(Interface):
     io_timeout = _field(Text, "I/O timeout", "Seconds before a hung memcached counts as down.")
     retry = _field(Text, "Retry", "Seconds a down memcached is left alone before it is tried again.")
     prefix = _field(Text, "Key prefix", "Namespace of the package's keys in memcached.")
+    tls_ca = _field(Text, "TLS CA", "Absolute path of a CA file: TLS to every memcached server, verified by it.")
+    tls_cert = _field(Text, "TLS client certificate", "Absolute path of the client certificate (with tls_key).")
+    tls_key = _field(Text, "TLS client key", "Absolute path of the client certificate's key, without a passphrase.")
 
 
 #: Store directive attribute -> Settings field, where the names differ.
