@@ -63,6 +63,8 @@ setup(
         + ["pytest>=7.0", "pytest-timeout", "zope.testbrowser", "WebTest", "Products.SiteErrorLog",
            "plone.autoinclude", "build", "twine", "sphinx",
            "RelStorage[sqlite3]",
+           # tests/tlscerts.py makes the certificates of tests/test_tls.py and benchmarks/tls.py
+           "cryptography",
            # ./run-tests' checks (docs/developing.rst): pinned, so a new release's rules do not fail a clean run
            "ruff==0.17.6", "mypy==2.4.1", "coverage==7.18.0",
            # tests/test_conformance.py runs these packages' own suites: the versions it is checked against
