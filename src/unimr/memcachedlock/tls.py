@@ -169,8 +169,8 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and reason in _NOT_TLS:
         return "handshake failed: the server does not speak TLS (%s)" % reason
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, MemcacheUnexpectedCloseError)):
-        return "%s (the server closed the connection: does it accept this client's certificate? see %s)" % (
-            _plain(exc), CERT_VARIABLE)
+        return "connection closed by the server (does it accept this client's certificate? see %s): %s" % (
+            CERT_VARIABLE, _plain(exc))
     if isinstance(exc, ssl.SSLError):
         return "handshake refused: %s" % _reason(exc)
     if isinstance(exc, TimeoutError):
