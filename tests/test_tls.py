@@ -192,6 +192,26 @@ def test_the_command_looks_over_tls_and_says_so(over_tls):
     assert "memcached %s (TLS): reachable, version 1." % address in text
 
 
+def test_the_command_takes_tls_from_a_zope_instances_store_directive(tls_server, certs, tmp_path, monkeypatch):
+    """``--zope-conf``: the ``tls_*`` attributes of ``<memcachedlock:store>`` reach the command as in Zope."""
+    from test_cli_zope_conf import make_instance
+
+    _use(monkeypatch, tls_server)  # the shell's environment has no TLS: plain, it would be refused
+    store = '<memcachedlock:store backend="memcached" servers="%s" tls_ca="%s" tls_cert="%s" tls_key="%s" />' % (
+        tls_server.address, certs.ca, certs.client_cert, certs.client_key)
+    conf = make_instance(tmp_path, {}, store=store)
+    code, text = _run("list", "--zope-conf", conf)
+    assert code == 0 and "memcached %s (TLS)" % tls_server.address in text, text
+
+
+def test_check_names_a_server_that_refuses_the_handshake(tls_server, certs, monkeypatch):
+    _use(monkeypatch, tls_server, **certs.environ(client=False))
+    code, text = _run("check")
+    assert code == 1, text
+    assert "memcached %s (TLS): UNREACHABLE" % tls_server.address in text, text
+    assert "PROBLEM: unreachable (TLS: " in text, text
+
+
 # --------------------------------------------------------------------------- refused
 
 
