@@ -16,6 +16,7 @@ holds no PEM.  Client processes are this file run as a script.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -245,6 +246,19 @@ def test_the_host_name_is_checked_against_the_certificate(tls_server, certs, mon
     registry.reset()
     with Lock("tls:by-name"):
         pass
+
+
+def test_a_server_whose_certificate_names_another_host_is_refused(certs, monkeypatch):
+    """A certificate from the site's CA is not enough: it must name the address the client dialled."""
+    from tlscerts import tls_memcached
+
+    misnamed = dataclasses.replace(certs, server_cert=certs.misnamed_server_cert,
+                                   server_key=certs.misnamed_server_key)
+    with tls_memcached(misnamed) as server:
+        _use(monkeypatch, server, **certs.environ())
+        message = str(_refused())
+    assert "memcached %s (TLS): server certificate refused" % server.address in message, message
+    assert "IP address mismatch" in message, message
 
 
 def test_a_plain_client_against_a_tls_server_fails_fast(tls_server, monkeypatch):

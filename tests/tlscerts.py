@@ -35,6 +35,9 @@ class Certificates:
     other_ca: str
     other_client_cert: str
     other_client_key: str
+    #: A server certificate from the CA that names neither 127.0.0.1 nor localhost.
+    misnamed_server_cert: str
+    misnamed_server_key: str
 
     def environ(self, client: bool = True) -> dict[str, str]:
         """The settings of a client that trusts the CA, with its certificate unless ``client`` is false."""
@@ -88,7 +91,8 @@ def _issue(subject: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certific
 
 
 def make_certificates(directory: Path) -> Certificates:
-    """Write a CA, a server certificate (127.0.0.1, localhost) and two client certificates into ``directory``."""
+    """Write a CA, a server certificate (127.0.0.1, localhost), two client certificates and a server
+    certificate for other names into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _issue("memcachedlock test CA", None)
     other_ca = _issue("another CA", None)
@@ -96,13 +100,16 @@ def make_certificates(directory: Path) -> Certificates:
                     [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
     client = _issue("zope client", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
     stranger = _issue("stranger", other_ca, ExtendedKeyUsageOID.CLIENT_AUTH)
+    misnamed = _issue("memcached elsewhere", ca, ExtendedKeyUsageOID.SERVER_AUTH,
+                      [x509.IPAddress(ipaddress.ip_address("192.0.2.1")), x509.DNSName("elsewhere.example")])
     ca_path, _ = _write(directory, "ca", *ca)
     other_ca_path, _ = _write(directory, "other-ca", *other_ca)
     server_cert, server_key = _write(directory, "server", *server)
     client_cert, client_key = _write(directory, "client", *client)
     other_cert, other_key = _write(directory, "stranger", *stranger)
+    misnamed_cert, misnamed_key = _write(directory, "misnamed-server", *misnamed)
     return Certificates(ca_path, server_cert, server_key, client_cert, client_key, other_ca_path, other_cert,
-                        other_key)
+                        other_key, misnamed_cert, misnamed_key)
 
 
 def tls_memcached(certs: Certificates, verify_mode: int = 2) -> MemcachedServer:
