@@ -193,6 +193,14 @@ def test_the_command_looks_over_tls_and_says_so(over_tls):
     assert "memcached %s (TLS): reachable, version 1." % address in text
 
 
+def test_bench_refuses_a_server_while_tls_is_on(over_tls, capsys):
+    """bench's raw client and its private servers are plain: with TLS on it says so rather than fail later."""
+    code, _ = _run("bench", "latency", "--servers", over_tls.address)
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "bench measures a plain memcached and TLS is on (MEMCACHEDLOCK_TLS_CA)" in message, message
+
+
 def test_the_command_takes_tls_from_a_zope_instances_store_directive(tls_server, certs, tmp_path, monkeypatch):
     """``--zope-conf``: the ``tls_*`` attributes of ``<memcachedlock:store>`` reach the command as in Zope."""
     from test_cli_zope_conf import make_instance

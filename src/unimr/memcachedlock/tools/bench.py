@@ -90,6 +90,17 @@ def _answering(address: str) -> None:
         raise BackendUnavailable("%s does not answer like memcached: %r" % (address, answer[:60]))
 
 
+def _refuse_tls(address: str) -> None:
+    """ConfigurationError if TLS is on: bench compares the lock with a raw plain client, on a plain memcached."""
+    from ..config import get_settings
+    from ..errors import ConfigurationError
+
+    if get_settings().tls_context is not None:
+        raise ConfigurationError(
+            "--servers %s: bench measures a plain memcached and TLS is on (MEMCACHEDLOCK_TLS_CA); "
+            "benchmarks/tls.py measures the lock over TLS" % address)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``memcachedlock bench [latency|handoff|waiting|all]``: print the tables.
 
@@ -116,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     address = _one_server(args.servers) if args.servers is not None else None
+    if address is not None:
+        _refuse_tls(address)
 
     with contextlib.ExitStack() as stack:
         if address is None:
