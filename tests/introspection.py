@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from xml.sax.saxutils import quoteattr
 
-from unimr.memcachedlock import waiting
+from unimr.memcachedlock import config, waiting
 from unimr.memcachedlock.zodb import reservations
 
 
@@ -26,3 +27,26 @@ def is_locked(cls: type, method: str) -> bool:
     from unimr.memcachedlock.zope import patch
 
     return any(locked.cls is cls and locked.method == method for locked in patch.patches())
+
+
+def store_directive_settings(attributes: dict[str, str]) -> config.Settings:
+    """The settings ``<memcachedlock:store name="value" .../>`` registers its store utility with."""
+    from zope.component import getGlobalSiteManager
+    from zope.configuration import xmlconfig
+    from zope.testing.cleanup import cleanUp
+
+    from unimr.memcachedlock.interfaces import ILockBackend
+
+    given = " ".join("%s=%s" % (name, quoteattr(value)) for name, value in attributes.items())
+    cleanUp()
+    try:
+        xmlconfig.string(
+            '<configure xmlns="http://namespaces.zope.org/zope" '
+            'xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
+            '<include package="unimr.memcachedlock" file="meta.zcml" />'
+            '<memcachedlock:store %s /></configure>' % given)
+        registration = next(r for r in getGlobalSiteManager().registeredUtilities() if r.provided is ILockBackend)
+        settings: config.Settings = registration.factory.settings
+        return settings
+    finally:
+        cleanUp()

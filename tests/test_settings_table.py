@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import io
 import json
-from xml.sax.saxutils import quoteattr
 
 import pytest
-from zope.component import getGlobalSiteManager
-from zope.configuration import xmlconfig
 from zope.configuration.exceptions import ConfigurationError as ZCMLError
-from zope.testing.cleanup import cleanUp
 
 from unimr.memcachedlock import ConfigurationError, config, metrics, registry
-from unimr.memcachedlock.interfaces import ILockBackend
 from unimr.memcachedlock.tools import cli
 from unimr.memcachedlock.zodb.taking import DEFAULT_TXN_WAIT, txn_wait
+
+from introspection import store_directive_settings
 
 #: Variable -> (where it lands, its default).  ``Settings`` fields are read from ``Settings``;
 #: the others from their own readers.
@@ -146,17 +143,7 @@ def from_code(variable: str, value: str):
 def from_zcml(variable: str, value: str):
     """The value in force after ``<memcachedlock:store attribute="value"/>``."""
     name = SETTINGS[variable][0]
-    cleanUp()
-    try:
-        xmlconfig.string(
-            '<configure xmlns="http://namespaces.zope.org/zope" '
-            'xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
-            '<include package="unimr.memcachedlock" file="meta.zcml" />'
-            '<memcachedlock:store %s=%s /></configure>' % (ZCML_ATTRIBUTES[name], quoteattr(value)))
-        registration = next(r for r in getGlobalSiteManager().registeredUtilities() if r.provided is ILockBackend)
-        return plain(getattr(registration.factory.settings, name))
-    finally:
-        cleanUp()
+    return plain(getattr(store_directive_settings({ZCML_ATTRIBUTES[name]: value}), name))
 
 
 def from_settings(variable: str, value: str):

@@ -25,13 +25,14 @@ import ssl
 import sys
 import threading
 import time
-from xml.sax.saxutils import quoteattr
 
 import pytest
 
 from unimr.memcachedlock import BackendUnavailable, ConfigurationError, Lock, RLock, config, lock, registry, rlock
 from unimr.memcachedlock.backends.memcachedserver import server_command
 from unimr.memcachedlock.config import parse_server
+
+from introspection import store_directive_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Seconds a refused or mismatched connection may take at most: the connect and I/O timeouts, twice, and slack.
@@ -224,16 +225,12 @@ def test_check_names_a_server_that_refuses_the_handshake(tls_server, certs, monk
 # --------------------------------------------------------------------------- refused
 
 
-def test_a_client_without_a_certificate_is_refused(tls_server, certs, monkeypatch):
-    _use(monkeypatch, tls_server, **certs.environ(client=False))
-    message = str(_refused())
-    assert "memcached %s (TLS): " % tls_server.address in message, message
-    assert "certificate" in message, message
-
-
-def test_a_client_certificate_from_another_ca_is_refused(tls_server, certs, monkeypatch):
-    _use(monkeypatch, tls_server, MEMCACHEDLOCK_TLS_CA=certs.ca, MEMCACHEDLOCK_TLS_CERT=certs.other_client_cert,
-         MEMCACHEDLOCK_TLS_KEY=certs.other_client_key)
+@pytest.mark.parametrize("client_certificate", ["none", "from another CA"])
+def test_a_client_without_a_certificate_from_the_ca_is_refused(tls_server, certs, monkeypatch, client_certificate):
+    environ = certs.environ(client=False)
+    if client_certificate == "from another CA":
+        environ.update(MEMCACHEDLOCK_TLS_CERT=certs.other_client_cert, MEMCACHEDLOCK_TLS_KEY=certs.other_client_key)
+    _use(monkeypatch, tls_server, **environ)
     message = str(_refused())
     assert "memcached %s (TLS): " % tls_server.address in message, message
     assert "certificate" in message, message
@@ -306,26 +303,7 @@ def _through_configure(settings: dict[str, str], monkeypatch) -> config.Settings
 
 
 def _through_zcml(settings: dict[str, str], monkeypatch) -> config.Settings:
-    from zope.component import getGlobalSiteManager
-    from zope.configuration import xmlconfig
-    from zope.testing.cleanup import cleanUp
-
-    from unimr.memcachedlock.interfaces import ILockBackend
-
-    attributes = " ".join("%s=%s" % (name[len("MEMCACHEDLOCK_"):].lower(), quoteattr(value))
-                          for name, value in settings.items())
-    cleanUp()
-    try:
-        xmlconfig.string(
-            '<configure xmlns="http://namespaces.zope.org/zope" '
-            'xmlns:memcachedlock="http://namespaces.zope.org/memcachedlock">'
-            '<include package="unimr.memcachedlock" file="meta.zcml" />'
-            '<memcachedlock:store %s /></configure>' % attributes)
-        registration = next(r for r in getGlobalSiteManager().registeredUtilities() if r.provided is ILockBackend)
-        settings_: config.Settings = registration.factory.settings
-        return settings_
-    finally:
-        cleanUp()
+    return store_directive_settings({name[len("MEMCACHEDLOCK_"):].lower(): value for name, value in settings.items()})
 
 
 def _through_command_line(settings: dict[str, str], monkeypatch) -> config.Settings:
