@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -91,11 +92,15 @@ def _answering(address: str) -> None:
 
 
 def _refuse_tls(address: str) -> None:
-    """ConfigurationError if TLS is on: bench compares the lock with a raw plain client, on a plain memcached."""
-    from ..config import get_settings
-    from ..errors import ConfigurationError
+    """ConfigurationError if TLS is on: bench compares the lock with a raw plain client, on a plain memcached.
 
-    if get_settings().tls_context is not None:
+    Only the TLS variable is looked at: bench uses no other setting, so another bad one must not stop it.
+    """
+    from ..config import is_unset
+    from ..errors import ConfigurationError
+    from ..tls import CA_VARIABLE
+
+    if not is_unset(os.environ.get(CA_VARIABLE)):
         raise ConfigurationError(
             "--servers %s: bench measures a plain memcached and TLS is on (MEMCACHEDLOCK_TLS_CA); "
             "benchmarks/tls.py measures the lock over TLS" % address)
