@@ -59,3 +59,9 @@ class SelfDeadlock(MemcachedLockError, RuntimeError):
 
     ``threading.Lock`` would hang forever here; use ``@rlock`` for reentrant calls.
     """
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a message shows it: its class, and its text if it has one."""
+    text = str(exc)
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from pymemcache.exceptions import MemcacheUnexpectedCloseError
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, describe
 
 CA_VARIABLE = "MEMCACHEDLOCK_TLS_CA"
 CERT_VARIABLE = "MEMCACHEDLOCK_TLS_CERT"
@@ -170,17 +170,12 @@ def describe_failure(exc: BaseException) -> str:
         return "handshake failed: the server does not speak TLS (%s)" % reason
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, MemcacheUnexpectedCloseError)):
         return "connection closed by the server (does it accept this client's certificate? see %s): %s" % (
-            CERT_VARIABLE, _plain(exc))
+            CERT_VARIABLE, describe(exc))
     if isinstance(exc, ssl.SSLError):
         return "handshake refused: %s" % _reason(exc)
     if isinstance(exc, TimeoutError):
-        return "%s (no TLS answer in time: a hung server, or one that does not speak TLS)" % _plain(exc)
-    return _plain(exc)
-
-
-def _plain(exc: BaseException) -> str:
-    text = str(exc)
-    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+        return "%s (no TLS answer in time: a hung server, or one that does not speak TLS)" % describe(exc)
+    return describe(exc)
 
 
 class TLSFailure(ConnectionError):

@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import ServerAddress
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendUnavailable, ConfigurationError, describe
 from ..tls import TLSFailure, describe_failure, label, wrap
 from .pool import ClientPool
 from .records import MAGIC
@@ -147,11 +147,6 @@ class MemcachedServer:
 #: Errors of a pooled connection whose server went away (and maybe came back); the last two over TLS.
 _STALE_CONNECTION = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
                      ssl.SSLZeroReturnError)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
 def describe_plain(exc: BaseException) -> str:
