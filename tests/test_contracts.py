@@ -22,9 +22,11 @@ NAME = "contract-test"
 
 #: What each store can do where the stores differ (``ILockBackend.capabilities``).
 EXPECTED_CAPABILITIES = {
-    "memcached": {"commit_gate", "notes", "waiter_board", "note_with_acquire", "expiring_leases", "multi_host"},
-    "file": {"commit_gate", "notes"},
-    "fallback": {"commit_gate", "notes", "waiter_board", "expiring_leases", "multi_host", "outage_fallback"},
+    "memcached": {"commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
+                  "expiring_leases", "multi_host"},
+    "file": {"commit_gate", "notes", "note_with_release"},
+    "fallback": {"commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
+                 "expiring_leases", "multi_host", "outage_fallback"},
 }
 
 

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+import transaction
+import ZODB
+from ZODB.MappingStorage import MappingStorage
 
 from unimr.memcachedlock import config, metrics, registry
 from unimr.memcachedlock.backends.fallback import FallbackBackend
 from unimr.memcachedlock.backends.file import FileLease
 from unimr.memcachedlock.backends.memcached import MemcachedLease
 from unimr.memcachedlock.decorators import lock
+from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.locks import Lock
+from unimr.memcachedlock.zodb import lock_for_transaction
+from unimr.memcachedlock.zodb.notes import decode_note
 
 RETRY = 0.3
 
@@ -112,6 +119,8 @@ def test_return_to_memcached_when_it_answers(fallback, private_memcached, caplog
 FILE_HOLDER = r"""
 import sys, time
 from unimr.memcachedlock.locks import Lock
+from unimr.memcachedlock.zodb import lock_for_transaction
+from unimr.memcachedlock.zodb.notes import decode_note
 lock = Lock(sys.argv[1])
 assert lock.acquire(timeout=5)
 print(type(lock.lease).__name__, flush=True)
@@ -257,3 +266,59 @@ def test_threads_keep_running_through_an_outage(fallback, private_memcached):
         t.join(20)
     assert errors == []
     assert done[0] > 50
+
+
+def _commit_under_zlock(database, key: str, before_commit=None) -> bytes:
+    """Commit one change under zlock ``key`` (policy always) on ``database``; its tid."""
+    conn = database.open()
+    try:
+        transaction.begin()
+        assert lock_for_transaction(key, policy="always") is True
+        conn.root()["n"] = conn.root().get("n", 0) + 1
+        if before_commit is not None:
+            before_commit()
+        transaction.commit()
+        return database.lastTransaction()
+    finally:
+        transaction.abort()
+        conn.close()
+
+
+def _recorded(fallback, database, key: str) -> bytes | None:
+    return decode_note(fallback.get_note(lock_name(key))).get(storage_identity_of(database))
+
+
+def storage_identity_of(database) -> str:
+    return "local:%s:%d:%x" % (socket.gethostname(), os.getpid(), id(database.storage))
+
+
+def test_a_note_memcached_cannot_take_at_the_release_goes_to_the_lock_directory(fallback, private_memcached):
+    """The note rides on the release; memcached stopped before it: the lock directory keeps it."""
+    database = ZODB.DB(MappingStorage())
+    try:
+        _commit_under_zlock(database, "noted")
+        stopped = []
+        try:
+            tid = _commit_under_zlock(database, "noted",
+                                      before_commit=lambda: stopped.append(private_memcached.stop()))
+            assert stopped
+            assert fallback.secondary.get_note(lock_name("noted")) is not None
+            assert _recorded(fallback, database, "noted") == tid
+        finally:
+            private_memcached.cont()
+    finally:
+        database.close()
+
+
+def test_a_locked_commit_in_memcached_replaces_the_note_of_an_outage(fallback, private_memcached):
+    """A note left in the lock directory by an outage is newer than memcached's until a note reaches memcached:
+    the next commit stores its note there (not with the release) and removes the directory's."""
+    database = ZODB.DB(MappingStorage())
+    try:
+        fallback.secondary.set_note(lock_name("noted"), b" old=0000000000000001")
+        tid = _commit_under_zlock(database, "noted")
+        assert fallback.secondary.get_note(lock_name("noted")) is None
+        assert _recorded(fallback, database, "noted") == tid
+        assert fallback.primary.get_note(lock_name("noted")) == fallback.get_note(lock_name("noted"))
+    finally:
+        database.close()

@@ -218,8 +218,6 @@ def _commit_under_the_lock(db, conn, how: str, handed: list) -> None:
     assert note(db) == db.lastTransaction()
 
 
-@pytest.mark.stores("memcached", reason="defect of the file and fallback stores: a holder whose lock was broken "
-                    "and taken again still writes its note (set_note, unchecked) over the new holder's")
 def test_a_holder_that_lost_its_lock_does_not_overwrite_the_next_holders_note(db, conn):
     """After a renewal the release compares the token: if another holder took the lock meanwhile
     (the lease was broken), this commit's note is not written over the other holder's."""

@@ -213,7 +213,14 @@ class ILockBackend(Interface):
         the gate since; (False, None) if the note must be read apart."""
 
     def defer_note(lease: ILease, value: bytes) -> bool:
-        """Store ``value`` as the note of ``lease``'s lock with its release; False: store it now yourself."""
+        """Store ``value`` as the note of ``lease``'s lock with its release; False: store it now yourself.
+
+        Why with the release: the note is in place before the next holder can
+        take the lock, a round trip is saved, and a holder whose lease was
+        broken and taken by another meanwhile does not write its note over
+        the new holder's (the release finds the lock no longer its own and
+        drops the note).  False for a lease this store did not make.
+        """
 
     def may_be_available(name: str) -> bool:
         """True if nobody seems to hold ``name`` right now (a hint, no promise)."""

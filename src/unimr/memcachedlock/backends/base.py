@@ -28,7 +28,9 @@ CAPABILITIES = {
     "waiter_board": "``waiter_board`` is an IWaiterBoard: waiters announce themselves, a release wakes the "
                     "announced one, and a lease can be handed to a waiting thread without freeing the lock",
     "note_with_acquire": "``acquire(with_note=True)`` reads the note and the gate in its round trip "
-                         "(``note_read_at_acquire``), ``defer_note`` stores the note with the release",
+                         "(``note_read_at_acquire``)",
+    "note_with_release": "``defer_note`` stores the note with the lease's release, and only while the lease "
+                         "still holds the lock (a holder that lost it leaves the next holder's note alone)",
     "expiring_leases": "a lease lapses after its ttl unless renewed (memcached items; a file lock lives as "
                        "long as its process)",
     "multi_host": "processes on other hosts see the locks (a lock directory is one host's)",

@@ -29,6 +29,7 @@ any lock.  A dedicated memcached with ``-o temporary_ttl`` keeps outages rare.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from zope.interface import implementer
@@ -42,6 +43,7 @@ from .base import Backend, CommitPass, Warn
 from .file import FileBackend
 from .memcached import MemcachedBackend
 from .memcachedboard import MemcachedWaiterBoard
+from .memcachedlease import MemcachedLease
 from .memcachedserver import MemcachedServer
 from .records import Holder
 
@@ -93,9 +95,9 @@ class FallbackBackend(Backend):
     """A memcached store backed up by a file store on this host."""
 
     kind = "fallback"
-    #: See ``base.CAPABILITIES``: its primary's, but a lease's note is read and stored apart; and its own.
-    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "expiring_leases", "multi_host",
-                              "outage_fallback"))
+    #: See ``base.CAPABILITIES``: its primary's, and its own.
+    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
+                              "expiring_leases", "multi_host", "outage_fallback"))
     commit_gate: FallbackCommitGate
 
     def __init__(self, primary: MemcachedBackend, secondary: FileBackend) -> None:
@@ -231,6 +233,43 @@ class FallbackBackend(Backend):
             self.secondary.set_note(name, value)
         else:
             self.secondary.remove_note(name)
+
+    def note_read_at_acquire(self, lease: Lease) -> tuple[bool, bytes | None]:
+        """memcached's, for its lease, unless the lock directory has a note from an outage (``drain`` reads that)."""
+        if lease.backend is not self.primary or self._outage_note(lease.name):
+            return False, None
+        return self.primary.note_read_at_acquire(lease)
+
+    def defer_note(self, lease: Lease, value: bytes) -> bool:
+        """With the release of ``lease`` in the store that took it, as ``set_note`` would store it.
+
+        A memcached lease's note goes with its release; if memcached cannot be
+        reached for it, into the lock directory (as ``set_note`` does).  False
+        while the lock directory has a note from an outage: ``set_note``
+        stores the new note in memcached and removes that one.
+        """
+        if lease.backend is self.secondary:
+            return self.secondary.defer_note(lease, value)
+        if not isinstance(lease, MemcachedLease) or self._outage_note(lease.name):
+            return False
+        if not self.primary.defer_note(lease, value):
+            return False
+        lease.note_undelivered = functools.partial(self._note_in_outage, lease.name)
+        return True
+
+    def _outage_note(self, name: str) -> bool:
+        """True if the lock directory may have a note for ``name`` (a failed ``open`` when it has none)."""
+        try:
+            return self.secondary.get_note(name) is not None
+        except BackendUnavailable:
+            return True
+
+    def _note_in_outage(self, name: str, value: bytes) -> None:
+        try:
+            self.secondary.set_note(name, value)
+        except BackendUnavailable as exc:
+            logger.warning("the note of lock %s could be stored neither in memcached nor in the lock directory "
+                           "(%s): the next holder asks the storage or meets a ConflictError", name, exc)
 
     def remove_note(self, name: str) -> None:
         """Forget the note in the lock directory and in memcached (BackendUnavailable if it cannot be reached)."""

@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
@@ -90,26 +92,34 @@ def _write_value(fd: int, value: bytes) -> None:
 
 
 class FileLease(Lease):
-    """An acquisition in the lock directory: the open, flock'ed lock file."""
+    """An acquisition in the lock directory: the open, flock'ed lock file.
 
-    __slots__ = ("fd", "path", "_fd_lock")
+    ``note_write`` is a note to write just before the release, while the file
+    is still ours (``FileBackend.defer_note``).
+    """
+
+    __slots__ = ("fd", "path", "_fd_lock", "note_write")
 
     def __init__(self, backend: FileBackend, fd: int, path: str, name: str, token: str, value: bytes,
                  ttl: float) -> None:
         self.fd: int | None = fd
         self.path = path
         self._fd_lock = threading.Lock()
+        self.note_write: Callable[[], None] | None = None
         super().__init__(backend, name, token, value, ttl)
 
     def _release(self) -> bool:
-        """Remove the file (still under our flock) if it is ours, then unlock and close."""
+        """Write the deferred note and remove the file (still under our flock) if it is ours, then unlock
+        and close.  A file that is no longer ours (broken, maybe taken again) keeps its holder's note."""
         with self._fd_lock:
             fd = self.fd
             if fd is None:
                 return False
+            write, self.note_write = self.note_write, None
             try:
                 ours = same_file(fd, self.path)
                 if ours:
+                    self._write_note(write)
                     os.unlink(self.path)
             finally:
                 try:
@@ -121,6 +131,15 @@ class FileLease(Lease):
                     # os.close returns None, which is what ``self.fd`` must become.
                     self.fd = os.close(fd)  # type: ignore[func-returns-value]
         return ours
+
+    def _write_note(self, write: Callable[[], None] | None) -> None:
+        if write is None:
+            return
+        try:
+            write()
+        except BackendUnavailable as exc:
+            logger.warning("the note of lock %s could not be written (%s): the next holder asks the storage "
+                           "or meets a ConflictError", self.name, exc)
 
     def _renew(self, ttl: float) -> bool:
         """Rewrite the expiry in the file, if the path still names our file."""
@@ -154,7 +173,7 @@ class FileBackend(Backend):
 
     kind = "file"
     #: See ``base.CAPABILITIES``: waiters poll (no board), leases never expire, one host only.
-    capabilities = frozenset(("commit_gate", "notes"))
+    capabilities = frozenset(("commit_gate", "notes", "note_with_release"))
     commit_gate: FileCommitGate
 
     def __init__(self, directory: str, create: bool = True) -> None:
@@ -339,3 +358,12 @@ class FileBackend(Backend):
         if not isinstance(value, bytes):
             raise TypeError("a note is bytes, not %s" % type(value).__name__)
         write_note(self.directory, self._note_path(name), value)
+
+    def defer_note(self, lease: Lease, value: bytes) -> bool:
+        """Write ``value`` as ``lease``'s note in its release, if the lock file is still its own then."""
+        if not isinstance(lease, FileLease) or lease.backend is not self:
+            return False
+        if not isinstance(value, bytes):
+            raise TypeError("a note is bytes, not %s" % type(value).__name__)
+        lease.note_write = functools.partial(self.set_note, lease.name, value)
+        return True

@@ -68,8 +68,8 @@ class MemcachedBackend(Backend):
 
     kind = "memcached"
     #: See ``base.CAPABILITIES``: all but the fallback store's own.
-    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "note_with_acquire", "expiring_leases",
-                              "multi_host"))
+    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
+                              "expiring_leases", "multi_host"))
     commit_gate: MemcachedCommitGate
 
     def __init__(
@@ -176,8 +176,8 @@ class MemcachedBackend(Backend):
 
         Stored before the lock is freed, as by ``set_note``: in the release's request when its cas proves
         the lock still ours, else in a request of its own just before.  False (store it now yourself) for
-        a lease of another store (zlock asks only for this store's)."""
-        if not isinstance(lease, MemcachedLease):
+        a lease of another store."""
+        if not isinstance(lease, MemcachedLease) or lease.backend is not self:
             return False
         lease.note_write = Write(self.prefix + lease.name + NOTE_SUFFIX, value, NOTE_TTL)
         return True
@@ -191,7 +191,7 @@ class MemcachedBackend(Backend):
         were both missing (the server may have restarted: ``drain`` decides),
         nor for a lease handed over by another thread, nor for a lease of another store.
         """
-        if not isinstance(lease, MemcachedLease):
+        if not isinstance(lease, MemcachedLease) or lease.backend is not self:
             return False, None
         read = lease.take_read_at_acquire()
         if read is None or read == (None, None) or (read[0] is not None and int(read[0]) > 0):

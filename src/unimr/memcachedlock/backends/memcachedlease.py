@@ -15,6 +15,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from ..errors import BackendUnavailable
@@ -74,10 +75,13 @@ class MemcachedLease(Lease):
     ``read_at_acquire`` holds the commit gate's counter and the note as the
     ``add`` that took the lock left them (read in its round trip), until the
     lease serves another thread; None when unknown.  ``note_write`` is a note
-    to store in front of the release or hand-over (``MemcachedBackend.defer_note``).
+    to store in front of the release or hand-over (``MemcachedBackend.defer_note``);
+    ``note_undelivered``, if set, is given its value when the server cannot be
+    reached for it (the fallback store keeps it in the lock directory then).
     """
 
-    __slots__ = ("server", "key", "successor", "cas", "connection", "read_at_acquire", "note_write")
+    __slots__ = ("server", "key", "successor", "cas", "connection", "read_at_acquire", "note_write",
+                 "note_undelivered")
 
     expiring = True
 
@@ -91,6 +95,7 @@ class MemcachedLease(Lease):
         self.connection = connection
         self.read_at_acquire = read
         self.note_write: Write | None = None
+        self.note_undelivered: Callable[[bytes], None] | None = None
         super().__init__(backend, name, token, value, ttl, sent)
 
     def handed_to(self, ttl: float) -> bool:
@@ -153,6 +158,7 @@ class MemcachedLease(Lease):
         except BackendUnavailable:
             self.server.remember_unreleased(key, self.token)
             logger.debug("release of %s deferred until memcached %s answers", self.name, self.server)
+            self._note_not_delivered()
             return None
 
     def _note_written(self) -> None:
@@ -164,9 +170,21 @@ class MemcachedLease(Lease):
 
     def _write_note_now(self) -> None:
         """Store ``note_write`` in a request of its own (it could not ride on the release), the lock being ours."""
-        write, self.note_write = self.note_write, None
+        write = self.note_write
         if write is not None:
             self.server.call(ClientPool.set, write.key, write.value, expire=write.expire, noreply=False)
+            self.note_write = None
+
+    def _note_not_delivered(self) -> None:
+        """The server could not be reached for the release that was to carry ``note_write``: pass it on."""
+        write, self.note_write = self.note_write, None
+        if write is None:
+            return
+        if self.note_undelivered is None:
+            logger.debug("the note of lock %s could not be stored (memcached %s unreachable): the next holder "
+                         "asks the storage or meets a ConflictError", self.name, self.server)
+            return
+        self.note_undelivered(write.value)
 
     def _renew(self, ttl: float) -> bool:
         found = self.server.call(ClientPool.gets_values, self.key).get(self.key)

@@ -103,8 +103,8 @@ def _write_note(entry: Entry, txn: Transaction) -> None:
         fresh = notes.with_since(entry.note, tids, _untouched(txn))
         value = notes.encode_note(notes.merge_note(entry.note, fresh))
         backend = entry.lock.backend
-        # Stored in the release's round trip, just before the lock is freed, where the store can.
-        if entry.lease.backend is not backend or not backend.defer_note(entry.lease, value):
+        # Stored with the release, just before the lock is freed, and only if it is still ours then.
+        if not backend.defer_note(entry.lease, value):
             backend.set_note(entry.lock.name, value)
         _note_failures.clear()
 

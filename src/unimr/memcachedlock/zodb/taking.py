@@ -80,7 +80,7 @@ def _read_note(lock: Lock) -> dict[str, bytes]:
     """The note of a lock just taken, read once the optimistic commits that passed before have left."""
     backend = lock.backend
     lease = lock.lease
-    if lease is not None and lease.backend is backend:
+    if lease is not None:
         known, note = backend.note_read_at_acquire(lease)
         if known:
             return notes.decode_note(note)
