@@ -57,7 +57,9 @@ an entry count that differs); then, per cell, the ratio patched/unpatched.
         --immediate --modes always --breakdown --store-rtt-ms 0.3
 
 The lock store is a private memcached on a free loopback port (the
-``memcached`` binary must be installed) unless ``--servers`` names one.
+``memcached`` binary must be installed) unless ``--servers`` names one,
+reached through the default store (``fallback``, with a lock directory of
+the run's own) unless ``--store memcached``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -315,6 +318,10 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(counts), flush=True)
 
 
+#: Lock stores a run can use: the default a site gets first.
+STORES = ("fallback", "memcached")
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """One cell of the benchmark: what the clients do and where the lock store is."""
@@ -337,8 +344,9 @@ class Shape:
 
 
 def run_once(shape: Shape, docs: int, servers: str, policy: str = SITE_POLICY, seed: int = 0,
-             breakdown: bool = False) -> dict[str, Any]:
-    """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy."""
+             breakdown: bool = False, store: str = STORES[0]) -> dict[str, Any]:
+    """One measured run on a fresh ZEO server; ``policy`` is ``unpatched`` or a zlock policy, ``store``
+    the lock store's kind (``fallback``, the default a site gets, or ``memcached``)."""
     import transaction
     import ZEO
 
@@ -348,10 +356,10 @@ def run_once(shape: Shape, docs: int, servers: str, policy: str = SITE_POLICY, s
     from zeoserver import ZEOServer
 
     delayed = RttProxy(servers, shape.store_rtt_ms / 1000.0) if shape.store_rtt_ms else None
-    with ZEOServer() as zeo, delayed or contextlib.nullcontext():
+    with ZEOServer() as zeo, delayed or contextlib.nullcontext(), tempfile.TemporaryDirectory() as lock_dir:
         # Keys of their own per run: a site's lock notes hold one ZEO server, not every run's.
         env = dict(os.environ, MEMCACHEDLOCK_SERVERS=delayed.address if delayed else servers,
-                   MEMCACHEDLOCK_BACKEND="memcached", MEMCACHEDLOCK_PREFIX="bench%d:" % zeo.port,
+                   MEMCACHEDLOCK_BACKEND=store, MEMCACHEDLOCK_DIR=lock_dir, MEMCACHEDLOCK_PREFIX="bench%d:" % zeo.port,
                    PYTHONPATH=os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])))
         db = ZEO.DB(zeo.address)
         conn = db.open()
@@ -447,9 +455,10 @@ def proxied_round_trip(servers: str, rtt_ms: float) -> float:
     return statistics.median(times) * 1000
 
 
-def cell(shape: Shape, docs: int, modes: list[str], repeat: int, servers: str, breakdown: bool) -> list[dict]:
+def cell(shape: Shape, docs: int, modes: list[str], repeat: int, servers: str, breakdown: bool,
+         store: str = STORES[0]) -> list[dict]:
     """``repeat`` rounds of every mode, alternating; prints each run and the ratios to unpatched."""
-    print("%s, %d documents per client" % (shape.describe(), docs), flush=True)
+    print("%s, %d documents per client, %s store" % (shape.describe(), docs, store), flush=True)
     if shape.store_rtt_ms:
         print("  a get through the proxy takes %.2f ms (median, idle machine)"
               % proxied_round_trip(servers, shape.store_rtt_ms), flush=True)
@@ -458,7 +467,7 @@ def cell(shape: Shape, docs: int, modes: list[str], repeat: int, servers: str, b
         row = {}
         seed = random.randrange(1 << 30)
         for mode in modes:
-            result = run_once(shape, docs, servers, mode, seed, breakdown)
+            result = run_once(shape, docs, servers, mode, seed, breakdown, store)
             print("  " + describe(result), flush=True)
             results.append(result)
             row[mode] = result
@@ -544,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --matrix: keep dimension NAME (e.g. clients) at its option's value")
     parser.add_argument("--breakdown", action="store_true",
                         help="print where the time of a commit goes (wait, note, view, catalog, ZEO, release)")
+    parser.add_argument("--store", choices=STORES, default=STORES[0],
+                        help="the lock store (default fallback: a site's unless it sets MEMCACHEDLOCK_BACKEND)")
     parser.add_argument("--servers", default=None, help="memcached servers (default: start one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
@@ -581,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for shape in shapes:
-            results += cell(shape, args.docs, modes, args.repeat, servers, args.breakdown)
+            results += cell(shape, args.docs, modes, args.repeat, servers, args.breakdown, args.store)
     finally:
         if server is not None:
             server.kill()
