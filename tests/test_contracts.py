@@ -24,7 +24,7 @@ NAME = "contract-test"
 EXPECTED_CAPABILITIES = {
     "memcached": {"commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
                   "expiring_leases", "multi_host"},
-    "file": {"commit_gate", "notes", "note_with_release"},
+    "file": {"commit_gate", "notes", "waiter_board", "note_with_release"},
     "fallback": {"commit_gate", "notes", "waiter_board", "note_with_acquire", "note_with_release",
                  "expiring_leases", "multi_host", "outage_fallback"},
 }

@@ -143,3 +143,35 @@ def test_stale_lock_file_of_our_own_is_still_cleaned(private_dir):
     stale.chmod(0o600)
     assert store.list_locks() == []
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink"])
+def test_a_planted_announcement_file_neither_hangs_nor_stops_the_lock(private_dir, tmp_path, planted):
+    """A FIFO or a symlink where a waiter announces itself (``<lock>.want``): the waiter is not
+    announced, but polls and gets the lock once it is released; the symlink's target is untouched."""
+    from unimr.memcachedlock.locks import Lock
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:secret-hash")
+    store = FileBackend(str(private_dir))
+    name = lock_name("site:wanted")
+    want = private_dir / (name + ".want")
+    if planted == "fifo":
+        os.mkfifo(want)
+    else:
+        os.symlink(secret, want)
+    holder = store.acquire(name, 30)
+    board = store.waiter_board
+    assert bounded(lambda: board.peek_want(name)) == (True, None, None)
+    with pytest.raises(BackendUnavailable):
+        bounded(lambda: board.put_want(name, b"an announcement", None, add=True))
+    got = []
+    lock = Lock("site:wanted", backend=store)
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=5)))
+    waiter.start()
+    threading.Timer(0.2, holder.release).start()
+    waiter.join(10)
+    assert got == [True]
+    lock.release()
+    assert secret.read_bytes() == b"root:secret-hash"
+    assert stat.S_ISFIFO(os.lstat(want).st_mode) if planted == "fifo" else os.path.islink(want)

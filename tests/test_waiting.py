@@ -17,7 +17,6 @@ import pytest
 
 from unimr.memcachedlock import Lock, get_backend, registry, waiting
 from unimr.memcachedlock.backends import records
-from unimr.memcachedlock.backends.memcached import WANT_SUFFIX
 from unimr.memcachedlock.config import get_settings
 from unimr.memcachedlock.keys import lock_name
 from unimr.memcachedlock.tools import bench
@@ -42,19 +41,25 @@ def _another_store():
 @pytest.fixture
 def served(store, memcached, monkeypatch):
     """How many requests the test's store has served so far, as a function: memcached's request
-    counters where the store talks to memcached, else the acquisition attempts made on the store
-    (all that a waiter asks of the file store)."""
+    counters where the store talks to memcached, else what a waiter asks of the file store: its
+    acquisition attempts and its looks at and writes to the waiter board."""
     backend = get_backend()
     if hasattr(backend, "servers"):
         return lambda: _total(memcached)
     attempts = []
-    acquire = backend.acquire
 
-    def counted(*args, **kw):
-        attempts.append(args)
-        return acquire(*args, **kw)
+    def counting(obj, method):
+        original = getattr(obj, method)
 
-    monkeypatch.setattr(backend, "acquire", counted)
+        def counted(*args, **kw):
+            attempts.append(method)
+            return original(*args, **kw)
+
+        monkeypatch.setattr(obj, method, counted)
+
+    counting(backend, "acquire")
+    for method in ("peek_want", "put_want"):
+        counting(backend.waiter_board, method)
     return lambda: len(attempts)
 
 
@@ -244,8 +249,8 @@ def test_a_queued_thread_times_out_and_the_queue_moves_on(store):
     assert waiting_keys() == 0
 
 
-@pytest.mark.needs("waiter_board", "memcached")  # reads the announcement's memcached item
-def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(store, memcached):
+@pytest.mark.needs("waiter_board")
+def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(store):
     key = "withdrawn"
     holder = Lock(key, backend=_another_store())
     assert holder.acquire()
@@ -254,20 +259,16 @@ def test_announcements_are_withdrawn_when_the_waiter_gets_the_lock(store, memcac
     waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=10)))
     waiter.start()
     name = lock_name(key)
-    backend = get_backend().waiter_board
+    board = get_backend().waiter_board
     deadline = time.monotonic() + 5
-    while backend.peek_want(name)[1] is None and time.monotonic() < deadline:
+    while board.peek_want(name)[1] is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert backend.peek_want(name)[1] is not None
+    assert board.peek_want(name)[1] is not None
     holder.release()
     waiter.join()
     assert got == [True]
     lock.release()
-    import pymemcache
-
-    raw = pymemcache.Client(("127.0.0.1", memcached.port), default_noreply=False)
-    assert raw.get(backend.prefix + name + WANT_SUFFIX) is None
-    raw.close()
+    assert board.peek_want(name) == (False, None, None)
 
 
 def _handover_round(memcached, key: str) -> bool:

@@ -179,11 +179,10 @@ def test_the_note_is_stored_before_a_hand_over(db, conn, monkeypatch):
 
 def _note_before_the_lock_is_free(db, conn, how: str, monkeypatch) -> None:
     """Commit under the lock while it is ``how`` ("renewed", "handed over"); the note is there."""
-    from unimr.memcachedlock.backends.memcachedboard import MemcachedWaiterBoard
-
+    board = type(get_backend().waiter_board)
     handed: list = []
-    hand_record_over = MemcachedWaiterBoard.hand_record_over
-    monkeypatch.setattr(MemcachedWaiterBoard, "hand_record_over",
+    hand_record_over = board.hand_record_over
+    monkeypatch.setattr(board, "hand_record_over",
                         lambda self, *args: handed.append(hand_record_over(self, *args)) or handed[-1])
     for _ in range(5 if how == "handed over" else 1):
         _commit_under_the_lock(db, conn, how, handed)
@@ -212,6 +211,7 @@ def _commit_under_the_lock(db, conn, how: str, handed: list) -> None:
     if how == "handed over":
         waiter.join(10)
         assert got == [True] and holder() is not None and len(handed) == tries + 1
+        assert note(db) == db.lastTransaction()  # what the thread handed the lock reads
         other.release()
     else:
         assert holder() is None

@@ -13,17 +13,20 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAME = "hot"
 
 
-def run_clients(memcached, zeo_server, tmp_path, role: str, count: int, *extra: str) -> list[dict]:
-    """Start ``count`` client processes, let them go at once, return their JSON reports."""
+def run_clients(servers: str, zeo_server, tmp_path, role: str, count: int, *extra: str,
+                store: str = "memcached") -> list[dict]:
+    """Start ``count`` client processes on lock store ``store`` (memcached at ``servers``), let them go
+    at once, return their JSON reports."""
     from clients import run_clients as run
     from servers import measured_after_start
 
-    env = dict(measured_after_start(os.environ), MEMCACHEDLOCK_SERVERS=memcached.address,
-               MEMCACHEDLOCK_BACKEND="memcached")
+    env = dict(measured_after_start(os.environ), MEMCACHEDLOCK_SERVERS=servers, MEMCACHEDLOCK_BACKEND=store)
     return run([[os.path.abspath(__file__), role, str(zeo_server.port), str(tmp_path), "c%d" % i, *extra]
                 for i in range(count)], env, timeout=120)
 
@@ -55,7 +58,7 @@ def test_clients_never_waste_work_and_lose_nothing(memcached, zeo_server, tmp_pa
     from overlap import OverlapLog
 
     setup_counter(zeo_server)
-    reports = run_clients(memcached, zeo_server, tmp_path, "writer", 3, "10", "5")
+    reports = run_clients(memcached.address, zeo_server, tmp_path, "writer", 3, "10", "5")
     executions = sum(r["executions"] for r in reports)
     commits = sum(r["commits"] for r in reports)
     busy = sum(r["busy"] for r in reports)
@@ -76,12 +79,25 @@ def most_commits_while_waiting(requests: list[tuple[float, float, str]], who: st
                for begin, done, name in requests if name == who)
 
 
-def test_processes_take_turns_whatever_their_threads_do(memcached, zeo_server, tmp_path):
+@pytest.mark.needs("waiter_board")  # turns between processes come from the waiters' announcements
+def test_processes_take_turns_whatever_their_threads_do(store, memcached, zeo_server, tmp_path):
     """2 processes x 2 threads, each request touching a hot object before the lock, as Plone's
     uid generator: every request meets LockBusy once, its retry keeps the lock reserved, and the
     process's other thread waits for it locally (handover).  The other process must still get
     its turns: while one of its requests waits, the other process commits a few times at most
     (the code before the fix let it commit 20-37 times in a row)."""
+    _take_turns(memcached.address, zeo_server, tmp_path, store)
+
+
+def test_processes_take_turns_while_memcached_is_down(zeo_server, lock_dir, tmp_path):
+    """The same on the default store while memcached cannot be reached: the locks are taken, and the
+    waiters announce themselves, in the lock directory."""
+    from servers import free_port
+
+    _take_turns("127.0.0.1:%d" % free_port(), zeo_server, tmp_path, "fallback")
+
+
+def _take_turns(servers: str, zeo_server, tmp_path, store: str) -> None:
     import ZEO
 
     from counters import Counter
@@ -91,7 +107,7 @@ def test_processes_take_turns_whatever_their_threads_do(memcached, zeo_server, t
     with db.transaction() as conn:
         conn.root()["uid"] = Counter()
     db.close()
-    reports = run_clients(memcached, zeo_server, tmp_path, "turns", 2, "12")
+    reports = run_clients(servers, zeo_server, tmp_path, "turns", 2, "12", store=store)
     requests = [(begin, end, r["who"]) for r in reports for begin, end in r["requests"]]
     assert len(requests) == 48
     assert read_counter(zeo_server) == 48
@@ -104,7 +120,7 @@ def test_every_transaction_end_releases_on_zeo(memcached, zeo_server, tmp_path):
     """A client process takes the lock and ends its transaction in each possible way;
     after each, another client process takes the lock at once."""
     setup_counter(zeo_server)
-    (report,) = run_clients(memcached, zeo_server, tmp_path, "paths", 1)
+    (report,) = run_clients(memcached.address, zeo_server, tmp_path, "paths", 1)
     assert report == {
         "commit": True, "abort": True, "begin": True, "failed commit": True,
         "before-commit conflict (held until abort)": True, "before-commit conflict": True,

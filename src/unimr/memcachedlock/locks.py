@@ -18,8 +18,8 @@ Map of one acquisition and release, file by file:
    which the renewer thread (``renewer.py``) keeps alive while it is held.
 3. If the lock is taken, ``waiting.wait_for`` queues the thread: one poller per
    process and key, wake-ups, turns between processes announced on the store's
-   waiter board (``backend.waiter_board``: memcached's, also in the fallback store;
-   the file store's waiters poll), in ``keystate.py``.
+   waiter board (``backend.waiter_board``: in memcached, or in the lock directory
+   for the file store and the fallback store's outages), in ``keystate.py``.
 4. ``Lock.release`` offers the lease to a waiting thread of this process
    (``waiting.hand_over``), else releases it (token compared) and wakes the
    waiter the release found (``waiting.released``); ``metrics`` counts both.

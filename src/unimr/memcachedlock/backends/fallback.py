@@ -31,21 +31,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from typing import Literal
 
 from zope.interface import implementer
 
 from .. import metrics
 from ..config import Settings
 from ..errors import BackendUnavailable
-from ..interfaces import ICommitGate
+from ..interfaces import ICommitGate, IWaiterBoard
 from ..lease import Lease
 from .base import Backend, CommitPass, Warn
 from .file import FileBackend
 from .memcached import MemcachedBackend
-from .memcachedboard import MemcachedWaiterBoard
 from .memcachedlease import MemcachedLease
 from .memcachedserver import MemcachedServer
-from .records import Holder
+from .records import Holder, Want
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,45 @@ class FallbackCommitGate:
         return written_in_outage if written_in_outage is not None else note
 
 
+@implementer(IWaiterBoard)
+class FallbackWaiterBoard:
+    """memcached's waiter board while memcached answers, the lock directory's while it does not.
+
+    Waiters announce themselves where the locks are taken, so processes take
+    turns during an outage too.  An announcement made on the other side of
+    the switch is not seen: that costs a waiter time, never safety.
+    """
+
+    def __init__(self, backend: FallbackBackend) -> None:
+        self.primary = backend.primary.waiter_board
+        self.secondary = backend.secondary.waiter_board
+
+    def peek_want(self, name: str) -> tuple[bool, Want | None, bytes | None]:
+        try:
+            return self.primary.peek_want(name)
+        except BackendUnavailable:
+            return self.secondary.peek_want(name)
+
+    def put_want(self, name: str, value: bytes, cas: bytes | None, add: bool) -> bool:
+        try:
+            return self.primary.put_want(name, value, cas, add)
+        except BackendUnavailable:
+            return self.secondary.put_want(name, value, cas, add)
+
+    def drop_want(self, name: str, token: str) -> bool:
+        """Withdraw from both sides (an announcement may have been made before memcached went away)."""
+        dropped = self.secondary.drop_want(name, token)
+        try:
+            return self.primary.drop_want(name, token) or dropped
+        except BackendUnavailable:
+            return dropped
+
+    def hand_record_over(self, lease: Lease, thread: threading.Thread, ttl: float) -> Want | Literal[False] | None:
+        """By the store that holds ``lease``."""
+        board = self.primary if isinstance(lease, MemcachedLease) else self.secondary
+        return board.hand_record_over(lease, thread, ttl)
+
+
 class FallbackBackend(Backend):
     """A memcached store backed up by a file store on this host."""
 
@@ -104,6 +144,7 @@ class FallbackBackend(Backend):
         self.primary = primary
         self.secondary = secondary
         self.commit_gate = FallbackCommitGate(self)
+        self._board = FallbackWaiterBoard(self)
         for server in primary.servers:
             server.while_down = ("locking goes on in the lock directory %s until it answers again "
                                  "(processes on other hosts do not see those locks)" % secondary.directory)
@@ -114,9 +155,9 @@ class FallbackBackend(Backend):
         return cls(MemcachedBackend.from_settings(settings), FileBackend.from_settings(settings, create))
 
     @property
-    def waiter_board(self) -> MemcachedWaiterBoard:
-        """The primary's: waiters announce themselves in memcached."""
-        return self.primary.waiter_board
+    def waiter_board(self) -> FallbackWaiterBoard:
+        """memcached's, and the lock directory's while memcached is unreachable."""
+        return self._board
 
     def __repr__(self) -> str:
         return "<FallbackBackend %r then %r>" % (self.primary, self.secondary)

@@ -18,6 +18,11 @@ Why it is safe:
   pid, thread, since, expiry) into the file, which is what ``holder()`` and
   ``list_locks()`` read; renewal rewrites the expiry.
 
+Waiters poll the lock file; the head waiter of each process also announces
+itself in ``<name>.want`` (``fileboard``), so that a release wakes it and the
+releasing process gives it its turn instead of handing the lock to its own
+threads for ever.
+
 A file lock does not expire while its holder's process lives: the lease is
 recorded and renewed for inspection, but only the holder's release, its
 death or ``break_lock`` frees it.  Stealing a live holder's flock is not
@@ -54,6 +59,7 @@ from ..config import Settings
 from ..errors import BackendUnavailable, ConfigurationError
 from ..lease import Lease
 from .base import Backend, Warn
+from .fileboard import FileWaiterBoard, read_want, want_path
 from .filegate import FileCommitGate
 from .lockdir import (
     LOCK_SUFFIX,
@@ -94,11 +100,13 @@ def _write_value(fd: int, value: bytes) -> None:
 class FileLease(Lease):
     """An acquisition in the lock directory: the open, flock'ed lock file.
 
-    ``note_write`` is a note to write just before the release, while the file
-    is still ours (``FileBackend.defer_note``).
+    ``note_write`` is a note to write just before the release or hand-over,
+    while the file is still ours (``FileBackend.defer_note``).  After the
+    release, ``successor`` holds the waiter announcement that was stored
+    beside the lock (``fileboard``), or None.
     """
 
-    __slots__ = ("fd", "path", "_fd_lock", "note_write")
+    __slots__ = ("fd", "path", "_fd_lock", "note_write", "successor")
 
     def __init__(self, backend: FileBackend, fd: int, path: str, name: str, token: str, value: bytes,
                  ttl: float) -> None:
@@ -106,6 +114,7 @@ class FileLease(Lease):
         self.path = path
         self._fd_lock = threading.Lock()
         self.note_write: Callable[[], None] | None = None
+        self.successor: bytes | None = None
         super().__init__(backend, name, token, value, ttl)
 
     def _release(self) -> bool:
@@ -120,6 +129,7 @@ class FileLease(Lease):
                 ours = same_file(fd, self.path)
                 if ours:
                     self._write_note(write)
+                    self.successor = read_want(want_path(self.path))
                     os.unlink(self.path)
             finally:
                 try:
@@ -131,6 +141,22 @@ class FileLease(Lease):
                     # os.close returns None, which is what ``self.fd`` must become.
                     self.fd = os.close(fd)  # type: ignore[func-returns-value]
         return ours
+
+    def rewrite_record(self, thread: threading.Thread, ttl: float) -> bool:
+        """Write the deferred note, then record ``thread`` and lease ``ttl`` as the holder (a hand-over to
+        that thread); False if the path no longer names our file."""
+        with self._fd_lock:
+            if self.fd is None or not same_file(self.fd, self.path):
+                return False
+            write, self.note_write = self.note_write, None
+            self._write_note(write)
+            value = encode_value(self.token, ttl, thread=thread)
+            try:
+                _write_value(self.fd, value)
+            except OSError as exc:
+                raise BackendUnavailable("cannot write lock file %s: %s" % (self.path, exc)) from exc
+            self.value = value
+            return True
 
     def _write_note(self, write: Callable[[], None] | None) -> None:
         if write is None:
@@ -172,14 +198,19 @@ class FileBackend(Backend):
     """Locks as flock'ed files in one directory (one host only)."""
 
     kind = "file"
-    #: See ``base.CAPABILITIES``: waiters poll (no board), leases never expire, one host only.
-    capabilities = frozenset(("commit_gate", "notes", "note_with_release"))
+    #: See ``base.CAPABILITIES``: leases never expire, one host only, the note is read apart.
+    capabilities = frozenset(("commit_gate", "notes", "waiter_board", "note_with_release"))
     commit_gate: FileCommitGate
 
     def __init__(self, directory: str, create: bool = True) -> None:
         """``create=False`` (for inspection: ``list``, ``show``, ``break``) never makes the directory."""
         self.directory = prepare_lock_dir(directory, create)
         self.commit_gate = FileCommitGate(self)
+        self._board = FileWaiterBoard(self)
+
+    @property
+    def waiter_board(self) -> FileWaiterBoard:
+        return self._board
 
     @classmethod
     def from_settings(cls, settings: Settings, create: bool = True) -> FileBackend:
@@ -347,23 +378,24 @@ class FileBackend(Backend):
         return read_note(self._note_path(name))
 
     def remove_note(self, name: str) -> None:
-        """Forget ``name``'s note (the fallback store does when memcached has a newer one).
-
-        Only a note the store wrote (a regular file of this uid) is removed.
-        """
+        """Forget ``name``'s note (if the store wrote it: a regular file of this uid)."""
         remove_note(self._note_path(name), name)
 
     def set_note(self, name: str, value: bytes) -> None:
         """Write the note to a temporary file and rename it: readers never see half."""
-        if not isinstance(value, bytes):
-            raise TypeError("a note is bytes, not %s" % type(value).__name__)
-        write_note(self.directory, self._note_path(name), value)
+        write_note(self.directory, self._note_path(name), _note_bytes(value))
 
     def defer_note(self, lease: Lease, value: bytes) -> bool:
-        """Write ``value`` as ``lease``'s note in its release, if the lock file is still its own then."""
+        """Write ``value`` as ``lease``'s note in its release or hand-over, if the lock file is still its own."""
         if not isinstance(lease, FileLease) or lease.backend is not self:
             return False
-        if not isinstance(value, bytes):
-            raise TypeError("a note is bytes, not %s" % type(value).__name__)
-        lease.note_write = functools.partial(self.set_note, lease.name, value)
+        lease.note_write = functools.partial(write_note, self.directory, self._note_path(lease.name),
+                                             _note_bytes(value))
         return True
+
+
+def _note_bytes(value: object) -> bytes:
+    """``value`` if it is bytes (checked when it is given, not when a release writes it)."""
+    if not isinstance(value, bytes):
+        raise TypeError("a note is bytes, not %s" % type(value).__name__)
+    return value

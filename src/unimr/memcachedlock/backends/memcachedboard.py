@@ -7,8 +7,8 @@ while it rewrites the lock's record.  Announcements live ``WANT_TTL``
 seconds unless their waiter refreshes them.
 
 The board is an object of its own beside the store's commit gate
-(``MemcachedBackend.waiter_board``); the fallback store uses its memcached
-store's board, and ``hand_record_over`` refuses a lease of any other store.
+(``MemcachedBackend.waiter_board``); the fallback store uses it while
+memcached answers, and ``hand_record_over`` refuses a lease of any other store.
 """
 
 from __future__ import annotations
