@@ -164,7 +164,7 @@ def test_zlock_on_zeo_over_tls(over_tls, zeo_server, tmp_path):
     from overlap import OverlapLog
 
     zeo_clients.setup_counter(zeo_server)
-    reports = zeo_clients.run_clients(over_tls, zeo_server, tmp_path, "writer", 2, "6", "5")
+    reports = zeo_clients.run_clients(over_tls.address, zeo_server, tmp_path, "writer", 2, "6", "5")
     executions = sum(r["executions"] for r in reports)
     commits = sum(r["commits"] for r in reports)
     assert executions == commits == 12, reports
