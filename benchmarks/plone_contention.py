@@ -20,7 +20,8 @@ fails answers HTTP 500.
 Modes: ``unpatched`` (Plone as shipped) and ``patched`` (the package's
 ``catalog.zcml`` included through an ``etc/package-includes`` slug, a
 memcached on loopback named in zope.conf's ``<environment>``, a key prefix of
-the round's own).  ``--pairs N`` runs N pairs of rounds, unpatched then
+the round's own, the default (fallback) store with a lock directory of the
+round's own unless ``--store memcached``).  ``--pairs N`` runs N pairs of rounds, unpatched then
 patched.  Every round starts from the same state: a fresh ZEO server on a copy
 of one template ``Data.fs`` (the site, made once and cached, see
 ``tests/plonesite.py``) and freshly started Zope processes (their ZODB caches
@@ -183,7 +184,7 @@ def run_round(mode: str, args: argparse.Namespace, servers: str, data_fs: str, n
     patched = mode == "patched"
     cluster = plonesite.PloneCluster(args.instances, args.threads, patched=patched, servers=servers,
                                      prefix="plonebench%d-%d:" % (os.getpid(), number), trace=args.trace,
-                                     keep=args.keep, data_fs=data_fs)
+                                     keep=args.keep, data_fs=data_fs, store=args.store)
     with cluster:
         start = threading.Event()
         out: dict = {}
@@ -483,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=2, help="Zope processes")
     parser.add_argument("--threads", type=int, default=2, help="waitress threads per Zope process")
     parser.add_argument("--servers", default=None, help="memcached servers (default: start one)")
+    parser.add_argument("--store", choices=("fallback", "memcached"), default="fallback",
+                        help="the patched rounds' lock store (default fallback: a site's unless it sets one)")
     parser.add_argument("--trace", action="store_true", help="record and print what transactions wrote and locked")
     parser.add_argument("--keep", action="store_true", help="keep every round's directory (logs, Data.fs)")
     parser.add_argument("--json", default=None, help="also write every round's summary to this file")

@@ -127,7 +127,8 @@ def run_mode(mode: str, args: argparse.Namespace, zeo: ZEOServer, memcached: Mem
              workdir: str, round_no: int) -> dict:
     name = "counter-%s-%d" % (mode, round_no)
     setup_object(zeo.port, name)
-    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND="memcached")
+    env = dict(os.environ, MEMCACHEDLOCK_SERVERS=memcached.address, MEMCACHEDLOCK_BACKEND=args.store,
+               MEMCACHEDLOCK_DIR=os.path.join(workdir, "locks"))
     cmd = [sys.executable, os.path.abspath(__file__), "--client", "--mode", mode, "--policy", args.policy,
            "--zeo", str(zeo.port),
            "--writes", str(args.writes), "--work-ms", str(args.work_ms), "--object", name,
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-ms", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--store", choices=("fallback", "memcached"), default="fallback",
+                        help="the lock store (default fallback: a site's unless it sets one)")
     parser.add_argument("--policy", default="adaptive", choices=("adaptive", "always", "on-conflict"),
                         help="the zlock policy of mode zlock")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

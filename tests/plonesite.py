@@ -405,14 +405,16 @@ class ZopeProcess:
 class PloneCluster:
     """A ZEO server on a copy of the template site and ``instances`` Zope processes, in a temporary directory.
 
-    ``servers`` (memcached addresses) and ``prefix`` go into every
-    instance's ``<environment>`` when ``patched``; ``keep`` leaves the
-    directory (logs, Data.fs) behind and names it in ``self.directory``.
+    ``servers`` (memcached addresses), ``prefix`` and ``store`` (the lock
+    store's kind: ``fallback``, a site's default, with a lock directory in
+    the cluster's directory, or ``memcached``) go into every instance's
+    ``<environment>`` when ``patched``; ``keep`` leaves the directory (logs,
+    Data.fs) behind and names it in ``self.directory``.
     """
 
     def __init__(self, instances: int = 2, threads: int = 2, patched: bool = False, servers: str | None = None,
                  prefix: str | None = None, trace: bool = False, keep: bool = False,
-                 data_fs: str | None = None) -> None:
+                 data_fs: str | None = None, store: str = "fallback") -> None:
         if patched and not servers:
             raise ValueError("a patched cluster needs memcached servers")
         self.directory = tempfile.mkdtemp(prefix="mcl-plone-")
@@ -421,6 +423,7 @@ class PloneCluster:
         self.patched = patched
         self.servers = servers
         self.prefix = prefix
+        self.store = store
         self.trace = trace
         self.keep = keep
         self.data_fs = data_fs
@@ -448,7 +451,8 @@ class PloneCluster:
             environment = {}
             if self.patched:
                 environment["MEMCACHEDLOCK_SERVERS"] = self.servers
-                environment["MEMCACHEDLOCK_BACKEND"] = "memcached"
+                environment["MEMCACHEDLOCK_BACKEND"] = self.store
+                environment["MEMCACHEDLOCK_DIR"] = os.path.join(self.directory, "locks")
                 environment["MEMCACHEDLOCK_PREFIX"] = self.prefix or "plone%d:" % self.zeo.port
             if self.trace:
                 environment["PLONESITE_TRACE"] = "on"
