@@ -536,13 +536,13 @@ def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(sto
     db.close()
 
 
-@pytest.mark.stores("memcached", reason="benchmarks/catalog_contention runs its clients on memcached")
+@pytest.mark.stores("fallback", reason="benchmarks/catalog_contention's clients use a site's default store")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1", "adaptive"])
 def test_cmfcore_indexing_queue(store, memcached, mode):
     """Plone's path: catalog_object runs in CMFCore's before-commit queue hook."""
     shape = catalog_contention.Shape(3, 2.0, "heavy", "cmfcore", immediate=True)
-    result = catalog_contention.run_once(shape, 8, memcached.address, mode)
+    result = catalog_contention.run_once(shape, 8, memcached.address, mode, store=store)
     assert result["commits"] == 24 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
     if mode in ("on-conflict:1", "adaptive"):
@@ -551,7 +551,7 @@ def test_cmfcore_indexing_queue(store, memcached, mode):
         assert result["conflicts"] == 0 and result["wasted"] == 0 and result["busy"] <= 3, result
 
 
-@pytest.mark.stores("memcached", reason="benchmarks/catalog_contention runs its clients on memcached")
+@pytest.mark.stores("fallback", reason="benchmarks/catalog_contention's clients use a site's default store")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, most_tries", [("always", 2), ("on-conflict", 4), ("on-conflict:1", 2),
                                               ("adaptive", 2)])
@@ -559,7 +559,7 @@ def test_no_failed_request_with_eight_clients(store, memcached, mode, most_tries
     """The catalog's default (always) never conflicts; on-conflict with conflicts=3 locks Zope's
     4th try, conflicts=1 the 2nd: none fails."""
     shape = catalog_contention.Shape(8, 2.0, "heavy", "plain", immediate=True)
-    result = catalog_contention.run_once(shape, 10, memcached.address, mode)
+    result = catalog_contention.run_once(shape, 10, memcached.address, mode, store=store)
     assert result["commits"] == 80 and result["failed"] == 0, result
     assert result["lost"] == 0 and result["miscounted"] == 0, result
     # Only the tries before the locked one can conflict: it holds the lock from its begin and commits.
