@@ -1,20 +1,21 @@
 """The waiter board in the lock directory: one announcement per lock, in ``<lock>.want`` (``IWaiterBoard``).
 
 Without a board a process whose threads keep taking a lock can starve
-another process of it: the file store is polled, and the process that holds
-the lock hands it on among its own threads (``waiting``) whenever one of
-them waits.  With it, the head waiter of each process writes its
-``records.Want`` beside the lock file, a release reads it while the lock
-file is still its own (``FileLease.successor``) and wakes that waiter through
-its datagram socket, and the releasing process leaves it its turn, as on
-memcached.
+another process of it: the file store is polled, and a release wakes the
+next waiting thread of its own process at once (``waiting``) while the other
+process sleeps between its polls.  With it, the head waiter of each process
+writes its ``records.Want`` beside the lock file, a release reads it while
+the lock file is still its own (``FileLease.successor``) and wakes that
+waiter through its datagram socket, and the releasing process leaves it its
+turn, as on memcached.
 
 The announcement file is written in place under an exclusive ``flock``,
 read under a shared one, and removed when its waiter withdraws (by a holder
 of that flock; a writer that finds the path no longer names the file it
-locked opens it again, as with lock files).  An announcement older than ``WANT_TTL`` seconds counts as absent, as
-memcached would have dropped it.  An announcement costs or saves time,
-never safety: the lock itself is the lock file's ``flock``.
+locked opens it again, as with lock files).  An announcement older than
+``WANT_TTL`` seconds counts as absent, as memcached would have dropped it.
+An announcement costs or saves time, never safety: the lock itself is the
+lock file's ``flock``.
 """
 
 from __future__ import annotations
