@@ -188,9 +188,9 @@ class ILockBackend(Interface):
         "(``backends.base.CAPABILITIES`` says what each name means), for selecting stores in tests."
     )
     waiter_board = Attribute(
-        "Where waiters announce themselves to releasers (an IWaiterBoard), or None: "
-        "the memcached store keeps one beside its locks, the fallback store forwards its primary's, "
-        "the file store has none (its waiters poll)."
+        "Where waiters announce themselves to releasers (an IWaiterBoard), or None (waiters only poll): "
+        "the memcached store keeps one beside its locks, the file store in the lock directory, the "
+        "fallback store uses memcached's, and the lock directory's while memcached is unreachable."
     )
     commit_gate = Attribute(
         "An ICommitGate for optimistic commits, or None: without one every optimistic commit takes the lock."

@@ -139,13 +139,14 @@ def hand_over(backend: Backend, name: str, lease: Lease) -> bool:
     """Give ``lease``, still held, to the next thread of this process queued for ``name``.
 
     The lock never becomes free: it changes threads inside the process that
-    holds it.  One round trip rewrites the lock's record for the receiving
-    thread (only if it is still the very item this lease stored, proven as for
-    the one-round-trip release) and reads the waiter announcement.  If another
+    holds it.  The store's waiter board rewrites the lock's record for the
+    receiving thread (only while it is still the very item, or file, this
+    lease holds: in memcached in one round trip, proven as for the
+    one-round-trip release) and reads the waiter announcement.  If another
     process is announced, this handover still happens but the next release
-    frees the lock, so that process gets the following turn.  Only memcached
-    leases are handed over (the file store keeps no announcements).  Returns
-    True if the lease was handed (or, its receiver gone, released).
+    frees the lock, so that process gets the following turn.  A store without
+    a board hands nothing over.  Returns True if the lease was handed (or,
+    its receiver gone, released).
     """
     state = _states.get(_key(backend, name))
     if state is None or not state.may_receive() or not lease.held:
