@@ -536,6 +536,43 @@ def test_a_holder_reads_the_note_only_after_the_commits_that_passed_the_gate(sto
     db.close()
 
 
+@pytest.mark.parametrize("gate_wait, takes_lock", [(5.0, False), (0.2, True)])
+def test_an_optimistic_commit_waits_at_the_gate_of_a_held_lock_rather_than_queue_for_it(
+        store, monkeypatch, gate_wait, takes_lock):
+    """A commit that finds the lock held (by a locked retry) passes the gate once it is released; it takes
+    the lock only when the holder keeps it longer than GATE_WAIT (so a held lock cannot hold it forever)."""
+    from unimr.memcachedlock import get_backend
+    from unimr.memcachedlock.zodb import policy_onconflict
+
+    monkeypatch.setattr(policy_onconflict, "GATE_WAIT", gate_wait)
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    name = lock_name(HOT)
+    taken, events, seen = threading.Event(), [], []
+
+    def holder() -> None:
+        with Lock(HOT, timeout=10):
+            taken.set()
+            time.sleep(0.6)
+            events.append("releasing")
+
+    threading.Thread(target=holder, daemon=True).start()
+    assert taken.wait(5)
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="on-conflict") is True
+    transaction.get().addBeforeCommitHook(  # runs after zlock's hook
+        lambda: seen.append((list(events), gate.passing(name), get_backend().holder(name) is not None)))
+    gate = get_backend().commit_gate
+    transaction.commit()
+    assert seen == [(["releasing"], 0 if takes_lock else 1, takes_lock)]  # after the release; how it commits
+    assert read_counter(db) == 1
+    assert gate.passing(name) == 0 and get_backend().holder(name) is None
+    conn.close()
+    db.close()
+
+
 @pytest.mark.stores("fallback", reason="benchmarks/catalog_contention's clients use a site's default store")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1", "adaptive"])
