@@ -573,6 +573,38 @@ def test_an_optimistic_commit_waits_at_the_gate_of_a_held_lock_rather_than_queue
     db.close()
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_policy_adaptive_counts_a_wait_at_the_gate_as_meeting_a_writer(store, monkeypatch, held):
+    """An optimistic transaction of policy adaptive that had to wait for the lock's holder at the gate met
+    another writer (as a locked one that waited for the lock did); one that passed at once did not."""
+    monkeypatch.setattr(adaptive, "START", adaptive.OPTIMISTIC)
+    adaptive.reset()
+    db = ZODB.DB(MappingStorage())
+    setup_counter(db)
+    conn = db.open()
+    taken, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with Lock(HOT, timeout=10):
+            taken.set()
+            time.sleep(0.3)
+        done.set()
+
+    if held:
+        threading.Thread(target=holder, daemon=True).start()
+        assert taken.wait(5)
+    transaction.begin()
+    conn.root()["counter"]["value"] += 1
+    assert lock_for_transaction(HOT, policy="adaptive") is True
+    transaction.commit()
+    assert done.is_set() is held
+    assert list(adaptive._histories[lock_name(HOT)].met) == [held]
+    assert adaptive.mode(lock_name(HOT)) == adaptive.OPTIMISTIC and read_counter(db) == 1
+    conn.close()
+    db.close()
+    adaptive.reset()
+
+
 @pytest.mark.stores("fallback", reason="benchmarks/catalog_contention's clients use a site's default store")
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["always", "on-conflict", "on-conflict:1", "adaptive"])

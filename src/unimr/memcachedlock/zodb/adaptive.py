@@ -16,8 +16,9 @@ what its own transactions meet:
 * **Optimistic** (policy ``on-conflict`` with ``conflicts=1``: the commit
   passes the key's commit gate, and the retry after a ConflictError holds
   the lock from its begin, so it never fails on the key): a transaction met
-  another writer if it had to be retried for it: a ConflictError, or an
-  exclusive writer's commit after its view.  When :data:`LOCK_AT` of the
+  another writer if it had to be retried for it (a ConflictError, or an
+  exclusive writer's commit after its view) or to wait at the commit gate
+  for the lock's holder.  When :data:`LOCK_AT` of the
   last :data:`LOCK_WINDOW` optimistic transactions met one, the key locks
   again.
 
@@ -32,7 +33,7 @@ lock makes its writers meet: code that works on after the locked call holds
 the lock meanwhile, so its writers always wait for each other.  So a key
 locked for :data:`PROBE_AFTER` transactions in a row is tried optimistically
 (a *trial*): if :data:`LOCK_AT` of the trial's first :data:`LOCK_WINDOW`
-transactions are retried, the key locks again and waits twice as long
+transactions meet a writer, the key locks again and waits twice as long
 before the next trial (at most :data:`MAX_PROBE_AFTER`); otherwise it stays
 optimistic.  A failed trial costs at most :data:`LOCK_AT` retries, each of
 which holds the lock from its begin.

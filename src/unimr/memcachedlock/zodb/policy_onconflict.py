@@ -183,7 +183,7 @@ def _pass_gate(txn: Transaction, name: str, locks: TxnLocks) -> bool:
     if gate is None:
         return False
     try:
-        entered = _enter_gate(gate, name, min(GATE_WAIT, locks.pending[name].wait))
+        entered, waited = _enter_gate(gate, name, min(GATE_WAIT, locks.pending[name].wait))
     except BackendUnavailable as exc:
         logger.debug("commit gate of %s unavailable (%s): taking the lock", name, exc)
         return False
@@ -194,8 +194,8 @@ def _pass_gate(txn: Transaction, name: str, locks: TxnLocks) -> bool:
             entered.leave()
             _learn(locks.pending[name], name, met=True)  # an exclusive writer's commit: it will be retried
             return False
-        txn.addAfterCommitHook(_leave_gate, (entered, txn, name))
-        txn.addAfterAbortHook(_leave_gate, (False, entered, txn, name))
+        txn.addAfterCommitHook(_leave_gate, (entered, txn, name, waited))
+        txn.addAfterAbortHook(_leave_gate, (False, entered, txn, name, waited))
         locks.passes[name] = entered
     except BaseException:
         entered.leave()
@@ -203,8 +203,9 @@ def _pass_gate(txn: Transaction, name: str, locks: TxnLocks) -> bool:
     return True
 
 
-def _enter_gate(gate: CommitGate, name: str, wait: float) -> CommitPass | None:
-    """Pass lock ``name``'s gate, waiting up to ``wait`` seconds while the lock is held; None if it stays held.
+def _enter_gate(gate: CommitGate, name: str, wait: float) -> tuple[CommitPass | None, bool]:
+    """Pass lock ``name``'s gate, waiting up to ``wait`` seconds while the lock is held: the pass (None if
+    the lock stays held) and whether it waited (policy adaptive counts that as meeting another writer).
 
     Why wait rather than take the lock at once: the holder is a locked retry
     (or a writer of policy always), which holds the lock only while it runs.
@@ -215,17 +216,18 @@ def _enter_gate(gate: CommitGate, name: str, wait: float) -> CommitPass | None:
     took the lock at commit; waiting, none did).
     """
     entered = gate.enter(name)
+    waited = entered is None
     deadline = time.monotonic() + wait
     while entered is None and time.monotonic() < deadline:
         if not poll(lambda: get_backend().may_be_available(name), deadline - time.monotonic()):
-            return None
+            return None, waited
         entered = gate.enter(name)
     if entered is None:
         logger.debug("lock %s held for %.1fs while a commit waited at its gate: taking the lock", name, wait)
-    return entered
+    return entered, waited
 
 
-def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str) -> None:
+def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str, waited: bool = False) -> None:
     """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError.
 
     A failed commit is counted here, where its ConflictError is known; the
@@ -234,7 +236,7 @@ def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str) 
     try:
         entry = compact = None
         if status:
-            _learn(locks_of(txn).pending[name], name, met=False)
+            _learn(locks_of(txn).pending[name], name, met=waited)
             tids = committed_tids(txn, ON_CONFLICT.exclusive)
             if tids:
                 tids = notes.with_since(notes.decode_note(entered.note), tids)
