@@ -198,3 +198,18 @@ def test_table_and_summary_read_the_figures():
     assert "(1.67 per commit)" in summary([plain, locked])
     locked.final_count = 59
     assert "LOST" in format_table([plain, locked]) and "LOST" in summary([plain, locked])
+
+
+def test_a_write_that_failed_every_attempt_is_reported_as_failed_not_lost():
+    """A client whose retries keep losing gives the write up (as a request that failed) and goes on; the
+    count then matches the commits, so nothing is lost, and the table and summary say how many failed."""
+    plain = PhaseResult("nolock", 2, 30, 1.0, commits=59, executions=700, attempts=700, conflicts=641,
+                        failed=1, wall=3.0, final_count=59)
+    locked = PhaseResult("zlock", 2, 30, 1.0, commits=60, executions=60, attempts=62, busy=2, wall=2.0,
+                         final_count=60)
+    assert plain.nothing_lost and locked.nothing_lost
+    text = format_table([plain, locked])
+    assert "59/60 (1 failed)" in text and "LOST" not in text
+    assert "no lock: 1 of its writes failed every attempt" in summary([plain, locked])
+    plain.final_count = 58
+    assert not plain.nothing_lost and "LOST" in format_table([plain, locked])

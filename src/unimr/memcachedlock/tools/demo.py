@@ -78,7 +78,7 @@ class DemoSize:
 def _add_counts(result: PhaseResult, state: list[dict[str, int]]) -> None:
     """Sum the clients' figures into ``result``; conflicts are the attempts neither committed nor busy."""
     for counts in state:
-        for field in ("commits", "attempts", "busy", "executions"):
+        for field in ("commits", "attempts", "busy", "executions", "failed"):
             setattr(result, field, getattr(result, field) + counts[field])
     result.conflicts = result.attempts - result.commits - result.busy
 
@@ -127,7 +127,7 @@ class PhaseRun:
                  failure: Callable[[subprocess.Popen[bytes]], str]) -> None:
         self.size, self.mode, self.workers = size, mode, workers
         self.progress, self.failure = progress, failure
-        self.state = [dict(commits=0, attempts=0, busy=0, executions=0) for _ in workers]
+        self.state = [dict(commits=0, attempts=0, busy=0, executions=0, failed=0) for _ in workers]
         self.buffers = [b"" for _ in workers]
         self.ready = self.finished = 0
         self.started = self.last_shown = 0.0
@@ -190,7 +190,7 @@ class PhaseRun:
             self.finished += 1
         else:
             self.state[index].update(
-                {k: message[k] for k in ("attempts", "busy", "executions")}, commits=message["commit"],
+                {k: message[k] for k in ("attempts", "busy", "executions", "failed")}, commits=message["commit"],
             )
 
     def _show_now_and_then(self) -> None:

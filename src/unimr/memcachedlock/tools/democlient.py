@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 #: Attempts per write before a client gives up (transaction.manager.attempts).
 MAX_ATTEMPTS = 500
@@ -57,12 +57,8 @@ def _exit_when_parent_goes(stdin: IO[str]) -> None:
     os._exit(3)
 
 
-def worker_main(argv: Sequence[str]) -> int:
-    """One demo client: ``--zeo PORT --mode nolock|zlock --writes N --work MS --name OBJ --key KEY``.
-
-    Prints ``{"ready": ...}``, waits for ``go`` on stdin, then one JSON line
-    per commit and ``{"done": ...}`` at the end.
-    """
+def _worker_args(argv: Sequence[str]) -> Any:
+    """The demo client's command line (``worker_main``)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="memcachedlock-demo-client")
@@ -72,8 +68,16 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument("--work", type=float, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--key", required=True)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def worker_main(argv: Sequence[str]) -> int:
+    """One demo client: ``--zeo PORT --mode nolock|zlock --writes N --work MS --name OBJ --key KEY``.
+
+    Prints ``{"ready": ...}``, waits for ``go`` on stdin, then one JSON line
+    per commit and ``{"done": ...}`` at the end.
+    """
+    args = _worker_args(argv)
     import transaction
     import ZEO
     from ZODB.POSException import ConflictError
@@ -90,7 +94,7 @@ def worker_main(argv: Sequence[str]) -> int:
 
     db = ZEO.DB(("127.0.0.1", args.zeo))
     counts = _Counts()
-    attempts = busy = commits = 0
+    attempts = busy = commits = failed = 0
     try:
         conn = db.open()
         emit(ready=os.getpid())
@@ -99,19 +103,26 @@ def worker_main(argv: Sequence[str]) -> int:
         threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
         manager = transaction.manager
         for _ in range(args.writes):
-            for attempt in manager.attempts(MAX_ATTEMPTS):
-                with attempt:
-                    attempts += 1
-                    try:
-                        update(conn.root(), args.name, args.key, args.work, counts)
-                    except ConflictError as exc:
-                        if isinstance(exc, LockBusy):
-                            busy += 1
-                        raise
-            commits += 1
-            emit(commit=commits, attempts=attempts, busy=busy, executions=counts.executions)
+            try:
+                for attempt in manager.attempts(MAX_ATTEMPTS):
+                    with attempt:
+                        attempts += 1
+                        try:
+                            update(conn.root(), args.name, args.key, args.work, counts)
+                        except ConflictError as exc:
+                            if isinstance(exc, LockBusy):
+                                busy += 1
+                            raise
+            except ConflictError:
+                # Every attempt lost (a client whose retries keep starting on a view its own invalidations
+                # have not reached yet): a request that failed, counted and reported; the run goes on.
+                manager.abort()
+                failed += 1
+            else:
+                commits += 1
+            emit(commit=commits, attempts=attempts, busy=busy, executions=counts.executions, failed=failed)
         conn.close()
     finally:
         db.close()
-    emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions))
+    emit(done=dict(commits=commits, attempts=attempts, busy=busy, executions=counts.executions, failed=failed))
     return 0

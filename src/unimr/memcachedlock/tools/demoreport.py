@@ -20,6 +20,8 @@ class PhaseResult:
     attempts: int = 0
     conflicts: int = 0
     busy: int = 0
+    #: Writes given up after MAX_ATTEMPTS ConflictErrors in a row: requests that failed (not lost).
+    failed: int = 0
     wall: float = 0.0
     final_count: int = 0
 
@@ -38,7 +40,7 @@ class PhaseResult:
 
     @property
     def nothing_lost(self) -> bool:
-        return self.final_count == self.expected == self.commits
+        return self.final_count == self.commits == self.expected - self.failed
 
     def as_dict(self) -> dict[str, str | float]:
         data: dict[str, str | float] = dataclasses.asdict(self)
@@ -63,7 +65,8 @@ def format_table(results: list[PhaseResult]) -> str:
             MODE_TITLES[r.mode], str(r.commits), str(r.conflicts), str(r.busy), str(r.executions),
             str(r.wasted), "%.2f" % r.wasted_per_commit, "%.2fs" % r.wall,
             "%.2fx" % (base / r.wall) if r.wall else "-",
-            "%d/%d%s" % (r.final_count, r.expected, "" if r.nothing_lost else " LOST"),
+            "%d/%d%s%s" % (r.final_count, r.expected, " (%d failed)" % r.failed if r.failed else "",
+                           "" if r.nothing_lost else " LOST"),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -94,6 +97,10 @@ def summary(results: list[PhaseResult]) -> str:
     if locked.wall and plain.wall:
         text += " zlock took %.2fx the time of the unlocked run (speed-up %.2fx)." % (
             locked.wall / plain.wall, plain.wall / locked.wall)
+    for r in results:
+        if r.failed:
+            text += " %s: %d of its writes failed every attempt (counted as failed requests, not lost)." % (
+                MODE_TITLES[r.mode], r.failed)
     if not all(r.nothing_lost for r in results):
         text += " UPDATES WERE LOST: the final count differs from the commits."
     return text
