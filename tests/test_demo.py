@@ -150,9 +150,12 @@ def test_demo_reports_bad_servers_before_starting_zeo(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_demo_cleans_up_everything_when_interrupted(tmp_path, signum):
     env = clean_env(tmp_path)
+    # As from a terminal: a runner that starts the suite in the background (bash without job control) hands
+    # its processes SIGINT ignored, and the demo, like any program, keeps an ignored SIGINT ignored.
     proc = subprocess.Popen(
         [SCRIPT, "demo", "--clients", "2", "--writes", "2000", "--work", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
