@@ -6,13 +6,14 @@ and talks JSON lines over its stdout; it exits when its stdin closes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 #: Attempts per write before a client gives up (transaction.manager.attempts).
 MAX_ATTEMPTS = 500
@@ -57,10 +58,8 @@ def _exit_when_parent_goes(stdin: IO[str]) -> None:
     os._exit(3)
 
 
-def _worker_args(argv: Sequence[str]) -> Any:
+def _worker_args(argv: Sequence[str]) -> argparse.Namespace:
     """The demo client's command line (``worker_main``)."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="memcachedlock-demo-client")
     parser.add_argument("--zeo", type=int, required=True)
     parser.add_argument("--mode", choices=MODES, required=True)
