@@ -129,13 +129,21 @@ def _isolated_config(monkeypatch):
     early.reset()
 
 
-@pytest.fixture
-def zeo_server():
-    """A real ZEO server of the test's own (runzeo on a free loopback port)."""
-    from zeoserver import ZEOServer
+@pytest.fixture(scope="session")
+def _zeo_spares():
+    from zeoserver import ZEOServerSpares
 
-    with ZEOServer() as server:
-        yield server
+    spares = ZEOServerSpares()
+    yield spares
+    spares.close()
+
+
+@pytest.fixture
+def zeo_server(_zeo_spares):
+    """A real ZEO server of the test's own (runzeo on a free loopback port, fresh storage)."""
+    server = _zeo_spares.take()
+    yield server
+    _zeo_spares.give_back(server)
 
 
 @pytest.fixture
