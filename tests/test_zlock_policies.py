@@ -404,7 +404,7 @@ def test_the_locked_retry_of_a_server_sync_client_pings_zeo_once_more(store, zeo
     """A retry that takes the lock at begin makes one ZEO round trip of its own besides
     the begin's own sync (``server_sync=True``: a ping), and sees the conflicting commit."""
     db = ZEO.DB(zeo_server.address, server_sync=True)
-    other_db = ZEO.DB(zeo_server.address)
+    other_db = ZEO.DB(zeo_server.address, server_sync=True)  # sees db's commits when it begins: it must not conflict
     setup_counter(db)
     note_the_key(db)
     conn = db.open()
