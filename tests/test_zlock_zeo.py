@@ -112,8 +112,8 @@ def _take_turns(servers: str, zeo_server, tmp_path, store: str) -> None:
     assert len(requests) == 48
     assert read_counter(zeo_server) == 48
     assert sum(r["busy"] for r in reports) >= 12, reports  # the retries this test is about did happen
-    for r in reports:
-        assert most_commits_while_waiting(requests, r["who"]) <= 8, sorted(requests)
+    for r in reports:  # 3-5 commonly, up to 9 under load (32 runs); the starvation bug gave 20-37
+        assert most_commits_while_waiting(requests, r["who"]) <= 12, sorted(requests)
 
 
 def test_every_transaction_end_releases_on_zeo(memcached, zeo_server, tmp_path):
