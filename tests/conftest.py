@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import transaction
 
 from unimr.memcachedlock import registry
 from unimr.memcachedlock.backends.fallback import FallbackBackend
@@ -144,7 +143,6 @@ def zeo_server(_zeo_spares):
     """A real ZEO server of the test's own (runzeo on a free loopback port, fresh storage)."""
     server = _zeo_spares.take()
     yield server
-    transaction.abort()  # a test that failed half-way leaves its transaction joined to this server's clients
     _zeo_spares.give_back(server)
 
 
