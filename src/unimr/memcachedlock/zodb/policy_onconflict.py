@@ -227,7 +227,7 @@ def _enter_gate(gate: CommitGate, name: str, wait: float) -> tuple[CommitPass | 
     return entered, waited
 
 
-def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str, waited: bool = False) -> None:
+def _leave_gate(status: bool, entered: CommitPass, txn: Transaction, name: str, waited: bool) -> None:
     """After-commit and after-abort hook of a pass: record a commit in the note, count a ConflictError.
 
     A failed commit is counted here, where its ConflictError is known; the
