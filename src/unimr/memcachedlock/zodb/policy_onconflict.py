@@ -220,7 +220,7 @@ def _enter_gate(gate: CommitGate, name: str, wait: float) -> tuple[CommitPass | 
     deadline = time.monotonic() + wait
     while entered is None and time.monotonic() < deadline:
         if not poll(lambda: get_backend().may_be_available(name), deadline - time.monotonic()):
-            return None, waited
+            break
         entered = gate.enter(name)
     if entered is None:
         logger.debug("lock %s held for %.1fs while a commit waited at its gate: taking the lock", name, wait)
